@@ -7,11 +7,18 @@
 //! are applied to the XML text by [`rewrite`], to running threads by the hook, and
 //! explained to the admin by the CLI.
 
+pub mod affinity;
+pub mod cli;
 pub mod cpuset;
 pub mod domain;
+pub mod hook;
 pub mod host;
+pub mod ledger;
+pub mod logging;
+pub mod placement;
 pub mod plan;
 pub mod policy;
 pub mod rewrite;
+pub mod runstate;
 
 pub use cpuset::CpuSet;

@@ -5,7 +5,15 @@
 use serde::Serialize;
 
 use crate::cpuset::CpuSet;
-use crate::policy::{DiskCache, DiskIo, MemoryMode};
+use crate::domain::{CpuMode, Domain};
+use crate::host::Host;
+use crate::placement::{
+    Level, NoRoom, Occupancy, Placement, Pool, Request, eligible_cpus, nodes_of, place,
+};
+use crate::policy::{
+    CpuModeAction, DiskCache, DiskIo, EmulatorPlacement, ExistingPins, GuestFacts,
+    HugePagesMode, IrqCpus, MemoryMode, Policy, Settings,
+};
 
 /// One change to the domain XML. Indexes count elements in document order
 /// (`devices/disk`, `devices/interface`) of the XML the plan was made from.
@@ -57,4 +65,649 @@ pub struct VcpuPin {
 pub struct IothreadPin {
     pub iothread: u32,
     pub cpuset: CpuSet,
+}
+
+/// The rule of TUNING-RULES.md an edit or note serves, and the policy rule (a
+/// `rules:` entry or `defaults`) that chose it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    /// "1.1", "1.2", "2.1", ...
+    pub rule: &'static str,
+    pub policy_rule: String,
+    pub text: String,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[rule {} via {}] {}", self.rule, self.policy_rule, self.text)
+    }
+}
+
+/// A change and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Edit {
+    pub change: Change,
+    pub reason: Reason,
+}
+
+/// How a planned change takes effect on a guest that is being started from XML
+/// that lacks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Enforcement {
+    /// The hook applies it to the running QEMU at `started` (thread affinity).
+    Runtime,
+    /// Only a changed definition can bring it (disk cache, memory backing, CPU
+    /// mode, NIC driver): unmet at start = a violation.
+    XmlOnly,
+}
+
+impl Change {
+    pub fn enforcement(&self) -> Enforcement {
+        match self {
+            Change::VcpuPins { .. }
+            | Change::EmulatorPin { .. }
+            | Change::IothreadPins { .. }
+            // Preferred memory follows the pinned vCPUs by first touch; strict
+            // modes are applied through the cgroup's cpuset.mems at started.
+            | Change::NumaMemory { .. } => Enforcement::Runtime,
+            Change::DiskDriver { .. }
+            | Change::NoSharePages
+            | Change::HugePages { .. }
+            | Change::InterfaceDriver { .. }
+            | Change::CpuHostModel => Enforcement::XmlOnly,
+        }
+    }
+
+    /// Whether the change may be made while restoring a saved guest or accepting
+    /// an incoming migration (host-side settings only; the guest ABI must not move).
+    pub fn is_guest_abi_safe(&self) -> bool {
+        matches!(
+            self,
+            Change::VcpuPins { .. }
+                | Change::EmulatorPin { .. }
+                | Change::IothreadPins { .. }
+                | Change::NumaMemory { .. }
+                | Change::DiskDriver { .. }
+        )
+    }
+}
+
+/// A rule the guest's XML does not meet and that only a changed definition can
+/// fix: the hook's `on_violation` decides what happens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub rule: &'static str,
+    pub what: String,
+    /// `true` when the policy refuses such guests outright (`cpu_mode: refuse`).
+    pub refuse_always: bool,
+}
+
+/// Something the plan left alone on purpose, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Note {
+    pub rule: &'static str,
+    pub text: String,
+}
+
+/// Everything kvmtune would do to one guest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub guest: String,
+    /// The policy rule that chose the settings (`defaults` when none matched).
+    pub policy_rule: String,
+    /// `false`: the guest is opted out (`enabled: false`); nothing else is planned.
+    pub enabled: bool,
+    /// Where the vCPUs go (kept pins included); None when pinning is off or nothing fits.
+    pub placement: Option<Placement>,
+    /// `true` when the placement is the guest's own explicit pinning, kept.
+    pub kept_existing_pins: bool,
+    /// Host CPUs for emulator threads and iothreads.
+    pub emulator_cpus: Option<CpuSet>,
+    /// Why no placement was possible (the hook decides what to do with it).
+    pub no_room: Option<String>,
+    /// The CPU pool the guest was placed in.
+    pub pool: Pool,
+    pub edits: Vec<Edit>,
+    pub notes: Vec<Note>,
+    pub violations: Vec<Violation>,
+}
+
+impl Plan {
+    /// The changes alone, in order.
+    pub fn changes(&self) -> Vec<Change> {
+        self.edits.iter().map(|e| e.change.clone()).collect()
+    }
+
+    /// Only the changes allowed at restore/migrate (guest ABI unchanged).
+    pub fn abi_safe_changes(&self) -> Vec<Change> {
+        self.edits
+            .iter()
+            .map(|e| e.change.clone())
+            .filter(Change::is_guest_abi_safe)
+            .collect()
+    }
+
+    /// Human explanation: placement, each edit with its reason, each note.
+    pub fn explain(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "guest {}: settings from {}", self.guest, self.policy_rule);
+        if !self.enabled {
+            let _ = writeln!(out, "  opted out (enabled: false): nothing changed");
+            return out;
+        }
+        match (&self.placement, &self.no_room) {
+            (Some(p), _) if self.kept_existing_pins => {
+                let _ = writeln!(out, "  placement: kept the guest's own pinning: CPUs {} (nodes {})", p.cpus, p.nodes);
+            }
+            (Some(p), _) => {
+                let _ = writeln!(out, "  placement: {} — {}", p.level, p.why);
+                let pins: Vec<String> = p
+                    .vcpus
+                    .iter()
+                    .enumerate()
+                    .map(|(v, s)| format!("{v}→{s}"))
+                    .collect();
+                let _ = writeln!(out, "    vCPU→CPU: {}; memory nodes {}", pins.join(" "), p.nodes);
+            }
+            (None, Some(why)) => {
+                let _ = writeln!(out, "  placement: none: {why}");
+            }
+            (None, None) => {
+                let _ = writeln!(out, "  placement: not managed (pin_vcpus: false)");
+            }
+        }
+        if let Some(e) = &self.emulator_cpus {
+            let _ = writeln!(out, "    emulator/iothreads: CPUs {e}");
+        }
+        if self.edits.is_empty() {
+            let _ = writeln!(out, "  changes: none, the XML already conforms");
+        }
+        for edit in &self.edits {
+            let _ = writeln!(out, "  change: {}", edit.reason);
+        }
+        for note in &self.notes {
+            let _ = writeln!(out, "  note: [rule {}] {}", note.rule, note.text);
+        }
+        for v in &self.violations {
+            let _ = writeln!(out, "  violation: [rule {}] {}", v.rule, v.what);
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    PolicyDoesNotFitHost(String),
+}
+
+/// What policy rules match on, taken from a domain.
+pub fn guest_facts(domain: &Domain) -> GuestFacts<'_> {
+    GuestFacts {
+        name: &domain.name,
+        vcpus: domain.vcpus_max,
+        memory_kib: domain.memory_kib,
+        kvmtune_rule: domain.kvmtune_rule.as_deref(),
+        nova_flavor: domain.nova_flavor.as_deref(),
+    }
+}
+
+/// Computes the plan for `domain`. Pure: everything it needs is passed in.
+pub fn plan(
+    policy: &Policy,
+    host: &Host,
+    occupancy: &Occupancy,
+    domain: &Domain,
+) -> Result<Plan, PlanError> {
+    let host_nodes: CpuSet = host.nodes.keys().copied().collect();
+    if let Some(first) = policy.check_against(&host.online, &host_nodes).into_iter().next() {
+        return Err(PlanError::PolicyDoesNotFitHost(first.to_string()));
+    }
+    let selection = policy.select(&guest_facts(domain));
+    let mut plan = Plan {
+        guest: domain.name.clone(),
+        policy_rule: selection.rule_name.to_string(),
+        enabled: selection.settings.is_some(),
+        placement: None,
+        kept_existing_pins: false,
+        emulator_cpus: None,
+        no_room: None,
+        pool: Pool::Shared,
+        edits: Vec::new(),
+        notes: Vec::new(),
+        violations: Vec::new(),
+    };
+    let Some(settings) = selection.settings else {
+        return Ok(plan);
+    };
+    let mut planner = Planner {
+        policy,
+        host,
+        domain,
+        settings,
+        plan: &mut plan,
+    };
+    planner.placement(occupancy);
+    planner.disks();
+    planner.memory_backing();
+    planner.interfaces();
+    planner.cpu_mode();
+    Ok(plan)
+}
+
+struct Planner<'a> {
+    policy: &'a Policy,
+    host: &'a Host,
+    domain: &'a Domain,
+    settings: &'a Settings,
+    plan: &'a mut Plan,
+}
+
+impl Planner<'_> {
+    fn reason(&self, rule: &'static str, text: String) -> Reason {
+        Reason {
+            rule,
+            policy_rule: self.plan.policy_rule.clone(),
+            text,
+        }
+    }
+
+    fn edit(&mut self, rule: &'static str, change: Change, text: String) {
+        if change.enforcement() == Enforcement::XmlOnly {
+            self.plan.violations.push(Violation {
+                rule,
+                what: text.clone(),
+                refuse_always: false,
+            });
+        }
+        let reason = self.reason(rule, text);
+        self.plan.edits.push(Edit { change, reason });
+    }
+
+    fn note(&mut self, rule: &'static str, text: String) {
+        self.plan.notes.push(Note { rule, text });
+    }
+
+    /// CPUs guests may never use here: reserved, IRQ-bound and (unless allowed) CPU0.
+    fn irq_cpus(&self) -> CpuSet {
+        match &self.policy.host.irq_cpus {
+            IrqCpus::Auto => self.host.irq_bound_cpus(),
+            IrqCpus::None => CpuSet::new(),
+            IrqCpus::List(set) => set.clone(),
+        }
+    }
+
+    fn placement(&mut self, occupancy: &Occupancy) {
+        if !self.settings.pin_vcpus {
+            return;
+        }
+        let host_settings = &self.policy.host;
+        let irq = self.irq_cpus();
+        let eligible = eligible_cpus(
+            self.host,
+            &host_settings.reserved_cpus,
+            &irq,
+            host_settings.allow_cpu0,
+            self.settings.nodes.as_ref(),
+        );
+        let forbidden = self.host.online.difference(&eligible);
+        let housekeeping = {
+            let mut hk = host_settings.reserved_cpus.union(&irq).intersection(&self.host.online);
+            if hk.is_empty() && !host_settings.allow_cpu0 && self.host.online.contains(0) {
+                hk.insert(0);
+            }
+            hk
+        };
+
+        let placement = if self.domain.pins_explicitly()
+            && self.settings.existing_pins == ExistingPins::Keep
+        {
+            let vcpus: Vec<CpuSet> = (0..self.domain.vcpus_max)
+                .map(|v| self.domain.pinned_cpus_of(v).cloned().unwrap_or_default())
+                .collect();
+            let cpus = self.domain.pinned_cpus();
+            let bad = cpus.intersection(&forbidden);
+            if !bad.is_empty() {
+                self.note(
+                    "1.3",
+                    format!(
+                        "the guest's own pinning uses CPUs {bad} that guests should not get (reserved, IRQ or CPU0); kept because existing_pins: keep"
+                    ),
+                );
+            }
+            self.plan.kept_existing_pins = true;
+            Placement {
+                level: Level::Host,
+                nodes: nodes_of(self.host, &cpus),
+                why: "the guest pins its vCPUs itself (existing_pins: keep)".into(),
+                vcpus,
+                cpus,
+            }
+        } else {
+            let request = Request {
+                vcpus: self.domain.vcpus_max,
+                memory_kib: self.domain.memory_kib,
+                // TODO(policy): pool/cpu_allocation_ratio keys land with the policy module.
+                pool: crate::placement::Pool::Shared,
+                eligible: eligible.clone(),
+                cpu_allocation_ratio: 16.0,
+            };
+            match place(self.host, &occupancy.without(&self.domain.name), &request) {
+                Ok(p) => p,
+                Err(NoRoom(why)) => {
+                    self.plan.no_room = Some(why);
+                    return;
+                }
+            }
+        };
+
+        if !self.plan.kept_existing_pins {
+            if self.domain.vcpus_current < self.domain.vcpus_max {
+                self.note(
+                    "1.1",
+                    format!(
+                        "placed for all {} vCPUs (only {} online now) so hot-plugged vCPUs stay local",
+                        self.domain.vcpus_max, self.domain.vcpus_current
+                    ),
+                );
+            }
+            let pins: Vec<VcpuPin> = placement
+                .vcpus
+                .iter()
+                .enumerate()
+                .map(|(v, s)| VcpuPin {
+                    vcpu: v as u32,
+                    cpuset: s.clone(),
+                })
+                .collect();
+            let already = self.domain.vcpu_cpuset.as_ref() == Some(&placement.cpus)
+                && pins.iter().all(|p| self.domain.vcpu_pins.get(&p.vcpu) == Some(&p.cpuset))
+                && self.domain.vcpu_pins.len() == pins.len();
+            if !already {
+                let text = format!(
+                    "pin vCPUs within {}: {} (never CPU0, reserved or IRQ CPUs {})",
+                    placement.level,
+                    placement.cpus,
+                    if forbidden.is_empty() { "-".to_string() } else { forbidden.to_string() }
+                );
+                self.edit(
+                    if placement.level <= Level::L3 { "1.1" } else { "1.2" },
+                    Change::VcpuPins {
+                        cpuset: placement.cpus.clone(),
+                        pins,
+                    },
+                    text,
+                );
+            }
+        }
+
+        // Emulator threads and iothreads.
+        let emulator = match self.settings.emulator {
+            EmulatorPlacement::WithVcpus => placement.cpus.clone(),
+            EmulatorPlacement::Housekeeping if !housekeeping.is_empty() => housekeeping.clone(),
+            EmulatorPlacement::Housekeeping => {
+                self.note("1.3", "emulator: housekeeping, but the host has no housekeeping CPU; emulator threads stay with the vCPUs".into());
+                placement.cpus.clone()
+            }
+        };
+        let keep_own = self.settings.existing_pins == ExistingPins::Keep;
+        if !(keep_own && self.domain.emulator_pin.is_some())
+            && self.domain.emulator_pin.as_ref() != Some(&emulator)
+        {
+            self.edit(
+                "1.3",
+                Change::EmulatorPin { cpuset: emulator.clone() },
+                format!("emulator threads on CPUs {emulator} (emulator: {})", emulator_name(self.settings.emulator)),
+            );
+        }
+        if !self.domain.iothread_ids.is_empty() {
+            let pins: Vec<IothreadPin> = self
+                .domain
+                .iothread_ids
+                .iter()
+                .filter(|id| !(keep_own && self.domain.iothread_pins.contains_key(id)))
+                .filter(|id| self.domain.iothread_pins.get(id) != Some(&emulator))
+                .map(|id| IothreadPin { iothread: *id, cpuset: emulator.clone() })
+                .collect();
+            if !pins.is_empty() {
+                self.edit(
+                    "1.3",
+                    Change::IothreadPins { pins },
+                    format!("iothreads on CPUs {emulator}, with the emulator threads"),
+                );
+            }
+        }
+        self.plan.emulator_cpus = Some(emulator);
+
+        // Memory binding (1.2).
+        self.numatune(&placement);
+        self.plan.placement = Some(placement);
+    }
+
+    fn numatune(&mut self, placement: &Placement) {
+        let mode = self.settings.memory_mode;
+        if mode == MemoryMode::Off || placement.nodes.is_empty() {
+            return;
+        }
+        if self.plan.kept_existing_pins && self.domain.numa_memory.is_some() {
+            return;
+        }
+        if self.domain.numa_memnodes > 0 {
+            self.note("1.2", "the guest binds its NUMA cells itself (<memnode>); its <numatune> is kept".into());
+            return;
+        }
+        let (mode, text) = if mode == MemoryMode::Preferred && placement.nodes.len() > 1 {
+            (
+                MemoryMode::Interleave,
+                format!(
+                    "memory interleaved over nodes {} (the vCPUs span them; 'preferred' takes one node)",
+                    placement.nodes
+                ),
+            )
+        } else {
+            (mode, format!("memory from node(s) {} where the vCPUs run, mode {}", placement.nodes, mode_name(mode)))
+        };
+        let current = self.domain.numa_memory.as_ref();
+        let same = current.is_some_and(|m| {
+            m.mode.as_deref().unwrap_or("strict") == mode_name(mode)
+                && m.nodeset.as_ref() == Some(&placement.nodes)
+                && m.placement.as_deref() != Some("auto")
+        });
+        if !same {
+            self.edit(
+                "1.2",
+                Change::NumaMemory { mode, nodeset: placement.nodes.clone() },
+                text,
+            );
+        }
+    }
+
+    fn disks(&mut self) {
+        let cache = self.settings.disk_cache;
+        let io = self.settings.disk_io;
+        let disks = self.domain.disks.clone();
+        for (index, disk) in disks.iter().enumerate() {
+            if disk.device != "disk" {
+                continue;
+            }
+            if disk.driver_name.as_deref().is_some_and(|n| n != "qemu") {
+                self.note("2.1", format!("disk {}: driver '{}' is not qemu; left alone", disk.target, disk.driver_name.as_deref().unwrap_or("")));
+                continue;
+            }
+            let want_cache = (cache != DiskCache::Keep && disk.cache.as_deref() != Some(cache_name(cache)))
+                .then_some(cache);
+            let effective_cache = match want_cache {
+                Some(c) => Some(cache_name(c)),
+                None => disk.cache.as_deref(),
+            };
+            let direct = matches!(effective_cache, Some("none") | Some("directsync"));
+            let io_applies = matches!(disk.source_type.as_str(), "file" | "block" | "volume");
+            let want_io = if io == DiskIo::Keep || !io_applies || disk.io.as_deref() == Some(io_name(io)) {
+                None
+            } else if io == DiskIo::Native && !direct {
+                self.note("2.1", format!("disk {}: io='native' needs cache none or directsync; io left alone", disk.target));
+                None
+            } else {
+                Some(io)
+            };
+            if want_cache.is_none() && want_io.is_none() {
+                continue;
+            }
+            let mut what = Vec::new();
+            if let Some(c) = want_cache {
+                what.push(format!("cache='{}' (was {})", cache_name(c), disk.cache.as_deref().unwrap_or("default")));
+            }
+            if let Some(i) = want_io {
+                what.push(format!("io='{}'", io_name(i)));
+            }
+            self.edit(
+                "2.1",
+                Change::DiskDriver { index, target: disk.target.clone(), cache: want_cache, io: want_io },
+                format!("disk {}: {}", disk.target, what.join(", ")),
+            );
+        }
+    }
+
+    fn memory_backing(&mut self) {
+        let mb = &self.domain.memory_backing;
+        if self.settings.nosharepages && !mb.nosharepages {
+            self.edit("3.1", Change::NoSharePages, "no KSM page merging for this guest (<nosharepages/>)".into());
+        }
+        if self.settings.hugepages == HugePagesMode::Auto && !mb.hugepages {
+            let size = self.settings.hugepage_size_kib;
+            let nodes = self
+                .plan
+                .placement
+                .as_ref()
+                .map(|p| p.nodes.clone())
+                .unwrap_or_else(|| self.host.nodes.keys().copied().collect());
+            let needed = self.domain.memory_kib.div_ceil(size.max(1));
+            let free: u64 = nodes
+                .iter()
+                .filter_map(|n| self.host.nodes.get(&n))
+                .filter_map(|n| n.hugepages.get(&size))
+                .map(|h| h.free)
+                .sum();
+            let size_text = size_name(size);
+            if needed > 0 && free >= needed {
+                self.edit(
+                    "3.2",
+                    Change::HugePages { size_kib: size },
+                    format!("back memory with {size_text} huge pages: node(s) {nodes} have {free} free, the guest needs {needed}"),
+                );
+            } else {
+                self.note(
+                    "3.2",
+                    format!("huge pages skipped: node(s) {nodes} have {free} free {size_text} pages, the guest needs {needed}"),
+                );
+            }
+        }
+    }
+
+    fn interfaces(&mut self) {
+        let interfaces = self.domain.interfaces.clone();
+        let queues_wanted = self.domain.vcpus_max.min(self.settings.max_net_queues);
+        for (index, iface) in interfaces.iter().enumerate() {
+            if !self.settings.vhost_net {
+                break;
+            }
+            if !matches!(iface.kind.as_str(), "network" | "bridge" | "ethernet" | "direct") {
+                continue;
+            }
+            if iface.model.as_deref() != Some("virtio") {
+                self.note("4.1", format!("interface {}: model {} is not virtio; changing the model changes the guest's hardware, left alone", iface.label, iface.model.as_deref().unwrap_or("default")));
+                continue;
+            }
+            if iface.driver_name.as_deref().is_some_and(|n| n != "vhost") {
+                self.note("4.1", format!("interface {}: driver '{}' chosen explicitly; left alone", iface.label, iface.driver_name.as_deref().unwrap_or("")));
+                continue;
+            }
+            let vhost = iface.driver_name.is_none();
+            let queues = (iface.queues.is_none() && queues_wanted > 1).then_some(queues_wanted);
+            if !vhost && queues.is_none() {
+                continue;
+            }
+            let mut what = Vec::new();
+            if vhost {
+                what.push("vhost-net backend".to_string());
+            }
+            if let Some(q) = queues {
+                what.push(format!("{q} queues (min of {} vCPUs and max_net_queues {})", self.domain.vcpus_max, self.settings.max_net_queues));
+            }
+            self.edit(
+                if queues.is_some() { "4.2" } else { "4.1" },
+                Change::InterfaceDriver { index, target: iface.label.clone(), vhost, queues },
+                format!("interface {}: {}", iface.label, what.join(", ")),
+            );
+        }
+    }
+
+    fn cpu_mode(&mut self) {
+        if self.domain.cpu_mode != CpuMode::HostPassthrough {
+            return;
+        }
+        match self.settings.cpu_mode {
+            CpuModeAction::HostModel => self.edit(
+                "5",
+                Change::CpuHostModel,
+                "CPU mode host-passthrough → host-model (host-passthrough caused host kernel panics)".into(),
+            ),
+            CpuModeAction::Refuse => self.plan.violations.push(Violation {
+                rule: "5",
+                what: "CPU mode host-passthrough is refused by policy (it caused host kernel panics)".into(),
+                refuse_always: true,
+            }),
+            CpuModeAction::Keep => {}
+        }
+    }
+}
+
+fn emulator_name(e: EmulatorPlacement) -> &'static str {
+    match e {
+        EmulatorPlacement::WithVcpus => "with-vcpus",
+        EmulatorPlacement::Housekeeping => "housekeeping",
+    }
+}
+
+/// libvirt's name for a memory mode.
+pub fn mode_name(mode: MemoryMode) -> &'static str {
+    match mode {
+        MemoryMode::Preferred => "preferred",
+        MemoryMode::Strict => "strict",
+        MemoryMode::Restrictive => "restrictive",
+        MemoryMode::Interleave => "interleave",
+        MemoryMode::Off => "off",
+    }
+}
+
+/// libvirt's name for a disk cache mode.
+pub fn cache_name(cache: DiskCache) -> &'static str {
+    match cache {
+        DiskCache::None => "none",
+        DiskCache::Writethrough => "writethrough",
+        DiskCache::Writeback => "writeback",
+        DiskCache::Directsync => "directsync",
+        DiskCache::Unsafe => "unsafe",
+        DiskCache::Keep => "keep",
+    }
+}
+
+/// libvirt's name for a disk io mode.
+pub fn io_name(io: DiskIo) -> &'static str {
+    match io {
+        DiskIo::Native => "native",
+        DiskIo::Threads => "threads",
+        DiskIo::IoUring => "io_uring",
+        DiskIo::Keep => "keep",
+    }
+}
+
+fn size_name(kib: u64) -> String {
+    match kib {
+        1048576 => "1 GiB".into(),
+        2048 => "2 MiB".into(),
+        other => format!("{other} KiB"),
+    }
 }

@@ -1,19 +1,698 @@
-//! Applies planned [`Change`]s to domain XML text, touching only the edited
-//! elements: every other byte (comments, foreign metadata, attribute order, quotes,
-//! indentation) stays identical, and rewriting the output again changes nothing.
+//! Applies planned [`Change`]s to libvirt domain XML *text*, touching only the
+//! edited elements: every other byte stays identical, and rewriting the output
+//! again with the same changes changes nothing (`apply(apply(x, c), c) ==
+//! apply(x, c)`; a change that is already satisfied changes no byte).
+//!
+//! How: roxmltree parses the text and gives the byte range of every element and
+//! attribute; each change becomes a few "replace this range with that text"
+//! edits, spliced into the original string (the `splice` submodule). Changes are
+//! applied one after the other, each against a fresh parse of the previous
+//! result, and the result is parsed again before it is returned.
+//!
+//! Only elements in no namespace (libvirt's own vocabulary) are looked at or
+//! edited; `<metadata>` content and other foreign-namespace elements are never
+//! touched. Indexes of disks and interfaces count `devices/disk` and
+//! `devices/interface` in document order.
+//!
+//! # Preserved byte for byte
+//! Everything outside the edited spans: the XML declaration, processing
+//! instructions, comments (also those inside edited elements), foreign-namespace
+//! metadata and its prefixes, attribute order, quote characters and spacing
+//! inside tags, entity and character references, CDATA sections, indentation,
+//! line breaks (`\n` or `\r\n`), an indented root, text after the root, and the
+//! attributes of an edited element that the change does not name.
+//!
+//! # Not preserved, on purpose
+//! - An attribute value the change sets is rewritten in canonical form
+//!   (`cpuset='0-3,8'`, `unit='KiB'`), keeping its quote character; entity
+//!   references inside that value are lost. A value that already means the same
+//!   (`1,2,3` for `1-3`, `2` `M` hugepages for 2048 KiB, no `mode` for `strict`)
+//!   is left as it is.
+//! - A new attribute is appended at the end of the start tag (after any `xmlns`
+//!   declarations) with the quote of the element's first attribute, or of the
+//!   root element when it has none (libvirt writes `'`; default `'`).
+//! - A new element takes the indentation of its siblings, or its parent's plus
+//!   the document's indentation step (detected from the root's first child;
+//!   default two spaces); in a document written on one line it gets no
+//!   whitespace. It goes where `virsh dumpxml` puts it (see the `order`
+//!   submodule), e.g. `<cputune>` after `<vcpu>`/`<iothreads>`, `<driver>` first
+//!   in a `<disk>` and after `<model>` in an `<interface>`.
+//! - A self-closed element that gains children (`<cputune/>`) is expanded into a
+//!   start and an end tag; a `<cpu>` that loses all its children collapses to a
+//!   self-closed tag.
+//! - A removed attribute takes the whitespace before it; a removed element
+//!   takes the line break and indentation before it, so a comment that followed
+//!   it on its line moves to the previous line.
+//! - A DOCTYPE is refused (roxmltree's default; libvirt never writes one).
+//!
+//! # What each change does
+//! See [`Change`]. Choices the plan leaves to the rewrite:
+//! - `VcpuPins`: `<vcpu placement='auto'>` becomes `placement='static'` (libvirt
+//!   ignores `cpuset` under `auto`); `current` is kept; a missing `<vcpu>` is
+//!   created as `<vcpu placement='static' cpuset='…'>1</vcpu>` (libvirt's default
+//!   count). Every existing `<vcpupin>` whose vCPU is not in the plan is removed.
+//! - `IothreadPins`: sets or adds the listed iothreads' pins, keeps the others.
+//! - `NumaMemory`: `placement='auto'` is removed from `<memory>`; `mode: off`
+//!   leaves the XML alone.
+//! - `DiskDriver` / `InterfaceDriver`: `target` guards against XML that is not
+//!   the one the plan was made from: when it is not empty and the disk at
+//!   `index` has a different `<target dev>` (an interface: neither its
+//!   `<target dev>` nor its `<mac address>` matches, unless `target` is the
+//!   `interface #N` fallback label), the change is refused as
+//!   [`RewriteError::Missing`].
+//!   A missing disk `<driver>` is created as `<driver name='qemu' cache=… io=…/>`
+//!   without `type` (libvirt then uses its default, raw).
+//! - `HugePages`: sets the `<page>` without `nodeset` (per-node pages are kept),
+//!   or adds one; `<hugepages/>` (host default size) gets an explicit page.
+//! - `CpuHostModel`: only `mode='host-passthrough'` is rewritten; `check` and
+//!   `migratable` are removed, and so are the children libvirt refuses or
+//!   reinterprets under host-model: `<model>` (a named model turns host-model
+//!   into custom on migration), `<vendor>` (refused without a model), and
+//!   `<cache mode='passthrough'>` / `<maxphysaddr mode='passthrough'>` (only valid
+//!   for host-passthrough). `<topology>`, `<feature>`, `<numa>` and other
+//!   `<cache>`/`<maxphysaddr>` are kept.
 
+mod order;
+mod splice;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use roxmltree::{Document, Node};
+
+use self::splice::{Anchor, Editor, Elem, anchor_in, attribute, child, children};
+use crate::cpuset::CpuSet;
 use crate::plan::Change;
+use crate::policy::{DiskCache, DiskIo, MemoryMode};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RewriteError {
+    /// The text is not well-formed XML (roxmltree's one-line message).
     #[error("domain XML is not well-formed: {0}")]
     Xml(String),
+    /// The root element is not libvirt's `<domain>` (no namespace).
+    #[error("not a libvirt domain: the root element is <{0}>")]
+    NotADomain(String),
+    /// The element a change addresses does not exist (index out of range, no
+    /// `<devices>`), or is not the one the plan named.
     #[error("domain XML has no element for {0}")]
     Missing(String),
+    /// The change cannot be written as valid libvirt XML (an empty cpuset, zero
+    /// queues), or the rewrite failed internally.
+    #[error("cannot apply change: {0}")]
+    Invalid(String),
 }
 
-/// Applies `changes` to `xml`.
+/// Applies `changes` to `xml`, in order. With no changes the input is only
+/// checked (well-formed, a `<domain>`) and returned unchanged.
 pub fn apply(xml: &str, changes: &[Change]) -> Result<String, RewriteError> {
-    let _ = (xml, changes);
-    unimplemented!()
+    parse(xml).and_then(|doc| domain_root(&doc).map(|_| ()))?;
+    let mut text = xml.to_owned();
+    for change in changes {
+        let next = apply_one(&text, change)?;
+        if next != text {
+            // Never hand out broken XML, whatever went wrong above.
+            parse(&next).map_err(|e| {
+                RewriteError::Invalid(format!(
+                    "internal rewrite error: output does not parse: {e}"
+                ))
+            })?;
+            text = next;
+        }
+    }
+    Ok(text)
+}
+
+fn parse(xml: &str) -> Result<Document<'_>, RewriteError> {
+    Document::parse(xml).map_err(|e| RewriteError::Xml(e.to_string()))
+}
+
+fn domain_root<'a, 'i>(doc: &'a Document<'i>) -> Result<Node<'a, 'i>, RewriteError> {
+    let root = doc.root_element();
+    let name = root.tag_name();
+    match name.namespace() {
+        None if name.name() == "domain" => Ok(root),
+        None => Err(RewriteError::NotADomain(name.name().to_owned())),
+        Some(ns) => Err(RewriteError::NotADomain(format!(
+            "{} xmlns=\"{ns}\"",
+            name.name()
+        ))),
+    }
+}
+
+fn apply_one(src: &str, change: &Change) -> Result<String, RewriteError> {
+    let doc = parse(src)?;
+    let root = domain_root(&doc)?;
+    let mut ed = Editor::new(src, root);
+    match change {
+        Change::VcpuPins { cpuset, pins } => {
+            let pins: BTreeMap<u32, &CpuSet> = pins.iter().map(|p| (p.vcpu, &p.cpuset)).collect();
+            vcpu_pins(&mut ed, root, cpuset, &pins)?;
+        }
+        Change::EmulatorPin { cpuset } => emulator_pin(&mut ed, root, cpuset)?,
+        Change::IothreadPins { pins } => {
+            let pins: BTreeMap<u32, &CpuSet> =
+                pins.iter().map(|p| (p.iothread, &p.cpuset)).collect();
+            sync_pins(&mut ed, root, IOTHREADPIN, &pins)?;
+        }
+        Change::NumaMemory { mode, nodeset } => numa_memory(&mut ed, root, *mode, nodeset)?,
+        Change::DiskDriver {
+            index,
+            target,
+            cache,
+            io,
+        } => disk_driver(&mut ed, root, *index, target, *cache, *io)?,
+        Change::NoSharePages => no_share_pages(&mut ed, root),
+        Change::HugePages { size_kib } => huge_pages(&mut ed, root, *size_kib)?,
+        Change::InterfaceDriver {
+            index,
+            target,
+            vhost,
+            queues,
+        } => interface_driver(&mut ed, root, *index, target, *vhost, *queues)?,
+        Change::CpuHostModel => cpu_host_model(&mut ed, root)?,
+    }
+    ed.finish()
+}
+
+// ---- value helpers ------------------------------------------------------------
+
+fn nonempty(set: &CpuSet, what: &str) -> Result<String, RewriteError> {
+    if set.is_empty() {
+        return Err(RewriteError::Invalid(format!("{what} is an empty cpuset")));
+    }
+    Ok(set.to_string())
+}
+
+/// Whether an existing cpulist value names exactly `set`.
+fn same_cpuset(set: &CpuSet) -> impl Fn(&str) -> bool + '_ {
+    move |v| CpuSet::parse(v.trim()).is_ok_and(|s| s == *set)
+}
+
+fn same_text(want: &str) -> impl Fn(&str) -> bool + '_ {
+    move |v| v.trim() == want
+}
+
+fn same_number(want: u64) -> impl Fn(&str) -> bool {
+    move |v| v.trim().parse::<u64>() == Ok(want)
+}
+
+fn cache_value(cache: Option<DiskCache>) -> Option<&'static str> {
+    match cache? {
+        DiskCache::None => Some("none"),
+        DiskCache::Writethrough => Some("writethrough"),
+        DiskCache::Writeback => Some("writeback"),
+        DiskCache::Directsync => Some("directsync"),
+        DiskCache::Unsafe => Some("unsafe"),
+        DiskCache::Keep => None,
+    }
+}
+
+fn io_value(io: Option<DiskIo>) -> Option<&'static str> {
+    match io? {
+        DiskIo::Native => Some("native"),
+        DiskIo::Threads => Some("threads"),
+        DiskIo::IoUring => Some("io_uring"),
+        DiskIo::Keep => None,
+    }
+}
+
+fn memory_mode_value(mode: MemoryMode) -> Option<&'static str> {
+    match mode {
+        MemoryMode::Preferred => Some("preferred"),
+        MemoryMode::Strict => Some("strict"),
+        MemoryMode::Restrictive => Some("restrictive"),
+        MemoryMode::Interleave => Some("interleave"),
+        MemoryMode::Off => None,
+    }
+}
+
+/// A libvirt scaled size in KiB (`size` + `unit`, unit defaulting to KiB), or
+/// `None` when it is not a whole number of KiB or the unit is unknown.
+fn size_in_kib(size: &str, unit: Option<&str>) -> Option<u64> {
+    let size: u128 = size.trim().parse().ok()?;
+    let unit = unit
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .unwrap_or("KiB");
+    let multiplier: u128 = match unit.to_ascii_lowercase().as_str() {
+        "b" | "byte" | "bytes" => 1,
+        lower => {
+            let prefix = lower.chars().next()?;
+            let power = u32::try_from("kmgtpe".find(prefix)? + 1).ok()?;
+            let base: u128 = match lower.get(1..)? {
+                "" | "ib" => 1024,
+                "b" => 1000,
+                _ => return None,
+            };
+            base.pow(power)
+        }
+    };
+    let bytes = size.checked_mul(multiplier)?;
+    if bytes % 1024 != 0 {
+        return None;
+    }
+    u64::try_from(bytes / 1024).ok()
+}
+
+// ---- cputune ------------------------------------------------------------------
+
+/// One kind of pin element in `<cputune>`.
+struct PinKind {
+    element: &'static str,
+    key: &'static str,
+    /// Whether pins for ids the change does not list are removed.
+    remove_others: bool,
+}
+
+const VCPUPIN: PinKind = PinKind {
+    element: "vcpupin",
+    key: "vcpu",
+    remove_others: true,
+};
+
+const IOTHREADPIN: PinKind = PinKind {
+    element: "iothreadpin",
+    key: "iothread",
+    remove_others: false,
+};
+
+fn vcpu_pins(
+    ed: &mut Editor<'_>,
+    root: Node<'_, '_>,
+    cpuset: &CpuSet,
+    pins: &BTreeMap<u32, &CpuSet>,
+) -> Result<(), RewriteError> {
+    let value = nonempty(cpuset, "the vCPU cpuset")?;
+    match child(root, "vcpu") {
+        Some(vcpu) => {
+            ed.set_attr(vcpu, "cpuset", &value, same_cpuset(cpuset))?;
+            if attribute(vcpu, "placement").is_some_and(|a| a.value().trim() == "auto") {
+                ed.set_attr(vcpu, "placement", "static", same_text("static"))?;
+            }
+        }
+        None => {
+            let vcpu = Elem::new("vcpu")
+                .attr("placement", "static")
+                .attr("cpuset", value)
+                .text("1");
+            ed.insert(anchor_in(root, order::DOMAIN, "vcpu", |_| false), &[vcpu]);
+        }
+    }
+    sync_pins(ed, root, VCPUPIN, pins)
+}
+
+/// Makes the `kind` pins in `<cputune>` match `pins`: existing ones are updated
+/// in place, missing ones inserted in id order next to their neighbours.
+fn sync_pins(
+    ed: &mut Editor<'_>,
+    root: Node<'_, '_>,
+    kind: PinKind,
+    pins: &BTreeMap<u32, &CpuSet>,
+) -> Result<(), RewriteError> {
+    let mut values = BTreeMap::new();
+    for (id, set) in pins {
+        values.insert(*id, nonempty(set, &format!("{} {id}", kind.element))?);
+    }
+    let pin_elem = |id: u32| {
+        Elem::new(kind.element)
+            .attr(kind.key, id.to_string())
+            .attr("cpuset", values[&id].clone())
+    };
+    let Some(cputune) = child(root, "cputune") else {
+        if !pins.is_empty() {
+            let cputune = Elem::new("cputune").children(pins.keys().map(|id| pin_elem(*id)));
+            ed.insert(
+                anchor_in(root, order::DOMAIN, "cputune", |_| false),
+                &[cputune],
+            );
+        }
+        return Ok(());
+    };
+
+    let mut seen = BTreeSet::new();
+    let mut kept: Vec<(Node<'_, '_>, u32)> = Vec::new();
+    let mut removed = BTreeSet::new();
+    for pin in children(cputune, kind.element) {
+        let id = attribute(pin, kind.key).and_then(|a| a.value().trim().parse::<u32>().ok());
+        match id {
+            Some(id) if pins.contains_key(&id) && seen.insert(id) => {
+                ed.set_attr(pin, "cpuset", &values[&id], same_cpuset(pins[&id]))?;
+                kept.push((pin, id));
+            }
+            Some(id) if !pins.contains_key(&id) && !kind.remove_others => kept.push((pin, id)),
+            None if !kind.remove_others => {}
+            // Not planned (vcpupin), a duplicate, or an unreadable id.
+            _ => {
+                ed.remove_element(pin);
+                removed.insert(pin.range().start);
+            }
+        }
+    }
+
+    let mut groups: Vec<(Anchor<'_, '_>, Vec<Elem>)> = Vec::new();
+    for id in pins.keys().filter(|id| !seen.contains(*id)) {
+        let anchor = match kept.iter().rev().find(|(_, k)| k < id) {
+            Some((node, _)) => Anchor::After(*node),
+            None => match kept.first() {
+                Some((node, _)) => Anchor::Before(*node),
+                None => anchor_in(cputune, order::CPUTUNE, kind.element, |n| {
+                    removed.contains(&n.range().start)
+                }),
+            },
+        };
+        match groups.iter_mut().find(|(a, _)| a.key() == anchor.key()) {
+            Some((_, elems)) => elems.push(pin_elem(*id)),
+            None => groups.push((anchor, vec![pin_elem(*id)])),
+        }
+    }
+    for (anchor, elems) in groups {
+        ed.insert(anchor, &elems);
+    }
+    Ok(())
+}
+
+fn emulator_pin(
+    ed: &mut Editor<'_>,
+    root: Node<'_, '_>,
+    cpuset: &CpuSet,
+) -> Result<(), RewriteError> {
+    let value = nonempty(cpuset, "the emulator cpuset")?;
+    let pin = || Elem::new("emulatorpin").attr("cpuset", value.clone());
+    match child(root, "cputune") {
+        None => {
+            let cputune = Elem::new("cputune").children([pin()]);
+            ed.insert(
+                anchor_in(root, order::DOMAIN, "cputune", |_| false),
+                &[cputune],
+            );
+        }
+        Some(cputune) => match child(cputune, "emulatorpin") {
+            Some(existing) => ed.set_attr(existing, "cpuset", &value, same_cpuset(cpuset))?,
+            None => ed.insert(
+                anchor_in(cputune, order::CPUTUNE, "emulatorpin", |_| false),
+                &[pin()],
+            ),
+        },
+    }
+    Ok(())
+}
+
+// ---- numatune, memoryBacking ----------------------------------------------------
+
+fn numa_memory(
+    ed: &mut Editor<'_>,
+    root: Node<'_, '_>,
+    mode: MemoryMode,
+    nodeset: &CpuSet,
+) -> Result<(), RewriteError> {
+    let Some(mode) = memory_mode_value(mode) else {
+        return Ok(());
+    };
+    let value = nonempty(nodeset, "the memory nodeset")?;
+    let memory = || {
+        Elem::new("memory")
+            .attr("mode", mode)
+            .attr("nodeset", value.clone())
+    };
+    let Some(numatune) = child(root, "numatune") else {
+        let numatune = Elem::new("numatune").children([memory()]);
+        ed.insert(
+            anchor_in(root, order::DOMAIN, "numatune", |_| false),
+            &[numatune],
+        );
+        return Ok(());
+    };
+    let Some(existing) = child(numatune, "memory") else {
+        ed.insert(
+            anchor_in(numatune, order::NUMATUNE, "memory", |_| false),
+            &[memory()],
+        );
+        return Ok(());
+    };
+    // An absent mode means strict.
+    let mode_ok = move |v: &str| v.trim() == mode;
+    match attribute(existing, "mode") {
+        None if mode == "strict" => {}
+        _ => ed.set_attr(existing, "mode", mode, mode_ok)?,
+    }
+    if attribute(existing, "placement").is_some_and(|a| a.value().trim() == "auto") {
+        ed.remove_attr(existing, "placement");
+    }
+    ed.set_attr(existing, "nodeset", &value, same_cpuset(nodeset))
+}
+
+/// Adds `elem` (named `name`) at its place in `<memoryBacking>`, creating that
+/// when missing.
+fn memory_backing_add(ed: &mut Editor<'_>, root: Node<'_, '_>, elem: Elem, name: &str) {
+    match child(root, "memoryBacking") {
+        None => {
+            let backing = Elem::new("memoryBacking").children([elem]);
+            ed.insert(
+                anchor_in(root, order::DOMAIN, "memoryBacking", |_| false),
+                &[backing],
+            );
+        }
+        Some(backing) => ed.insert(
+            anchor_in(backing, order::MEMORY_BACKING, name, |_| false),
+            &[elem],
+        ),
+    }
+}
+
+fn no_share_pages(ed: &mut Editor<'_>, root: Node<'_, '_>) {
+    let present = child(root, "memoryBacking").is_some_and(|b| child(b, "nosharepages").is_some());
+    if !present {
+        memory_backing_add(ed, root, Elem::new("nosharepages"), "nosharepages");
+    }
+}
+
+fn huge_pages(ed: &mut Editor<'_>, root: Node<'_, '_>, size_kib: u64) -> Result<(), RewriteError> {
+    if size_kib == 0 {
+        return Err(RewriteError::Invalid("huge page size 0".to_owned()));
+    }
+    let size = size_kib.to_string();
+    let page = || {
+        Elem::new("page")
+            .attr("size", size.clone())
+            .attr("unit", "KiB")
+    };
+    let hugepages = child(root, "memoryBacking").and_then(|b| child(b, "hugepages"));
+    let Some(hugepages) = hugepages else {
+        let elem = Elem::new("hugepages").children([page()]);
+        memory_backing_add(ed, root, elem, "hugepages");
+        return Ok(());
+    };
+    let default_page = children(hugepages, "page").find(|p| attribute(*p, "nodeset").is_none());
+    match default_page {
+        None => ed.insert(
+            anchor_in(hugepages, &["page"], "page", |_| false),
+            &[page()],
+        ),
+        Some(existing) => {
+            let current = attribute(existing, "size").and_then(|s| {
+                size_in_kib(s.value(), attribute(existing, "unit").map(|u| u.value()))
+            });
+            if current != Some(size_kib) {
+                ed.set_attr(existing, "size", &size, |_| false)?;
+                if attribute(existing, "unit").is_some() {
+                    ed.set_attr(existing, "unit", "KiB", same_text("KiB"))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---- devices ------------------------------------------------------------------
+
+fn device<'a, 'i>(
+    root: Node<'a, 'i>,
+    kind: &str,
+    index: usize,
+    target: &str,
+) -> Result<Node<'a, 'i>, RewriteError> {
+    let missing = || {
+        if target.is_empty() {
+            RewriteError::Missing(format!("{kind} #{index}"))
+        } else {
+            RewriteError::Missing(format!("{kind} #{index} ({target})"))
+        }
+    };
+    let devices = child(root, "devices").ok_or_else(missing)?;
+    children(devices, kind).nth(index).ok_or_else(missing)
+}
+
+fn disk_driver(
+    ed: &mut Editor<'_>,
+    root: Node<'_, '_>,
+    index: usize,
+    target: &str,
+    cache: Option<DiskCache>,
+    io: Option<DiskIo>,
+) -> Result<(), RewriteError> {
+    let disk = device(root, "disk", index, target)?;
+    let dev = child(disk, "target").and_then(|t| attribute(t, "dev"));
+    if let Some(dev) = dev
+        && !target.is_empty()
+        && dev.value() != target
+    {
+        return Err(RewriteError::Missing(format!(
+            "disk #{index} ({target}): that disk's target is {}",
+            dev.value()
+        )));
+    }
+    let wanted: Vec<(&'static str, &'static str)> =
+        [("cache", cache_value(cache)), ("io", io_value(io))]
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| (name, v)))
+            .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    match child(disk, "driver") {
+        Some(driver) => {
+            for (name, value) in wanted {
+                ed.set_attr(driver, name, value, same_text(value))?;
+            }
+        }
+        None => {
+            let driver = wanted.into_iter().fold(
+                Elem::new("driver").attr("name", "qemu"),
+                |e, (name, value)| e.attr(name, value),
+            );
+            ed.insert(splice::first_child_anchor(disk), &[driver]);
+        }
+    }
+    Ok(())
+}
+
+fn interface_driver(
+    ed: &mut Editor<'_>,
+    root: Node<'_, '_>,
+    index: usize,
+    target: &str,
+    vhost: bool,
+    queues: Option<u32>,
+) -> Result<(), RewriteError> {
+    let interface = device(root, "interface", index, target)?;
+    // The plan labels an interface by its target dev, else its MAC address.
+    let label = |elem: &str, attr: &str| {
+        child(interface, elem)
+            .and_then(|e| attribute(e, attr))
+            .map(|a| a.value().to_owned())
+    };
+    let (dev, mac) = (label("target", "dev"), label("mac", "address"));
+    if !target.is_empty()
+        && !target.starts_with("interface #")
+        && (dev.is_some() || mac.is_some())
+        && dev.as_deref() != Some(target)
+        && !mac
+            .as_deref()
+            .is_some_and(|m| m.eq_ignore_ascii_case(target))
+    {
+        return Err(RewriteError::Missing(format!(
+            "interface #{index} ({target}): that interface is {}",
+            dev.or(mac).unwrap_or_default()
+        )));
+    }
+    if queues == Some(0) {
+        return Err(RewriteError::Invalid(format!(
+            "interface #{index}: 0 queues"
+        )));
+    }
+    if !vhost && queues.is_none() {
+        return Ok(());
+    }
+    match child(interface, "driver") {
+        Some(driver) => {
+            if vhost {
+                ed.set_attr(driver, "name", "vhost", same_text("vhost"))?;
+            }
+            if let Some(queues) = queues {
+                ed.set_attr(
+                    driver,
+                    "queues",
+                    &queues.to_string(),
+                    same_number(u64::from(queues)),
+                )?;
+            }
+        }
+        None => {
+            let mut driver = Elem::new("driver");
+            if vhost {
+                driver = driver.attr("name", "vhost");
+            }
+            if let Some(queues) = queues {
+                driver = driver.attr("queues", queues.to_string());
+            }
+            ed.insert(
+                anchor_in(interface, order::INTERFACE, "driver", |_| false),
+                &[driver],
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---- cpu ----------------------------------------------------------------------
+
+fn cpu_host_model(ed: &mut Editor<'_>, root: Node<'_, '_>) -> Result<(), RewriteError> {
+    let Some(cpu) = child(root, "cpu") else {
+        return Ok(());
+    };
+    if attribute(cpu, "mode").is_none_or(|m| m.value().trim() != "host-passthrough") {
+        return Ok(());
+    }
+    ed.set_attr(cpu, "mode", "host-model", same_text("host-model"))?;
+    ed.remove_attr(cpu, "check");
+    ed.remove_attr(cpu, "migratable");
+
+    let passthrough_only =
+        |n: Node<'_, '_>| attribute(n, "mode").is_some_and(|m| m.value().trim() == "passthrough");
+    let drop: Vec<Node<'_, '_>> = cpu
+        .children()
+        .filter(|n| {
+            splice::is_libvirt(*n, "model")
+                || splice::is_libvirt(*n, "vendor")
+                || ((splice::is_libvirt(*n, "cache") || splice::is_libvirt(*n, "maxphysaddr"))
+                    && passthrough_only(*n))
+        })
+        .collect();
+    if drop.is_empty() {
+        return Ok(());
+    }
+    let only_blank_left = cpu.children().all(|n| {
+        drop.contains(&n) || (n.is_text() && n.text().is_some_and(|t| t.trim().is_empty()))
+    });
+    if only_blank_left && !ed.is_self_closing(cpu) {
+        // `<cpu mode='host-model'>…</cpu>` → `<cpu mode='host-model'/>`.
+        let tag_end = ed.start_tag_end(cpu);
+        ed.replace(tag_end - 1..cpu.range().end, "/>");
+    } else {
+        for node in drop {
+            ed.remove_element(node);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_convert_like_libvirt() {
+        assert_eq!(size_in_kib("2048", None), Some(2048));
+        assert_eq!(size_in_kib("2", Some("M")), Some(2048));
+        assert_eq!(size_in_kib("2", Some("MiB")), Some(2048));
+        assert_eq!(size_in_kib("1", Some("G")), Some(1_048_576));
+        assert_eq!(size_in_kib("1", Some("GiB")), Some(1_048_576));
+        assert_eq!(size_in_kib("2048", Some("KiB")), Some(2048));
+        assert_eq!(size_in_kib("2048", Some("k")), Some(2048));
+        assert_eq!(size_in_kib("2097152", Some("bytes")), Some(2048));
+        assert_eq!(size_in_kib("1024000", Some("KB")), Some(1_000_000));
+        assert_eq!(size_in_kib("1", Some("KB")), None);
+        assert_eq!(size_in_kib("1", Some("furlong")), None);
+        assert_eq!(size_in_kib("x", None), None);
+    }
 }

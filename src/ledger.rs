@@ -1,0 +1,407 @@
+//! The ledger: which guest kvmtune placed where, in `/run/kvmtune/ledger.json`, so
+//! that concurrent guest starts never hand out the same dedicated CPU twice.
+//!
+//! Every change happens under an exclusive `flock` on `ledger.lock` (bounded wait),
+//! is written atomically (temp file, fsync, rename), and is reconciled against
+//! libvirt's status files (`/run/libvirt/qemu/GUEST.xml`): a guest that died without
+//! `release`, or a hook killed mid-way, leaves no lasting claim. The directory lives
+//! on tmpfs: claims describe running guests and must not survive a reboot.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::cpuset::CpuSet;
+use crate::placement::{Claim, Occupancy, Pool};
+
+pub const DEFAULT_RUN_DIR: &str = "/run/kvmtune";
+pub const DEFAULT_LIBVIRT_RUN_DIR: &str = "/run/libvirt/qemu";
+const LEDGER_FILE: &str = "ledger.json";
+const LOCK_FILE: &str = "ledger.lock";
+
+/// How long a claim made at `prepare` may wait for libvirt's status file before
+/// reconciliation treats the start as failed. libvirt writes the status file while
+/// starting QEMU, seconds after prepare at most.
+pub const PREPARE_GRACE: Duration = Duration::from_secs(120);
+
+/// How long a hook waits for the ledger lock before giving up (then `on_error`).
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger directory {0} is a symlink or not a directory owned by root; refusing to use it")]
+    UnsafeDir(PathBuf),
+    #[error("ledger {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ledger lock {0} not acquired within {1:?}")]
+    LockTimeout(PathBuf, Duration),
+}
+
+/// One guest's entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub uuid: Option<String>,
+    /// Union of the vCPUs' CPUs (for people reading the file).
+    pub cpus: CpuSet,
+    pub nodes: CpuSet,
+    pub vcpus: Vec<CpuSet>,
+    pub emulator: Option<CpuSet>,
+    pub memory_kib: u64,
+    pub pool: Pool,
+    /// Seconds since the epoch when claimed.
+    pub claimed_at: u64,
+    /// `prepared` (claimed, QEMU not seen yet) or `running`.
+    pub state: EntryState,
+    /// The policy rule that placed the guest.
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryState {
+    Prepared,
+    Running,
+}
+
+/// The ledger file's content.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Ledger {
+    pub version: u32,
+    pub guests: BTreeMap<String, Entry>,
+}
+
+impl Ledger {
+    /// The claims as the placement engine's occupancy.
+    pub fn occupancy(&self) -> Occupancy {
+        Occupancy {
+            guests: self
+                .guests
+                .iter()
+                .map(|(name, e)| {
+                    (
+                        name.clone(),
+                        Claim {
+                            vcpus: e.vcpus.clone(),
+                            nodes: e.nodes.clone(),
+                            memory_kib: e.memory_kib,
+                            pool: e.pool,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Drops entries whose guest is not running: no status file and either marked
+    /// running (it stopped without `release`) or prepared longer ago than the grace
+    /// period (its start failed or its hook was killed). Returns the dropped names.
+    pub fn reconcile(&mut self, running: &BTreeMap<String, PathBuf>, now: u64) -> Vec<String> {
+        let mut dropped = Vec::new();
+        self.guests.retain(|name, entry| {
+            let alive = running.contains_key(name)
+                || (entry.state == EntryState::Prepared
+                    && now.saturating_sub(entry.claimed_at) < PREPARE_GRACE.as_secs());
+            if !alive {
+                dropped.push(name.clone());
+            }
+            alive
+        });
+        for (name, entry) in self.guests.iter_mut() {
+            if running.contains_key(name) {
+                entry.state = EntryState::Running;
+            }
+        }
+        dropped
+    }
+}
+
+/// Where the ledger and libvirt's status files live (configurable for tests).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub run_dir: PathBuf,
+    pub libvirt_run_dir: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            run_dir: PathBuf::from(DEFAULT_RUN_DIR),
+            libvirt_run_dir: PathBuf::from(DEFAULT_LIBVIRT_RUN_DIR),
+        }
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Running guests by name → status file, from libvirt's run directory.
+pub fn running_guests(libvirt_run_dir: &Path) -> BTreeMap<String, PathBuf> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = fs::read_dir(libvirt_run_dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("xml") {
+            continue;
+        }
+        if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+            out.insert(name.to_string(), path);
+        }
+    }
+    out
+}
+
+/// An exclusive hold on the ledger. Dropping it releases the lock.
+pub struct Locked {
+    _lock: Flock<File>,
+    path: PathBuf,
+    pub ledger: Ledger,
+    /// Set when the file was unreadable and the ledger started empty.
+    pub recovered_from: Option<String>,
+}
+
+impl Locked {
+    /// Takes the lock (waiting at most `timeout`) and reads the ledger. A corrupt or
+    /// truncated file is moved aside to `ledger.json.corrupt` and the ledger starts
+    /// empty: the caller reconciles it from libvirt's status files.
+    pub fn acquire(run_dir: &Path, timeout: Duration) -> Result<Locked, LedgerError> {
+        ensure_safe_dir(run_dir)?;
+        let lock_path = run_dir.join(LOCK_FILE);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LedgerError::Io { path, source }
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        let started = Instant::now();
+        let mut file = file;
+        let lock = loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => break lock,
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) | Err((f, nix::errno::Errno::EINTR)) => {
+                    if started.elapsed() >= timeout {
+                        return Err(LedgerError::LockTimeout(lock_path, timeout));
+                    }
+                    file = f;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((_, errno)) => {
+                    return Err(LedgerError::Io {
+                        path: lock_path,
+                        source: errno.into(),
+                    });
+                }
+            }
+        };
+        let path = run_dir.join(LEDGER_FILE);
+        let (ledger, recovered_from) = match read_no_follow(&path) {
+            Ok(None) => (Ledger { version: 1, ..Ledger::default() }, None),
+            Ok(Some(text)) => match serde_json::from_str::<Ledger>(&text) {
+                Ok(ledger) => (ledger, None),
+                Err(e) => {
+                    let aside = run_dir.join(format!("{LEDGER_FILE}.corrupt"));
+                    let _ = fs::rename(&path, &aside);
+                    (
+                        Ledger { version: 1, ..Ledger::default() },
+                        Some(format!("{} was unreadable ({e}); moved to {}", path.display(), aside.display())),
+                    )
+                }
+            },
+            Err(source) => return Err(LedgerError::Io { path, source }),
+        };
+        Ok(Locked {
+            _lock: lock,
+            path,
+            ledger,
+            recovered_from,
+        })
+    }
+
+    /// Writes the ledger atomically: a reader (or a crash) sees the old or the new
+    /// file, never a half-written one.
+    pub fn save(&self) -> Result<(), LedgerError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".{LEDGER_FILE}.{}.tmp", std::process::id()));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LedgerError::Io { path, source }
+        };
+        let mut text = serde_json::to_string_pretty(&self.ledger).map_err(|e| LedgerError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        text.push('\n');
+        {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .mode(0o644)
+                .open(&tmp)
+                .map_err(io(&tmp))?;
+            file.write_all(text.as_bytes()).map_err(io(&tmp))?;
+            file.sync_all().map_err(io(&tmp))?;
+        }
+        fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// Reads the ledger without the lock (status display): may be one update behind.
+pub fn read_unlocked(run_dir: &Path) -> Option<Ledger> {
+    let text = read_no_follow(&run_dir.join(LEDGER_FILE)).ok()??;
+    serde_json::from_str(&text).ok()
+}
+
+fn read_no_follow(path: &Path) -> std::io::Result<Option<String>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path);
+    match file {
+        Ok(mut f) => {
+            let mut text = String::new();
+            use std::io::Read;
+            // The ledger is small; bound the read so a planted huge file cannot eat memory.
+            (&mut f).take(64 * 1024 * 1024).read_to_string(&mut text)?;
+            Ok(Some(text))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates the run directory (0755) if missing; refuses a symlink, a non-directory,
+/// or (when we are root) a directory not owned by root or writable by others.
+fn ensure_safe_dir(dir: &Path) -> Result<(), LedgerError> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(|source| LedgerError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
+            Ok(())
+        }
+        Err(source) => Err(LedgerError::Io {
+            path: dir.to_path_buf(),
+            source,
+        }),
+        Ok(meta) => {
+            let is_root = nix::unistd::geteuid().is_root();
+            let unsafe_owner = is_root && (meta.uid() != 0 || meta.mode() & 0o022 != 0);
+            if meta.file_type().is_symlink() || !meta.is_dir() || unsafe_owner {
+                Err(LedgerError::UnsafeDir(dir.to_path_buf()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(cpus: &str, state: EntryState, claimed_at: u64) -> Entry {
+        let set = CpuSet::parse(cpus).unwrap();
+        Entry {
+            uuid: None,
+            vcpus: set.iter().map(CpuSet::single).collect(),
+            cpus: set,
+            nodes: CpuSet::single(0),
+            emulator: None,
+            memory_kib: 1024,
+            pool: Pool::Dedicated,
+            claimed_at,
+            state,
+            rule: "defaults".into(),
+        }
+    }
+
+    #[test]
+    fn save_then_acquire_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let mut locked = Locked::acquire(&run, LOCK_TIMEOUT).unwrap();
+        locked
+            .ledger
+            .guests
+            .insert("a".into(), entry("2-3", EntryState::Prepared, 100));
+        locked.save().unwrap();
+        drop(locked);
+        let again = Locked::acquire(&run, LOCK_TIMEOUT).unwrap();
+        assert_eq!(again.ledger.guests["a"].cpus.to_string(), "2-3");
+        assert_eq!(again.ledger.occupancy().dedicated_cpus().to_string(), "2-3");
+    }
+
+    #[test]
+    fn lock_wait_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = Locked::acquire(dir.path(), LOCK_TIMEOUT).unwrap();
+        let second = Locked::acquire(dir.path(), Duration::from_millis(50));
+        assert!(matches!(second, Err(LedgerError::LockTimeout(..))));
+    }
+
+    #[test]
+    fn truncated_ledger_is_set_aside_and_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(LEDGER_FILE), "{\"version\":1,\"guests\":{\"a\":{\"uu").unwrap();
+        let locked = Locked::acquire(dir.path(), LOCK_TIMEOUT).unwrap();
+        assert!(locked.ledger.guests.is_empty());
+        assert!(locked.recovered_from.is_some());
+        assert!(dir.path().join("ledger.json.corrupt").exists());
+    }
+
+    #[test]
+    fn symlinked_ledger_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(matches!(
+            Locked::acquire(&link, LOCK_TIMEOUT),
+            Err(LedgerError::UnsafeDir(_))
+        ));
+    }
+
+    #[test]
+    fn reconcile_drops_dead_and_stale_claims_only() {
+        let mut ledger = Ledger::default();
+        ledger.guests.insert("running".into(), entry("1", EntryState::Running, 0));
+        ledger.guests.insert("died".into(), entry("2", EntryState::Running, 0));
+        ledger.guests.insert("starting".into(), entry("3", EntryState::Prepared, 1000));
+        ledger.guests.insert("failed".into(), entry("4", EntryState::Prepared, 10));
+        let mut running = BTreeMap::new();
+        running.insert("running".to_string(), PathBuf::from("/x"));
+        let dropped = ledger.reconcile(&running, 1000 + 5);
+        assert_eq!(dropped, vec!["died".to_string(), "failed".to_string()]);
+        assert_eq!(ledger.guests.keys().collect::<Vec<_>>(), vec!["running", "starting"]);
+    }
+}

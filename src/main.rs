@@ -1,0 +1,30 @@
+//! The `kvmtune` binary: the admin's CLI, and the libvirt qemu hook when invoked as
+//! `/etc/libvirt/hooks/qemu` (a symlink to this binary) or from `qemu.d/`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kvmtune::cli::{self, Cli, Failure};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(argv0) = args.first() {
+        if kvmtune::hook::invoked_as_hook(Path::new(argv0)) {
+            return kvmtune::hook::run_as_libvirt_hook(&args[1..]);
+        }
+    }
+    let cli = Cli::parse();
+    match cli::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            // One line, naming the file/guest/element; the exit code says what kind.
+            eprintln!("kvmtune: {err:#}");
+            let code = err
+                .downcast_ref::<Failure>()
+                .map(|f| f.code)
+                .unwrap_or(cli::exit::INPUT);
+            ExitCode::from(code)
+        }
+    }
+}

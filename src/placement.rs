@@ -1,0 +1,468 @@
+//! Where a guest's vCPUs go: the host CPUs guests may use, the occupancy left by
+//! running guests, and the choice of the smallest topology level that fits
+//! (core → L3 group → NUMA node → socket → fewest nearest nodes), per TUNING-RULES
+//! 1.1–1.3. Pure: host, occupancy and request in, placement out.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cpuset::CpuSet;
+use crate::host::Host;
+
+/// How CPUs are shared between guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pool {
+    /// Overcommitted: CPUs shared with other shared guests up to the allocation
+    /// ratio, least-loaded first, still NUMA- and cache-local.
+    #[default]
+    Shared,
+    /// Exclusive: a CPU belongs to one vCPU of one guest.
+    Dedicated,
+}
+
+/// What one running (or starting) guest holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The host CPUs each vCPU may run on, by vCPU number.
+    pub vcpus: Vec<CpuSet>,
+    /// NUMA nodes its memory is bound to.
+    pub nodes: CpuSet,
+    pub memory_kib: u64,
+    pub pool: Pool,
+}
+
+impl Claim {
+    /// All host CPUs the guest's vCPUs may use.
+    pub fn cpus(&self) -> CpuSet {
+        self.vcpus.iter().fold(CpuSet::new(), |acc, s| acc.union(s))
+    }
+}
+
+/// The host's occupancy: what every other guest holds, by guest name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Occupancy {
+    pub guests: BTreeMap<String, Claim>,
+}
+
+impl Occupancy {
+    /// vCPU load per host CPU: a vCPU allowed on k CPUs adds 1/k to each.
+    pub fn cpu_load(&self) -> BTreeMap<u32, f64> {
+        let mut load = BTreeMap::new();
+        for claim in self.guests.values() {
+            for set in &claim.vcpus {
+                let share = 1.0 / set.len().max(1) as f64;
+                for cpu in set.iter() {
+                    *load.entry(cpu).or_insert(0.0) += share;
+                }
+            }
+        }
+        load
+    }
+
+    /// CPUs held exclusively by dedicated guests.
+    pub fn dedicated_cpus(&self) -> CpuSet {
+        self.guests
+            .values()
+            .filter(|c| c.pool == Pool::Dedicated)
+            .fold(CpuSet::new(), |acc, c| acc.union(&c.cpus()))
+    }
+
+    /// The occupancy without one guest (a guest being re-planned does not compete
+    /// with itself).
+    pub fn without(&self, guest: &str) -> Occupancy {
+        let mut other = self.clone();
+        other.guests.remove(guest);
+        other
+    }
+}
+
+/// The topology level a placement landed in, smallest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Level {
+    Core,
+    L3,
+    Node,
+    Socket,
+    /// Several NUMA nodes (the fewest, nearest).
+    Nodes,
+    /// More vCPUs than eligible CPUs: overcommitted across all of them.
+    Host,
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Level::Core => "one core",
+            Level::L3 => "one L3 cache group",
+            Level::Node => "one NUMA node",
+            Level::Socket => "one socket",
+            Level::Nodes => "several NUMA nodes",
+            Level::Host => "the whole host (overcommitted)",
+        })
+    }
+}
+
+/// What to place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub vcpus: u32,
+    pub memory_kib: u64,
+    pub pool: Pool,
+    /// Host CPUs guests may use at all (reserved, IRQ, CPU0 already removed).
+    pub eligible: CpuSet,
+    /// Shared CPUs take at most this many vCPUs each (Nova's cpu_allocation_ratio).
+    pub cpu_allocation_ratio: f64,
+}
+
+/// Where a guest goes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Placement {
+    pub level: Level,
+    /// Host CPUs of each vCPU, by vCPU number.
+    pub vcpus: Vec<CpuSet>,
+    pub cpus: CpuSet,
+    pub nodes: CpuSet,
+    /// One sentence on why here.
+    pub why: String,
+}
+
+/// Why nothing fits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NoRoom(pub String);
+
+/// CPUs a guest may use under the host settings, and the reasons others are not.
+pub fn eligible_cpus(
+    host: &Host,
+    reserved: &CpuSet,
+    irq_cpus: &CpuSet,
+    allow_cpu0: bool,
+    nodes: Option<&CpuSet>,
+) -> CpuSet {
+    let mut eligible = host.online.difference(reserved).difference(irq_cpus);
+    if !allow_cpu0 {
+        eligible.remove(0);
+    }
+    if let Some(nodes) = nodes {
+        let allowed = host
+            .nodes
+            .values()
+            .filter(|n| nodes.contains(n.id))
+            .fold(CpuSet::new(), |acc, n| acc.union(&n.cpus));
+        eligible = eligible.intersection(&allowed);
+    }
+    eligible
+}
+
+/// Places `request` on `host` given `occupancy`.
+pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Placement, NoRoom> {
+    let wanted = request.vcpus.max(1) as usize;
+    let load = occupancy.cpu_load();
+    let load_of = |cpu: u32| load.get(&cpu).copied().unwrap_or(0.0);
+    let dedicated = occupancy.dedicated_cpus();
+    let available: CpuSet = match request.pool {
+        Pool::Shared => request
+            .eligible
+            .difference(&dedicated)
+            .iter()
+            .filter(|c| load_of(*c) + 1.0 <= request.cpu_allocation_ratio.max(1.0))
+            .collect(),
+        Pool::Dedicated => request
+            .eligible
+            .difference(&dedicated)
+            .iter()
+            .filter(|c| load_of(*c) == 0.0)
+            .collect(),
+    };
+    if available.is_empty() {
+        return Err(NoRoom(match request.pool {
+            Pool::Dedicated => format!(
+                "no free dedicated CPU left (eligible CPUs {} are all taken)",
+                request.eligible
+            ),
+            Pool::Shared if request.eligible.is_empty() => {
+                "no CPU is eligible for guests (all reserved, IRQ or CPU0)".to_string()
+            }
+            Pool::Shared => "every eligible CPU is at the CPU allocation ratio".to_string(),
+        }));
+    }
+
+    let node_fits = |nodes: &CpuSet| memory_fits(host, nodes, request.memory_kib);
+    let unit_load = |unit: &CpuSet| unit.iter().map(load_of).sum::<f64>() / unit.len().max(1) as f64;
+
+    // Single-node levels, smallest first. Each unit is cut to one node: rule 1.2
+    // (one NUMA node) outranks sharing an L3 that spans nodes (SNC).
+    for level in [Level::Core, Level::L3, Level::Node] {
+        let mut best: Option<(CpuSet, u32)> = None;
+        let mut best_key = None;
+        for (unit, node) in units(host, level) {
+            let unit = unit.intersection(&available);
+            if unit.len() < wanted || !node_fits(&CpuSet::single(node)) {
+                continue;
+            }
+            // Shared: least loaded first; then best fit (the smallest unit that
+            // fits, so big free areas stay for big guests); then lowest CPU.
+            let key = match request.pool {
+                Pool::Shared => (ordered(unit_load(&unit)), unit.len(), unit.first()),
+                Pool::Dedicated => (0, unit.len(), unit.first()),
+            };
+            if best_key.as_ref().is_none_or(|k| key < *k) {
+                best_key = Some(key);
+                best = Some((unit, node));
+            }
+        }
+        if let Some((unit, node)) = best {
+            let vcpus = assign(host, &unit, wanted, &load_of);
+            let cpus = vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
+            return Ok(Placement {
+                level,
+                why: format!(
+                    "{wanted} vCPU(s) fit in {level} (node {node}); CPUs {cpus}",
+                ),
+                vcpus,
+                cpus,
+                nodes: CpuSet::single(node),
+            });
+        }
+    }
+
+    // Spanning: the fewest, nearest nodes, within one socket when possible.
+    let largest_node = host
+        .nodes
+        .values()
+        .map(|n| n.cpus.intersection(&available).len())
+        .max()
+        .unwrap_or(0);
+    let mut candidates: Vec<(Level, Vec<u32>)> = Vec::new();
+    for socket_cpus in host.sockets.values() {
+        let nodes: Vec<u32> = host
+            .nodes
+            .values()
+            .filter(|n| n.cpus.intersects(socket_cpus))
+            .map(|n| n.id)
+            .collect();
+        candidates.push((Level::Socket, nodes));
+    }
+    candidates.push((Level::Nodes, host.nodes.keys().copied().collect()));
+    let mut best: Option<(usize, u32, Level, CpuSet)> = None;
+    for (level, nodes) in candidates {
+        if let Some(chosen) = fewest_nearest_nodes(host, &nodes, &available, wanted, &node_fits) {
+            let distance = spread(host, &chosen);
+            let key = (chosen.len(), distance, level, chosen.clone());
+            if best.as_ref().is_none_or(|b| (key.0, key.1, key.2) < (b.0, b.1, b.2)) {
+                best = Some(key);
+            }
+        }
+    }
+    if let Some((count, _, level, nodes)) = best {
+        let unit = node_cpus(host, &nodes).intersection(&available);
+        let vcpus = assign(host, &unit, wanted, &load_of);
+        let cpus = vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
+        return Ok(Placement {
+            level,
+            why: format!(
+                "{wanted} vCPUs exceed the largest NUMA node ({largest_node} usable CPUs): \
+                 spans {count} nodes ({nodes}), the fewest and nearest that fit"
+            ),
+            vcpus,
+            cpus,
+            nodes,
+        });
+    }
+
+    match request.pool {
+        Pool::Shared => {
+            let vcpus = assign(host, &available, wanted, &load_of);
+            let nodes = nodes_of(host, &available);
+            Ok(Placement {
+                level: Level::Host,
+                why: format!(
+                    "{wanted} vCPUs exceed the {} usable CPUs ({available}): overcommitted across them",
+                    available.len()
+                ),
+                vcpus,
+                cpus: available.clone(),
+                nodes,
+            })
+        }
+        Pool::Dedicated => Err(NoRoom(format!(
+            "{wanted} dedicated vCPUs do not fit: {} free dedicated CPUs ({available}) on the host",
+            available.len()
+        ))),
+    }
+}
+
+/// Orders f64 loads (never NaN here) as integers in 1/1000 vCPU steps.
+fn ordered(load: f64) -> u64 {
+    (load * 1000.0).round() as u64
+}
+
+/// Candidate units of a level, each cut to one NUMA node, with that node.
+fn units(host: &Host, level: Level) -> Vec<(CpuSet, u32)> {
+    let mut out = Vec::new();
+    for node in host.nodes.values() {
+        match level {
+            Level::Core => {
+                for core in &host.cores {
+                    let cpus = core.cpus.intersection(&node.cpus);
+                    if !cpus.is_empty() {
+                        out.push((cpus, node.id));
+                    }
+                }
+            }
+            Level::L3 => {
+                // Without L3 info (many sysfs snapshots lack cache/), assume the
+                // L3 is socket-wide, as on the Intel Xeons of that era.
+                let groups: Vec<&CpuSet> = if host.l3_groups.is_empty() {
+                    host.sockets.values().collect()
+                } else {
+                    host.l3_groups.iter().collect()
+                };
+                for group in groups {
+                    let cpus = group.intersection(&node.cpus);
+                    if !cpus.is_empty() {
+                        out.push((cpus, node.id));
+                    }
+                }
+            }
+            _ => out.push((node.cpus.clone(), node.id)),
+        }
+    }
+    out
+}
+
+fn node_cpus(host: &Host, nodes: &CpuSet) -> CpuSet {
+    host.nodes
+        .values()
+        .filter(|n| nodes.contains(n.id))
+        .fold(CpuSet::new(), |acc, n| acc.union(&n.cpus))
+}
+
+/// NUMA nodes holding any of `cpus`.
+pub fn nodes_of(host: &Host, cpus: &CpuSet) -> CpuSet {
+    cpus.iter()
+        .filter_map(|c| host.cpus.get(&c).map(|cpu| cpu.node))
+        .collect()
+}
+
+fn memory_fits(host: &Host, nodes: &CpuSet, memory_kib: u64) -> bool {
+    let mut free = 0u64;
+    for id in nodes.iter() {
+        match host.nodes.get(&id).and_then(|n| n.mem_free_kib) {
+            Some(kib) => free = free.saturating_add(kib),
+            // Unknown free memory (sysfs without meminfo) does not block placement.
+            None => return true,
+        }
+    }
+    free >= memory_kib
+}
+
+/// Sum of pairwise distances (0 when the host gives none).
+fn spread(host: &Host, nodes: &CpuSet) -> u32 {
+    let ids: Vec<u32> = nodes.iter().collect();
+    let mut total = 0;
+    for (i, a) in ids.iter().enumerate() {
+        for b in &ids[i + 1..] {
+            total += host
+                .nodes
+                .get(a)
+                .and_then(|n| n.distances.get(b))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// Greedy: start from the node with the most usable CPUs, add the nearest node
+/// (ties: most usable CPUs) until the CPUs and memory fit.
+fn fewest_nearest_nodes(
+    host: &Host,
+    candidates: &[u32],
+    available: &CpuSet,
+    wanted: usize,
+    fits: &dyn Fn(&CpuSet) -> bool,
+) -> Option<CpuSet> {
+    let usable = |id: u32| {
+        host.nodes
+            .get(&id)
+            .map(|n| n.cpus.intersection(available).len())
+            .unwrap_or(0)
+    };
+    let mut best: Option<CpuSet> = None;
+    for &start in candidates.iter().filter(|id| usable(**id) > 0) {
+        let mut chosen = CpuSet::single(start);
+        let mut count = usable(start);
+        while count < wanted || !fits(&chosen) {
+            let next = candidates
+                .iter()
+                .filter(|id| !chosen.contains(**id) && usable(**id) > 0)
+                .min_by_key(|id| {
+                    let distance: u32 = chosen
+                        .iter()
+                        .map(|c| {
+                            host.nodes
+                                .get(&c)
+                                .and_then(|n| n.distances.get(id))
+                                .copied()
+                                .unwrap_or(20)
+                        })
+                        .sum();
+                    (distance, std::cmp::Reverse(usable(**id)), **id)
+                });
+            match next {
+                Some(id) => {
+                    chosen.insert(*id);
+                    count += usable(*id);
+                }
+                None => break,
+            }
+        }
+        if count >= wanted
+            && fits(&chosen)
+            && best.as_ref().is_none_or(|b| {
+                (chosen.len(), spread(host, &chosen)) < (b.len(), spread(host, b))
+            })
+        {
+            best = Some(chosen);
+        }
+    }
+    best
+}
+
+/// Gives each vCPU one CPU of `unit`: whole cores first (SMT siblings together, so
+/// vCPU pairs share L1/L2), least-loaded cores first; more vCPUs than CPUs wrap.
+fn assign(host: &Host, unit: &CpuSet, wanted: usize, load_of: &dyn Fn(u32) -> f64) -> Vec<CpuSet> {
+    let mut cores: Vec<CpuSet> = Vec::new();
+    let mut seen = CpuSet::new();
+    for cpu in unit.iter() {
+        if seen.contains(cpu) {
+            continue;
+        }
+        let siblings = host
+            .cpus
+            .get(&cpu)
+            .and_then(|c| host.cores.get(c.core))
+            .map(|core| core.cpus.intersection(unit))
+            .unwrap_or_else(|| CpuSet::single(cpu));
+        seen = seen.union(&siblings);
+        cores.push(siblings);
+    }
+    // Fill partly used/least loaded cores first; for a pair of vCPUs prefer a core
+    // with two usable threads.
+    cores.sort_by_key(|core| {
+        let load: f64 = core.iter().map(load_of).sum();
+        (
+            ordered(load),
+            std::cmp::Reverse(core.len().min(wanted)),
+            core.first(),
+        )
+    });
+    let order: Vec<u32> = cores.iter().flat_map(|c| c.iter().collect::<Vec<_>>()).collect();
+    (0..wanted)
+        .map(|i| CpuSet::single(order[i % order.len()]))
+        .collect()
+}

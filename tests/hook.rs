@@ -1,0 +1,235 @@
+//! The hook's stages on fixture trees: a fixture host, a temporary ledger directory
+//! and a fake libvirt run directory with status files.
+
+use std::path::{Path, PathBuf};
+
+use kvmtune::hook::{Environment, run};
+use kvmtune::ledger::{self, Paths};
+use kvmtune::logging::Log;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    env: Environment,
+}
+
+fn fixture(host: &str, policy: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.yaml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let libvirt = dir.path().join("libvirt");
+    std::fs::create_dir_all(&libvirt).unwrap();
+    let env = Environment {
+        policy: policy_path,
+        host_root: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/hosts").join(host),
+        proc_root: dir.path().join("proc"),
+        paths: Paths {
+            run_dir: dir.path().join("run"),
+            libvirt_run_dir: libvirt,
+        },
+        syslog_socket: dir.path().join("no-syslog"),
+        allow_insecure_policy: true,
+        apply_runtime: false,
+    };
+    Fixture { _dir: dir, env }
+}
+
+const POLICY: &str = "version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: none\n";
+
+fn guest(name: &str, vcpus: u32, extra: &str) -> String {
+    format!(
+        "<domain type='kvm'>\n  <name>{name}</name>\n  <uuid>00000000-0000-0000-0000-00000000000{vcpus}</uuid>\n  <memory unit='MiB'>512</memory>\n  <vcpu placement='static'>{vcpus}</vcpu>\n  <os><type arch='x86_64'>hvm</type></os>\n{extra}  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2' cache='none' io='native'/>\n      <source file='/x.qcow2'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n  </devices>\n</domain>\n"
+    )
+}
+
+/// A conforming guest apart from placement (which the hook applies at runtime).
+fn conforming(name: &str, vcpus: u32) -> String {
+    guest(name, vcpus, "  <memoryBacking>\n    <nosharepages/>\n  </memoryBacking>\n")
+}
+
+fn hook(f: &Fixture, guest: &str, op: &str, subop: &str, xml: &str) -> kvmtune::hook::Outcome {
+    let mut log = Log::memory();
+    run(&f.env, guest, op, subop, xml.as_bytes(), &mut log)
+}
+
+/// Writes a libvirt status file as libvirt does once QEMU runs.
+fn mark_running(f: &Fixture, name: &str, xml: &str) {
+    let status = format!(
+        "<domstatus state='running' pid='1'>\n  <vcpus>\n    <vcpu id='0' pid='2'/>\n  </vcpus>\n{xml}</domstatus>\n"
+    );
+    std::fs::write(f.env.paths.libvirt_run_dir.join(format!("{name}.xml")), status).unwrap();
+}
+
+fn ledger(f: &Fixture) -> ledger::Ledger {
+    ledger::read_unlocked(&f.env.paths.run_dir).unwrap_or_default()
+}
+
+#[test]
+fn prepare_claims_and_release_frees() {
+    let f = fixture("intel-xeon-silver4108-2s8c2t-2node", POLICY);
+    let xml = conforming("web", 2);
+    let out = hook(&f, "web", "prepare", "begin", &xml);
+    assert_eq!(out.exit, 0, "{out:?}");
+    let l = ledger(&f);
+    let entry = &l.guests["web"];
+    assert_eq!(entry.cpus.len(), 2);
+    assert!(!entry.cpus.contains(0));
+    assert_eq!(entry.state, ledger::EntryState::Prepared);
+    let out = hook(&f, "web", "release", "end", &xml);
+    assert_eq!(out.exit, 0);
+    assert!(ledger(&f).guests.is_empty());
+}
+
+#[test]
+fn concurrent_claims_do_not_overlap_in_dedicated_sense() {
+    let f = fixture("intel-xeon-silver4108-2s8c2t-2node", POLICY);
+    let mut seen = kvmtune::CpuSet::new();
+    for i in 0..10 {
+        let name = format!("g{i}");
+        assert_eq!(hook(&f, &name, "prepare", "begin", &conforming(&name, 2)).exit, 0);
+        let cpus = ledger(&f).guests[&name].cpus.clone();
+        assert!(!cpus.intersects(&seen), "{name} got {cpus}, already used {seen}");
+        seen = seen.union(&cpus);
+    }
+}
+
+#[test]
+fn refuse_mode_blocks_a_violation_with_one_line_naming_guest_rule_and_fix() {
+    let f = fixture(
+        "intel-core-i5-m560-laptop-1s2c2t",
+        &format!("{POLICY}on_violation: refuse\n"),
+    );
+    let xml = conforming("pt", 1).replace("<os>", "<cpu mode='host-passthrough'/>\n  <os>");
+    let out = hook(&f, "pt", "prepare", "begin", &xml);
+    assert_eq!(out.exit, 1);
+    assert!(!out.stderr.contains('\n'));
+    assert!(out.stderr.starts_with("kvmtune: guest 'pt'"), "{}", out.stderr);
+    assert!(out.stderr.contains("host-passthrough"), "{}", out.stderr);
+    assert!(out.stderr.contains("kvmtune apply pt"), "{}", out.stderr);
+    assert!(ledger(&f).guests.is_empty(), "a refused guest holds no claim");
+}
+
+#[test]
+fn warn_mode_allows_and_logs_the_violation() {
+    let f = fixture("intel-core-i5-m560-laptop-1s2c2t", POLICY);
+    let xml = conforming("wb", 1).replace("cache='none' io='native'", "cache='writeback'");
+    let mut log = Log::memory();
+    let out = run(&f.env, "wb", "prepare", "begin", xml.as_bytes(), &mut log);
+    assert_eq!(out.exit, 0);
+    let line = &log.lines.last().unwrap().1;
+    assert!(line.contains("guest=wb stage=prepare-begin"), "{line}");
+    assert!(line.contains("violation") && line.contains("cache='none'"), "{line}");
+}
+
+#[test]
+fn a_broken_policy_allows_the_guest_by_default_and_logs_the_error() {
+    let f = fixture("intel-core-i5-m560-laptop-1s2c2t", "version: 1\nhost: [oops\n");
+    let mut log = Log::memory();
+    let out = run(&f.env, "g", "prepare", "begin", conforming("g", 1).as_bytes(), &mut log);
+    assert_eq!(out.exit, 0);
+    let (severity, line) = log.lines.last().unwrap();
+    assert_eq!(*severity, kvmtune::logging::Severity::Error);
+    assert!(line.contains("policy"), "{line}");
+}
+
+#[test]
+fn on_error_refuse_refuses_on_internal_errors() {
+    let mut f = fixture(
+        "intel-core-i5-m560-laptop-1s2c2t",
+        &format!("{POLICY}on_error: refuse\n"),
+    );
+    f.env.host_root = PathBuf::from("/nonexistent-host-root");
+    let out = hook(&f, "g", "prepare", "begin", &conforming("g", 1));
+    assert_eq!(out.exit, 1);
+    assert!(out.stderr.contains("on_error: refuse"), "{}", out.stderr);
+}
+
+#[test]
+fn bad_stdin_never_panics_and_is_allowed_by_default() {
+    let f = fixture("intel-core-i5-m560-laptop-1s2c2t", POLICY);
+    for input in [&b""[..], b"not xml", b"<domain><name>g</name>", b"\xff\xfe", b"<network/>"] {
+        let mut log = Log::memory();
+        let out = run(&f.env, "g", "prepare", "begin", input, &mut log);
+        assert_eq!(out.exit, 0);
+        assert!(log.lines.last().unwrap().1.contains("error"));
+    }
+}
+
+#[test]
+fn unknown_operations_exit_zero_quietly() {
+    let f = fixture("intel-core-i5-m560-laptop-1s2c2t", POLICY);
+    let out = hook(&f, "g", "frobnicate", "begin", "");
+    assert_eq!(out, kvmtune::hook::Outcome::default());
+    let out = hook(&f, "g", "stopped", "end", &conforming("g", 1));
+    assert_eq!(out.exit, 0);
+}
+
+#[test]
+fn restore_prints_xml_with_only_guest_abi_safe_edits() {
+    let f = fixture("intel-core-i5-m560-laptop-1s2c2t", POLICY);
+    let xml = guest("r", 2, "  <cpu mode='host-passthrough'/>\n")
+        .replace("cache='none' io='native'", "cache='writeback'");
+    let out = hook(&f, "r", "restore", "begin", &xml);
+    assert_eq!(out.exit, 0, "{out:?}");
+    assert!(out.stdout.contains("<vcpupin vcpu='0'"), "{}", out.stdout);
+    assert!(out.stdout.contains("cache='none'"));
+    assert!(out.stdout.contains("<numatune>"));
+    // Guest ABI: CPU mode and memory backing unchanged.
+    assert!(out.stdout.contains("host-passthrough"));
+    assert!(!out.stdout.contains("nosharepages"));
+}
+
+#[test]
+fn migrate_replaces_source_host_pins_with_a_fresh_placement() {
+    let f = fixture("intel-core-i5-m560-laptop-1s2c2t", POLICY);
+    // Another guest here already holds CPU 1 (dedicated 1:1 pin in its live XML).
+    let other = "<domain type='kvm'><name>other</name><memory>1024</memory><vcpu>1</vcpu><cputune><vcpupin vcpu='0' cpuset='1'/></cputune></domain>\n";
+    mark_running(&f, "other", other);
+    let incoming = conforming("mig", 1).replace(
+        "<os>",
+        "<cputune>\n    <vcpupin vcpu='0' cpuset='1'/>\n  </cputune>\n  <os>",
+    );
+    let out = hook(&f, "mig", "migrate", "begin", &incoming);
+    assert_eq!(out.exit, 0);
+    assert!(!out.stdout.contains("cpuset='1'"), "{}", out.stdout);
+    assert!(out.stdout.contains("<vcpupin vcpu='0' cpuset='"));
+}
+
+#[test]
+fn stale_claims_are_reconciled_away() {
+    let f = fixture("intel-xeon-silver4108-2s8c2t-2node", POLICY);
+    let xml = conforming("crashed", 2);
+    assert_eq!(hook(&f, "crashed", "prepare", "begin", &xml).exit, 0);
+    mark_running(&f, "crashed", &xml);
+    assert_eq!(hook(&f, "other", "prepare", "begin", &conforming("other", 1)).exit, 0);
+    assert_eq!(ledger(&f).guests["crashed"].state, ledger::EntryState::Running);
+    // QEMU died without release: the status file disappears.
+    std::fs::remove_file(f.env.paths.libvirt_run_dir.join("crashed.xml")).unwrap();
+    assert_eq!(hook(&f, "third", "prepare", "begin", &conforming("third", 1)).exit, 0);
+    let l = ledger(&f);
+    assert!(!l.guests.contains_key("crashed"));
+    assert!(l.guests.contains_key("other") && l.guests.contains_key("third"));
+}
+
+#[test]
+fn reconnect_re_records_a_guest_missing_from_the_ledger() {
+    let f = fixture("intel-xeon-silver4108-2s8c2t-2node", POLICY);
+    let xml = conforming("pinned", 2).replace(
+        "<os>",
+        "<cputune>\n    <vcpupin vcpu='0' cpuset='5'/>\n    <vcpupin vcpu='1' cpuset='21'/>\n  </cputune>\n  <os>",
+    );
+    mark_running(&f, "pinned", &xml);
+    assert_eq!(hook(&f, "pinned", "reconnect", "begin", &xml).exit, 0);
+    let l = ledger(&f);
+    assert_eq!(l.guests["pinned"].cpus.to_string(), "5,21");
+    assert_eq!(l.guests["pinned"].state, ledger::EntryState::Running);
+}
+
+#[test]
+fn a_guest_name_mismatch_is_an_error_not_a_claim() {
+    let f = fixture("intel-core-i5-m560-laptop-1s2c2t", POLICY);
+    let mut log = Log::memory();
+    let out = run(&f.env, "a", "prepare", "begin", conforming("b", 1).as_bytes(), &mut log);
+    assert_eq!(out.exit, 0);
+    assert!(ledger(&f).guests.is_empty());
+    let _ = Path::new("");
+}

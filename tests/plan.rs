@@ -1,0 +1,246 @@
+//! Placement and edit behaviour of the pure planner on real fixture hosts
+//! (tests/data/hosts, copied from ../shared/fixtures/hosts with provenance noted).
+
+use std::path::{Path, PathBuf};
+
+use kvmtune::CpuSet;
+use kvmtune::domain::Domain;
+use kvmtune::host::Host;
+use kvmtune::placement::{Claim, Level, Occupancy, Pool};
+use kvmtune::plan::{Change, Plan, plan};
+use kvmtune::policy::Policy;
+
+fn host(name: &str) -> Host {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/hosts").join(name);
+    Host::read(&root).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn policy(yaml: &str) -> Policy {
+    Policy::parse(yaml, Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+const BASE: &str = "version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: none\n";
+
+fn guest(name: &str, vcpus: u32, memory_mib: u64) -> String {
+    format!(
+        "<domain type='kvm'>\n  <name>{name}</name>\n  <memory unit='MiB'>{memory_mib}</memory>\n  <vcpu placement='static'>{vcpus}</vcpu>\n  <os><type arch='x86_64' machine='pc'>hvm</type></os>\n  <devices>\n    <emulator>/usr/bin/qemu-system-x86_64</emulator>\n  </devices>\n</domain>\n"
+    )
+}
+
+fn plan_for(policy: &Policy, host: &Host, occupancy: &Occupancy, xml: &str) -> Plan {
+    let domain = Domain::parse(xml).unwrap();
+    plan(policy, host, occupancy, &domain).unwrap()
+}
+
+fn claim_of(plan: &Plan, memory_kib: u64) -> Claim {
+    let p = plan.placement.as_ref().unwrap();
+    Claim {
+        vcpus: p.vcpus.clone(),
+        nodes: p.nodes.clone(),
+        memory_kib,
+        pool: plan.pool,
+    }
+}
+
+#[test]
+fn two_vcpus_get_the_two_smt_siblings_of_one_core() {
+    let h = host("intel-xeon-silver4108-2s8c2t-2node");
+    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &guest("g", 2, 1024));
+    let placement = p.placement.unwrap();
+    assert_eq!(placement.level, Level::Core);
+    let core = h.core_of(placement.cpus.first().unwrap()).unwrap();
+    assert_eq!(placement.cpus, core.cpus, "both threads of one core");
+    assert_eq!(placement.cpus.len(), 2);
+    assert_ne!(placement.vcpus[0], placement.vcpus[1], "one thread per vCPU");
+    assert!(!placement.cpus.contains(0));
+}
+
+#[test]
+fn six_vcpus_stay_in_one_node_of_one_socket() {
+    let h = host("intel-xeon-silver4108-2s8c2t-2node");
+    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &guest("g", 6, 2048));
+    let placement = p.placement.unwrap();
+    assert_eq!(placement.cpus.len(), 6);
+    assert_eq!(h.nodes_of(&placement.cpus).len(), 1);
+    let sockets: CpuSet = placement.cpus.iter().filter_map(|c| h.socket_of(c)).collect();
+    assert_eq!(sockets.len(), 1);
+    // Whole cores: 6 vCPUs = 3 cores x 2 threads.
+    let cores: Vec<_> = placement.cpus.iter().map(|c| h.core_of(c).unwrap().cpus.clone()).collect();
+    for core in &cores {
+        assert!(core.is_subset(&placement.cpus), "core {core} split");
+    }
+}
+
+#[test]
+fn memory_nodeset_is_the_vcpus_node() {
+    let h = host("intel-xeon-gold6230-2s20c2t-snc2-4node");
+    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &guest("g", 4, 4096));
+    let placement = p.placement.as_ref().unwrap();
+    let numa = p
+        .edits
+        .iter()
+        .find_map(|e| match &e.change {
+            Change::NumaMemory { nodeset, mode } => Some((nodeset.clone(), *mode)),
+            _ => None,
+        })
+        .expect("a numatune edit");
+    assert_eq!(numa.0, h.nodes_of(&placement.cpus));
+    assert_eq!(numa.0.len(), 1);
+    assert_eq!(numa.1, kvmtune::policy::MemoryMode::Preferred);
+}
+
+#[test]
+fn cpu0_reserved_and_irq_cpus_are_never_used() {
+    let h = host("intel-xeon-silver4108-2s8c2t-2node");
+    let pol = policy(
+        "version: 1\nhost:\n  reserved_cpus: 1,17\n  irq_cpus: 2,18\n",
+    );
+    let forbidden = CpuSet::parse("0-2,17-18").unwrap();
+    let mut occupancy = Occupancy::default();
+    for (i, vcpus) in [1u32, 2, 4, 6, 8, 2, 1, 3, 12, 16, 30].iter().enumerate() {
+        let name = format!("g{i}");
+        let p = plan_for(&pol, &h, &occupancy, &guest(&name, *vcpus, 512));
+        let placement = p.placement.as_ref().unwrap();
+        assert!(
+            !placement.cpus.intersects(&forbidden),
+            "{name} ({vcpus} vCPUs) got {}",
+            placement.cpus
+        );
+        assert!(!p.emulator_cpus.as_ref().unwrap().intersects(&forbidden));
+        occupancy.guests.insert(name, claim_of(&p, 512 * 1024));
+    }
+}
+
+#[test]
+fn irq_auto_keeps_guests_off_cpus_an_irq_is_bound_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/hosts/intel-core-i5-m560-laptop-1s2c2t");
+    copy_tree(&src, dir.path());
+    let irq = dir.path().join("proc/irq/30");
+    std::fs::create_dir_all(&irq).unwrap();
+    std::fs::write(irq.join("smp_affinity_list"), "1\n").unwrap();
+    let h = Host::read(dir.path()).unwrap();
+    assert_eq!(h.irq_bound_cpus().to_string(), "1");
+    let pol = policy("version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: auto\n");
+    let p = plan_for(&pol, &h, &Occupancy::default(), &guest("g", 2, 256));
+    let cpus = &p.placement.unwrap().cpus;
+    assert!(!cpus.contains(0) && !cpus.contains(1), "got {cpus}");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_tree(&entry.path(), &target);
+        } else if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_guest_larger_than_any_node_spans_the_fewest_nodes_and_says_so() {
+    let h = host("intel-xeon-silver4108-2s8c2t-2node");
+    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &guest("big", 24, 4096));
+    let placement = p.placement.as_ref().unwrap();
+    assert_eq!(placement.nodes.len(), 2);
+    assert!(placement.level >= Level::Socket);
+    let text = p.explain();
+    assert!(text.contains("spans 2 nodes"), "{text}");
+    // preferred takes one node: memory interleaves over the two.
+    assert!(p.edits.iter().any(|e| matches!(
+        &e.change,
+        Change::NumaMemory { mode: kvmtune::policy::MemoryMode::Interleave, nodeset } if nodeset.len() == 2
+    )));
+}
+
+#[test]
+fn on_epyc_a_twelve_vcpu_guest_spans_two_nodes_of_one_socket() {
+    let h = host("amd-epyc7451-2s24c2t-8node");
+    // 12 threads per node on EPYC 7451; node0 loses CPU0, so 13+ needs two nodes.
+    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &guest("g", 14, 4096));
+    let placement = p.placement.unwrap();
+    assert_eq!(placement.nodes.len(), 2);
+    let sockets: CpuSet = placement.cpus.iter().filter_map(|c| h.socket_of(c)).collect();
+    assert_eq!(sockets.len(), 1, "nodes of one socket: {}", placement.nodes);
+}
+
+#[test]
+fn without_smt_two_vcpus_get_two_cores_of_one_socket() {
+    let h = host("intel-xeon-e5-2680-2s8c-noht-2node");
+    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &guest("g", 2, 1024));
+    let placement = p.placement.unwrap();
+    assert_eq!(placement.level, Level::L3);
+    assert_eq!(placement.cpus.len(), 2);
+    let sockets: CpuSet = placement.cpus.iter().filter_map(|c| h.socket_of(c)).collect();
+    assert_eq!(sockets.len(), 1);
+    assert_eq!(h.nodes_of(&placement.cpus).len(), 1);
+}
+
+#[test]
+fn successive_guests_spread_to_the_least_loaded_cores() {
+    let h = host("intel-xeon-silver4108-2s8c2t-2node");
+    let pol = policy(BASE);
+    let mut occupancy = Occupancy::default();
+    let mut used = CpuSet::new();
+    for i in 0..15 {
+        let p = plan_for(&pol, &h, &occupancy, &guest(&format!("g{i}"), 2, 512));
+        let cpus = p.placement.as_ref().unwrap().cpus.clone();
+        assert!(!cpus.intersects(&used), "guest {i} shares {cpus} while free cores remain");
+        used = used.union(&cpus);
+        occupancy.guests.insert(format!("g{i}"), claim_of(&p, 512 * 1024));
+    }
+}
+
+#[test]
+fn existing_explicit_pins_are_kept_and_counted() {
+    let h = host("intel-xeon-silver4108-2s8c2t-2node");
+    let xml = "<domain type='kvm'><name>nova</name><memory>1048576</memory><vcpu cpuset='4-5'>2</vcpu>\
+               <cputune><vcpupin vcpu='0' cpuset='4'/><vcpupin vcpu='1' cpuset='5'/></cputune></domain>";
+    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), xml);
+    assert!(p.kept_existing_pins);
+    assert!(!p.edits.iter().any(|e| matches!(e.change, Change::VcpuPins { .. })));
+    assert_eq!(p.placement.unwrap().cpus.to_string(), "4-5");
+}
+
+#[test]
+fn a_dedicated_claim_is_never_handed_out_again() {
+    let h = host("intel-core-i5-m560-laptop-1s2c2t");
+    let mut occupancy = Occupancy::default();
+    occupancy.guests.insert(
+        "other".into(),
+        Claim {
+            vcpus: vec![CpuSet::single(1), CpuSet::single(3)],
+            nodes: CpuSet::single(0),
+            memory_kib: 0,
+            pool: Pool::Dedicated,
+        },
+    );
+    let p = plan_for(&policy(BASE), &h, &occupancy, &guest("g", 1, 256));
+    assert_eq!(p.placement.unwrap().cpus.to_string(), "2");
+}
+
+#[test]
+fn opted_out_guests_get_no_plan() {
+    let h = host("intel-core-i5-m560-laptop-1s2c2t");
+    let pol = policy(&format!(
+        "{BASE}rules:\n  - name: legacy\n    match:\n      name: \"legacy-*\"\n    enabled: false\n"
+    ));
+    let p = plan_for(&pol, &h, &Occupancy::default(), &guest("legacy-db", 2, 256));
+    assert!(!p.enabled);
+    assert!(p.edits.is_empty());
+    assert_eq!(p.policy_rule, "legacy");
+}
+
+#[test]
+fn hugepages_only_when_the_node_has_enough_free_pages() {
+    let h = host("intel-xeon-silver4108-2s8c2t-2node"); // 2048 free 2M pages per node = 4 GiB
+    let pol = policy(BASE);
+    let fits = plan_for(&pol, &h, &Occupancy::default(), &guest("small", 2, 2048));
+    assert!(fits.edits.iter().any(|e| matches!(e.change, Change::HugePages { size_kib: 2048 })));
+    let too_big = plan_for(&pol, &h, &Occupancy::default(), &guest("large", 2, 8192));
+    assert!(!too_big.edits.iter().any(|e| matches!(e.change, Change::HugePages { .. })));
+    assert!(too_big.notes.iter().any(|n| n.rule == "3.2" && n.text.contains("skipped")));
+}
