@@ -1,0 +1,211 @@
+//! The issue-2 matrix: every domain (the repo's own tests/data/domains, plus the 58
+//! real ones in ../shared/fixtures/domains when that directory exists, as in CI) ×
+//! every fixture host × the shipped policy. Asserts: the plan never fails on a valid
+//! domain, rewriting is idempotent (`plan(plan(x)) == plan(x)`), only lines of edited
+//! elements change, and — when `xmllint` and libvirt's schemas are installed — the
+//! output validates whenever the input did.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kvmtune::cli::plan_and_rewrite;
+use kvmtune::host::Host;
+use kvmtune::placement::Occupancy;
+use kvmtune::policy::Policy;
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn domains() -> Vec<PathBuf> {
+    let mut dirs = vec![manifest().join("tests/data/domains")];
+    let shared = manifest().join("../shared/fixtures/domains");
+    if shared.is_dir() {
+        dirs.push(shared);
+    } else {
+        eprintln!("note: ../shared/fixtures/domains not found; running the repo's own domains only");
+    }
+    let mut files = Vec::new();
+    for dir in dirs {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "xml") {
+                    files.push(e.path());
+                }
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn hosts() -> Vec<(String, Host)> {
+    let dir = manifest().join("tests/data/hosts");
+    let mut out: Vec<(String, Host)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            (name.clone(), Host::read(&e.path()).unwrap())
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Opening tags of the elements a plan may edit: a changed line must be one of them.
+const EDITABLE: &[&str] = &[
+    "<vcpu", "<vcpupin", "<emulatorpin", "<iothreadpin", "<cputune", "</cputune", "<numatune",
+    "</numatune", "<memory mode", "<memory placement", "<memory nodeset", "<memoryBacking",
+    "</memoryBacking", "<nosharepages", "<hugepages", "</hugepages", "<page", "<driver",
+    "</driver", "<cpu", "</cpu", "<model", "<feature", "<vendor", "<cache", "<maxphysaddr",
+];
+
+/// Elements a plan may edit (their whole subtree is excluded from the outline).
+const EDITED_ELEMENTS: &[&str] = &["vcpu", "cputune", "numatune", "memoryBacking", "driver", "cpu"];
+
+/// Everything outside edited elements, as a list of (kind, name, attributes with raw
+/// values, text) in document order; whitespace-only text is left out because new
+/// elements bring their own indentation.
+fn untouched_outline(xml: &str) -> Vec<String> {
+    let doc = roxmltree::Document::parse(xml).unwrap();
+    let mut out = Vec::new();
+    let mut skip_until = 0usize;
+    for node in doc.root().descendants() {
+        if node.range().start < skip_until {
+            continue;
+        }
+        if node.is_element() && EDITED_ELEMENTS.contains(&node.tag_name().name()) {
+            skip_until = node.range().end;
+            continue;
+        }
+        if node.is_element() {
+            let attrs: Vec<String> = node
+                .attributes()
+                .map(|a| format!("{}={}", a.name(), &xml[a.range_value()]))
+                .collect();
+            out.push(format!("<{}> {}", node.tag_name().name(), attrs.join(" ")));
+        } else if node.is_text() {
+            let t = node.text().unwrap_or("");
+            if !t.trim().is_empty() {
+                out.push(format!("text {t:?}"));
+            }
+        } else if node.is_comment() {
+            out.push(format!("comment {:?}", node.text()));
+        } else if node.is_pi() {
+            out.push(format!("pi {:?}", node.pi()));
+        }
+    }
+    out
+}
+
+fn line_is_editable(line: &str) -> bool {
+    let t = line.trim_start();
+    EDITABLE.iter().any(|tag| t.starts_with(tag))
+}
+
+#[test]
+fn every_domain_on_every_host_plans_idempotently_and_touches_only_edited_elements() {
+    let policy = Policy::shipped();
+    let hosts = hosts();
+    let domains = domains();
+    assert!(domains.len() >= 10, "too few domains: {}", domains.len());
+    let mut planned = 0;
+    let mut outputs = Vec::new();
+    for path in &domains {
+        let xml = std::fs::read_to_string(path).unwrap();
+        for (host_name, host) in &hosts {
+            let what = format!("{} on {host_name}", path.display());
+            let (_, once) = plan_and_rewrite(&policy, host, &Occupancy::default(), &xml)
+                .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            let (_, twice) = plan_and_rewrite(&policy, host, &Occupancy::default(), &once)
+                .unwrap_or_else(|e| panic!("{what} (second pass): {e:#}"));
+            assert_eq!(once, twice, "{what}: not idempotent");
+            assert_eq!(
+                untouched_outline(&xml),
+                untouched_outline(&once),
+                "{what}: content outside the edited elements changed"
+            );
+            // Line-level check for normal (multi-line) documents: every removed line
+            // is a line of an edited element.
+            let multi_line = xml.lines().count() > 5;
+            let diff = similar::TextDiff::from_lines(&xml, &once);
+            for change in diff.iter_all_changes().filter(|_| multi_line) {
+                if change.tag() == similar::ChangeTag::Delete {
+                    let line = change.value();
+                    assert!(
+                        line_is_editable(line),
+                        "{what}: changed a line outside the edited elements: {line:?}"
+                    );
+                }
+            }
+            planned += 1;
+            outputs.push((path.clone(), once));
+        }
+    }
+    eprintln!("planned {planned} domain×host pairs");
+    validate(&outputs);
+}
+
+/// Validates outputs with libvirt's RelaxNG schema (what virt-xml-validate runs),
+/// one xmllint process for all files; skipped with a note when not installed.
+fn validate(outputs: &[(PathBuf, String)]) {
+    let schema = Path::new("/usr/share/libvirt/schemas/domain.rng");
+    let xmllint_ok = Command::new("xmllint").arg("--version").output().is_ok();
+    if !schema.exists() || !xmllint_ok {
+        eprintln!("note: xmllint or libvirt schemas missing; schema validation skipped (install libvirt-clients libxml2-utils)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    let mut input_valid = std::collections::BTreeMap::new();
+    for (path, _) in outputs {
+        input_valid
+            .entry(path.clone())
+            .or_insert_with(|| validates(schema, &[path.clone()]).is_empty());
+    }
+    let mut files = Vec::new();
+    for (i, (path, out)) in outputs.iter().enumerate() {
+        if !input_valid[path] {
+            continue;
+        }
+        let file = dir.path().join(format!("{i}.xml"));
+        std::fs::write(&file, out).unwrap();
+        files.push((file, path.clone()));
+        checked += 1;
+    }
+    let failures = validates(schema, &files.iter().map(|f| f.0.clone()).collect::<Vec<_>>());
+    let named: Vec<String> = failures
+        .iter()
+        .map(|f| {
+            let src = files.iter().find(|(p, _)| p == f).map(|(_, s)| s.display().to_string());
+            format!("{} (from {})", f.display(), src.unwrap_or_default())
+        })
+        .collect();
+    assert!(named.is_empty(), "outputs that no longer validate: {named:#?}");
+    eprintln!(
+        "validated {checked} outputs against libvirt's schema ({} inputs were invalid to begin with)",
+        input_valid.values().filter(|v| !**v).count()
+    );
+}
+
+/// Returns the files that fail validation.
+fn validates(schema: &Path, files: &[PathBuf]) -> Vec<PathBuf> {
+    if files.is_empty() {
+        return Vec::new();
+    }
+    let out = Command::new("xmllint")
+        .arg("--noout")
+        .arg("--relaxng")
+        .arg(schema)
+        .args(files)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    files
+        .iter()
+        .filter(|f| stderr.contains(&format!("{} fails to validate", f.display())))
+        .cloned()
+        .collect()
+}
