@@ -33,11 +33,12 @@ pub enum AffinityError {
 pub fn set_thread_affinity(tid: u32, cpus: &CpuSet) -> Result<(), AffinityError> {
     let mut set = nix::sched::CpuSet::new();
     for cpu in cpus.iter() {
-        set.set(cpu as usize).map_err(|errno| AffinityError::SetAffinity {
-            tid,
-            cpus: cpus.clone(),
-            errno,
-        })?;
+        set.set(cpu as usize)
+            .map_err(|errno| AffinityError::SetAffinity {
+                tid,
+                cpus: cpus.clone(),
+                errno,
+            })?;
     }
     let pid = nix::unistd::Pid::from_raw(i32::try_from(tid).unwrap_or(i32::MAX));
     nix::sched::sched_setaffinity(pid, &set).map_err(|errno| AffinityError::SetAffinity {
@@ -93,18 +94,24 @@ pub struct CpusetCgroup {
 /// Finds the cpuset cgroup directory of `pid` from `/proc/PID/cgroup` and the
 /// mount table (`/proc/self/mountinfo`), all under `root`.
 pub fn cpuset_cgroup(root: &Path, pid: u32) -> Option<CpusetCgroup> {
-    let cgroup = std::fs::read_to_string(root.join("proc").join(pid.to_string()).join("cgroup")).ok()?;
+    let cgroup =
+        std::fs::read_to_string(root.join("proc").join(pid.to_string()).join("cgroup")).ok()?;
     let mountinfo = std::fs::read_to_string(root.join("proc/self/mountinfo")).ok()?;
     // v1: "N:cpuset:/machine/qemu-1-g.libvirt-qemu/emulator"; v2: "0::/machine.slice/...".
     let v1 = cgroup.lines().find_map(|l| {
         let mut parts = l.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        controllers.split(',').any(|c| c == "cpuset").then(|| path.to_string())
+        controllers
+            .split(',')
+            .any(|c| c == "cpuset")
+            .then(|| path.to_string())
     });
     let (path, v2) = match v1 {
         Some(p) => (p, false),
         None => (
-            cgroup.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string))?,
+            cgroup
+                .lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_string))?,
             true,
         ),
     };
@@ -162,7 +169,10 @@ pub fn set_cgroup_mems(guest_dir: &Path, nodes: &CpuSet) -> Result<Vec<PathBuf>,
 /// under the guest's own (`.../qemu-1-NAME.libvirt-qemu`); libvirt names the
 /// latter after the guest.
 pub fn guest_cgroup_dir(process_dir: &Path) -> PathBuf {
-    let leaf = process_dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let leaf = process_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
     if leaf == "emulator" || leaf.starts_with("vcpu") || leaf.starts_with("iothread") {
         process_dir.parent().unwrap_or(process_dir).to_path_buf()
     } else {
@@ -223,7 +233,10 @@ mod tests {
         std::fs::write(guest.join("cpuset.mems"), "0-1").unwrap();
         let written = set_cgroup_mems(&guest, &CpuSet::single(1)).unwrap();
         assert_eq!(written.last().unwrap(), &guest.join("cpuset.mems"));
-        assert_eq!(std::fs::read_to_string(guest.join("vcpu0/cpuset.mems")).unwrap(), "1");
+        assert_eq!(
+            std::fs::read_to_string(guest.join("vcpu0/cpuset.mems")).unwrap(),
+            "1"
+        );
     }
 
     #[test]

@@ -65,6 +65,17 @@ pub enum Command {
     Check(CheckArgs),
     /// Run as the libvirt qemu hook: GUEST OP SUBOP EXTRA, domain XML on stdin.
     Hook(crate::hook::HookArgs),
+    /// Conform persistent guest definitions to the policy (virsh dumpxml --inactive →
+    /// plan → virsh define), backing up each previous definition.
+    Apply(crate::apply::ApplyArgs),
+    /// Restore a guest's definition from a backup made by `apply`.
+    Revert(crate::apply::RevertArgs),
+    /// Show the host (NUMA nodes, caches, cores, threads) with the running guests on
+    /// it, their conformance rule by rule, and whether the ledger agrees with libvirt.
+    Status(crate::status::StatusArgs),
+    /// Write the man pages or shell completions (packaging).
+    #[command(hide = true)]
+    Generate(crate::gendocs::GenerateArgs),
 }
 
 /// Where the policy and host come from.
@@ -109,6 +120,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(args) => run_plan(&args),
         Command::Check(args) => run_check(&args),
         Command::Hook(args) => Ok(crate::hook::run_from_cli(&args)),
+        Command::Apply(args) => crate::apply::run_apply(&args),
+        Command::Revert(args) => crate::apply::run_revert(&args),
+        Command::Status(args) => crate::status::run_status(&args),
+        Command::Generate(args) => crate::gendocs::run(&args),
     }
 }
 
@@ -173,7 +188,8 @@ pub fn plan_and_rewrite(
     xml: &str,
 ) -> Result<(Plan, String)> {
     let domain = Domain::parse(xml).map_err(|e| fail(exit::INPUT, e.to_string()))?;
-    let plan = plan(policy, host, occupancy, &domain).map_err(|e| fail(exit::USAGE, e.to_string()))?;
+    let plan =
+        plan(policy, host, occupancy, &domain).map_err(|e| fail(exit::USAGE, e.to_string()))?;
     let rewritten = rewrite::apply(xml, &plan.changes())
         .map_err(|e| fail(exit::INPUT, format!("guest '{}': {e}", domain.name)))?;
     Ok((plan, rewritten))

@@ -194,11 +194,17 @@ impl CpuSet {
     }
 
     pub fn is_subset(&self, other: &CpuSet) -> bool {
-        self.bits.iter().zip(other.bits.iter()).all(|(a, b)| a & !b == 0)
+        self.bits
+            .iter()
+            .zip(other.bits.iter())
+            .all(|(a, b)| a & !b == 0)
     }
 
     pub fn intersects(&self, other: &CpuSet) -> bool {
-        self.bits.iter().zip(other.bits.iter()).any(|(a, b)| a & b != 0)
+        self.bits
+            .iter()
+            .zip(other.bits.iter())
+            .any(|(a, b)| a & b != 0)
     }
 
     fn zip_with(&self, other: &CpuSet, f: impl Fn(u64, u64) -> u64) -> CpuSet {
@@ -354,7 +360,9 @@ mod tests {
     #[test]
     fn parses_hex_masks() {
         assert_eq!(
-            CpuSet::parse_mask("00000000,0000ff00\n").unwrap().to_string(),
+            CpuSet::parse_mask("00000000,0000ff00\n")
+                .unwrap()
+                .to_string(),
             "8-15"
         );
         assert_eq!(

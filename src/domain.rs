@@ -203,8 +203,9 @@ impl Domain {
         let memory_kib = match child(root, "memory") {
             Some(m) => {
                 let text = m.text().unwrap_or("").trim();
-                memory_to_kib(text, m.attribute("unit"))
-                    .ok_or_else(|| bad("memory", text, "expected a size in the given unit".into()))?
+                memory_to_kib(text, m.attribute("unit")).ok_or_else(|| {
+                    bad("memory", text, "expected a size in the given unit".into())
+                })?
             }
             None => 0,
         };
@@ -242,12 +243,12 @@ impl Domain {
                     .collect()
             })
             .unwrap_or_default();
-        if iothread_ids.is_empty() {
-            if let Some(n) = child(root, "iothreads").and_then(|t| t.text()) {
-                let n = parse_count(n.trim(), 0, 1024)
-                    .ok_or_else(|| bad("iothreads", n.trim(), "expected 0..=1024".into()))?;
-                iothread_ids = (1..=n).collect();
-            }
+        if iothread_ids.is_empty()
+            && let Some(n) = child(root, "iothreads").and_then(|t| t.text())
+        {
+            let n = parse_count(n.trim(), 0, 1024)
+                .ok_or_else(|| bad("iothreads", n.trim(), "expected 0..=1024".into()))?;
+            iothread_ids = (1..=n).collect();
         }
 
         let mut numa_memory = None;
@@ -325,7 +326,9 @@ impl Domain {
                         .map(str::to_string),
                     driver_name: driver.and_then(|d| d.attribute("name")).map(str::to_string),
                     driver_type: driver.and_then(|d| d.attribute("type")).map(str::to_string),
-                    cache: driver.and_then(|d| d.attribute("cache")).map(str::to_string),
+                    cache: driver
+                        .and_then(|d| d.attribute("cache"))
+                        .map(str::to_string),
                     io: driver.and_then(|d| d.attribute("io")).map(str::to_string),
                     readonly: child(disk, "readonly").is_some(),
                     shareable: child(disk, "shareable").is_some(),
@@ -333,13 +336,13 @@ impl Domain {
             }
             for (index, iface) in children(devices, "interface").enumerate() {
                 let driver = child(iface, "driver");
-                let queues = match driver.and_then(|d| d.attribute("queues")) {
-                    Some(q) => Some(
-                        parse_count(q, 0, 1024)
-                            .ok_or_else(|| bad("interface driver queues", q, "not a count".into()))?,
-                    ),
-                    None => None,
-                };
+                let queues =
+                    match driver.and_then(|d| d.attribute("queues")) {
+                        Some(q) => Some(parse_count(q, 0, 1024).ok_or_else(|| {
+                            bad("interface driver queues", q, "not a count".into())
+                        })?),
+                        None => None,
+                    };
                 let label = child(iface, "target")
                     .and_then(|t| t.attribute("dev"))
                     .or_else(|| child(iface, "mac").and_then(|m| m.attribute("address")))
@@ -388,7 +391,9 @@ impl Domain {
             vcpus_max,
             vcpus_current,
             vcpu_cpuset,
-            vcpu_placement: vcpu.and_then(|v| v.attribute("placement")).map(str::to_string),
+            vcpu_placement: vcpu
+                .and_then(|v| v.attribute("placement"))
+                .map(str::to_string),
             memory_kib,
             vcpu_pins,
             emulator_pin,
@@ -450,7 +455,8 @@ pub fn children<'a, 'i: 'a>(
     node: Node<'a, 'i>,
     name: &'a str,
 ) -> impl Iterator<Item = Node<'a, 'i>> + 'a {
-    node.children().filter(move |n| is_libvirt_element(*n, name))
+    node.children()
+        .filter(move |n| is_libvirt_element(*n, name))
 }
 
 fn is_libvirt_element(node: Node<'_, '_>, name: &str) -> bool {
@@ -528,7 +534,10 @@ mod tests {
         assert_eq!(d.vcpu_pins[&1].to_string(), "3");
         assert_eq!(d.emulator_pin.as_ref().unwrap().to_string(), "1");
         assert_eq!(d.iothread_ids, vec![1, 2]);
-        assert_eq!(d.numa_memory.as_ref().unwrap().mode.as_deref(), Some("strict"));
+        assert_eq!(
+            d.numa_memory.as_ref().unwrap().mode.as_deref(),
+            Some("strict")
+        );
         assert_eq!(d.numa_memnodes, 1);
         assert!(d.memory_backing.hugepages && d.memory_backing.nosharepages);
         assert_eq!(d.memory_backing.hugepage_sizes_kib, vec![2048]);
@@ -547,7 +556,10 @@ mod tests {
     fn bad_input_gives_one_clear_error() {
         assert_eq!(Domain::parse(""), Err(DomainError::Empty));
         assert!(matches!(Domain::parse("not xml"), Err(DomainError::Xml(_))));
-        assert!(matches!(Domain::parse("<domain><name>x</name>"), Err(DomainError::Xml(_))));
+        assert!(matches!(
+            Domain::parse("<domain><name>x</name>"),
+            Err(DomainError::Xml(_))
+        ));
         assert_eq!(
             Domain::parse("<network><name>x</name></network>"),
             Err(DomainError::NotADomain("network".into()))
@@ -566,7 +578,10 @@ mod tests {
         let msg = Domain::parse("<domain><name>x</name><vcpu current='9'>4</vcpu></domain>")
             .unwrap_err()
             .to_string();
-        assert_eq!(msg, "domain 'x': <vcpu current> value '9' is invalid: expected 1..=4");
+        assert_eq!(
+            msg,
+            "domain 'x': <vcpu current> value '9' is invalid: expected 1..=4"
+        );
     }
 
     #[test]

@@ -118,7 +118,10 @@ pub fn run_as_libvirt_hook(args: &[String]) -> ExitCode {
         [guest, op, subop, ..] => run_process(guest, op, subop),
         // libvirt always passes at least three; anything else is not libvirt.
         _ => {
-            eprintln!("kvmtune: invoked as a libvirt hook with {} argument(s); expected GUEST OP SUBOP EXTRA", args.len());
+            eprintln!(
+                "kvmtune: invoked as a libvirt hook with {} argument(s); expected GUEST OP SUBOP EXTRA",
+                args.len()
+            );
             ExitCode::from(crate::cli::exit::USAGE)
         }
     }
@@ -134,7 +137,10 @@ fn run_process(guest: &str, op: &str, subop: &str) -> ExitCode {
         .take(MAX_XML_BYTES as u64 + 1)
         .read_to_end(&mut input);
     if let Err(e) = read {
-        log.error(format!("guest={} stage={op} outcome=error reading stdin: {e}", sanitize(guest)));
+        log.error(format!(
+            "guest={} stage={op} outcome=error reading stdin: {e}",
+            sanitize(guest)
+        ));
     }
     let outcome = run(&env, guest, op, subop, &input, &mut log);
     if !outcome.stdout.is_empty() {
@@ -151,7 +157,14 @@ fn run_process(guest: &str, op: &str, subop: &str) -> ExitCode {
 
 /// Runs one hook call: never panics, never returns an error; every path logs one
 /// line with the duration.
-pub fn run(env: &Environment, guest: &str, op: &str, subop: &str, input: &[u8], log: &mut Log) -> Outcome {
+pub fn run(
+    env: &Environment,
+    guest: &str,
+    op: &str,
+    subop: &str,
+    input: &[u8],
+    log: &mut Log,
+) -> Outcome {
     let started = Instant::now();
     let stage = format!("{op}-{subop}");
     let handled = matches!(
@@ -172,7 +185,10 @@ pub fn run(env: &Environment, guest: &str, op: &str, subop: &str, input: &[u8], 
     }));
     let (outcome, severity_error) = match result {
         Ok(Ok(outcome)) => (outcome, false),
-        Ok(Err(failure)) => (on_error(guest, &stage, &failure.error, failure.on_error), true),
+        Ok(Err(failure)) => (
+            on_error(guest, &stage, &failure.error, failure.on_error),
+            true,
+        ),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -180,7 +196,12 @@ pub fn run(env: &Environment, guest: &str, op: &str, subop: &str, input: &[u8], 
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             (
-                on_error(guest, &stage, &anyhow!("internal error (panic): {what}"), OnError::Allow),
+                on_error(
+                    guest,
+                    &stage,
+                    &anyhow!("internal error (panic): {what}"),
+                    OnError::Allow,
+                ),
                 true,
             )
         }
@@ -188,7 +209,11 @@ pub fn run(env: &Environment, guest: &str, op: &str, subop: &str, input: &[u8], 
     let line = format!(
         "guest={} stage={stage} outcome={} duration_us={} {}",
         sanitize(guest),
-        if outcome.exit == 0 { "allowed" } else { "refused" },
+        if outcome.exit == 0 {
+            "allowed"
+        } else {
+            "refused"
+        },
         started.elapsed().as_micros(),
         outcome.summary
     );
@@ -210,7 +235,9 @@ struct Failure {
 
 fn on_error(guest: &str, stage: &str, error: &anyhow::Error, mode: OnError) -> Outcome {
     match mode {
-        OnError::Allow => Outcome::allow(format!("error: {error:#}; guest allowed (on_error: allow)")),
+        OnError::Allow => {
+            Outcome::allow(format!("error: {error:#}; guest allowed (on_error: allow)"))
+        }
         OnError::Refuse => Outcome {
             exit: 1,
             stderr: format!(
@@ -231,7 +258,13 @@ struct Stage<'a> {
     domain: Domain,
 }
 
-fn stage_dispatch(env: &Environment, guest: &str, op: &str, input: &[u8], log: &mut Log) -> Result<Outcome, Failure> {
+fn stage_dispatch(
+    env: &Environment,
+    guest: &str,
+    op: &str,
+    input: &[u8],
+    log: &mut Log,
+) -> Result<Outcome, Failure> {
     // Until the policy is loaded, the safe default applies: allow.
     let fail_allow = |error: anyhow::Error| Failure {
         error,
@@ -241,7 +274,8 @@ fn stage_dispatch(env: &Environment, guest: &str, op: &str, input: &[u8], log: &
         .map_err(|e| fail_allow(anyhow!("policy: {e}")))?;
     let on_error = policy.on_error;
     let fail = |error: anyhow::Error| Failure { error, on_error };
-    let (domain, xml) = Domain::parse_bytes(input).map_err(|e| fail(anyhow!("domain XML on stdin: {e}")))?;
+    let (domain, xml) =
+        Domain::parse_bytes(input).map_err(|e| fail(anyhow!("domain XML on stdin: {e}")))?;
     if domain.name != guest {
         return Err(fail(anyhow!(
             "domain XML on stdin is for guest '{}', not '{}'",
@@ -273,7 +307,12 @@ fn locked_ledger(ctx: &Stage<'_>) -> Result<(Locked, Occupancy, Vec<String>)> {
     let live = runstate::running(&ctx.env.paths.libvirt_run_dir);
     let running: std::collections::BTreeMap<String, PathBuf> = live
         .keys()
-        .map(|k| (k.clone(), ctx.env.paths.libvirt_run_dir.join(format!("{k}.xml"))))
+        .map(|k| {
+            (
+                k.clone(),
+                ctx.env.paths.libvirt_run_dir.join(format!("{k}.xml")),
+            )
+        })
         .collect();
     let mut notes = Vec::new();
     if let Some(recovered) = locked.recovered_from.take() {
@@ -283,7 +322,11 @@ fn locked_ledger(ctx: &Stage<'_>) -> Result<(Locked, Occupancy, Vec<String>)> {
     if !dropped.is_empty() {
         notes.push(format!(
             "freed stale claims of {}",
-            dropped.iter().map(|d| sanitize(d)).collect::<Vec<_>>().join(",")
+            dropped
+                .iter()
+                .map(|d| sanitize(d))
+                .collect::<Vec<_>>()
+                .join(",")
         ));
     }
     let claimed = locked.ledger.occupancy();
@@ -322,7 +365,10 @@ fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
     if !plan.enabled {
         locked.ledger.guests.remove(&ctx.domain.name);
         locked.save()?;
-        return Ok(Outcome::allow(format!("opted out by rule {}", plan.policy_rule)));
+        return Ok(Outcome::allow(format!(
+            "opted out by rule {}",
+            plan.policy_rule
+        )));
     }
     // XML-level rules: only a changed definition fixes them.
     let refuse_always: Vec<_> = plan.violations.iter().filter(|v| v.refuse_always).collect();
@@ -336,7 +382,11 @@ fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
         if !refuse_always.is_empty() || ctx.policy.on_violation == OnViolation::Refuse {
             let reason = format!(
                 "kvmtune: guest '{name}' violates the tuning policy ({} via {}): {list}; fix: kvmtune apply {name}",
-                if refuse_always.is_empty() { "on_violation: refuse" } else { "refused by policy" },
+                if refuse_always.is_empty() {
+                    "on_violation: refuse"
+                } else {
+                    "refused by policy"
+                },
                 plan.policy_rule
             );
             locked.ledger.guests.remove(&ctx.domain.name);
@@ -348,7 +398,9 @@ fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
                 summary: format!("violation refused: {list}"),
             });
         }
-        notes.push(format!("violation (on_violation: warn): {list}; fix: kvmtune apply {name}"));
+        notes.push(format!(
+            "violation (on_violation: warn): {list}; fix: kvmtune apply {name}"
+        ));
     }
     if let Some(why) = &plan.no_room {
         if plan.pool == Pool::Dedicated && ctx.policy.on_violation == OnViolation::Refuse {
@@ -369,7 +421,11 @@ fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
                     "claimed cpus={} nodes={} emulator={} rule={}",
                     entry.cpus,
                     entry.nodes,
-                    entry.emulator.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+                    entry
+                        .emulator
+                        .as_ref()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default(),
                     plan.policy_rule
                 ),
             );
@@ -398,7 +454,11 @@ fn started(ctx: &Stage<'_>) -> Result<Outcome> {
             }
         }
     };
-    let status_path = ctx.env.paths.libvirt_run_dir.join(format!("{}.xml", ctx.domain.name));
+    let status_path = ctx
+        .env
+        .paths
+        .libvirt_run_dir
+        .join(format!("{}.xml", ctx.domain.name));
     let live = runstate::read_status(&status_path)?;
     let pid = live
         .qemu_pid
@@ -415,22 +475,22 @@ fn started(ctx: &Stage<'_>) -> Result<Outcome> {
         } else {
             notes.push("vCPUs pinned by the XML (libvirt applied them)".into());
         }
-        if ctx.domain.emulator_pin.is_none() {
-            if let Some(emulator) = &entry.emulator {
-                let vcpu_tids: Vec<u32> = live.vcpu_tids.values().copied().collect();
-                for tid in affinity::threads_of(&ctx.env.proc_root, pid)? {
-                    if vcpu_tids.contains(&tid) {
-                        continue;
-                    }
-                    // A thread may exit between listing and pinning: not an error.
-                    match affinity::set_thread_affinity(tid, emulator) {
-                        Ok(()) => {}
-                        Err(affinity::AffinityError::SetAffinity {
-                            errno: nix::errno::Errno::ESRCH,
-                            ..
-                        }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+        if ctx.domain.emulator_pin.is_none()
+            && let Some(emulator) = &entry.emulator
+        {
+            let vcpu_tids: Vec<u32> = live.vcpu_tids.values().copied().collect();
+            for tid in affinity::threads_of(&ctx.env.proc_root, pid)? {
+                if vcpu_tids.contains(&tid) {
+                    continue;
+                }
+                // A thread may exit between listing and pinning: not an error.
+                match affinity::set_thread_affinity(tid, emulator) {
+                    Ok(()) => {}
+                    Err(affinity::AffinityError::SetAffinity {
+                        errno: nix::errno::Errno::ESRCH,
+                        ..
+                    }) => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
@@ -442,7 +502,10 @@ fn started(ctx: &Stage<'_>) -> Result<Outcome> {
             .settings
             .map(|s| s.memory_mode);
         if ctx.domain.numa_memory.is_none()
-            && matches!(settings_mode, Some(MemoryMode::Strict | MemoryMode::Restrictive))
+            && matches!(
+                settings_mode,
+                Some(MemoryMode::Strict | MemoryMode::Restrictive)
+            )
         {
             match affinity::cpuset_cgroup(&ctx.env.host_root, pid) {
                 Some(cg) => {
@@ -523,7 +586,11 @@ fn reconnect(ctx: &Stage<'_>) -> Result<Outcome> {
     }
     // No claim (ledger lost, e.g. /run cleared): record where the guest runs now,
     // from its XML pins or its threads' affinity.
-    let status_path = ctx.env.paths.libvirt_run_dir.join(format!("{}.xml", ctx.domain.name));
+    let status_path = ctx
+        .env
+        .paths
+        .libvirt_run_dir
+        .join(format!("{}.xml", ctx.domain.name));
     let live = runstate::read_status(&status_path).ok();
     let mut vcpus: Vec<CpuSet> = Vec::new();
     for v in 0..ctx.domain.vcpus_max {

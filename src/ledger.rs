@@ -35,7 +35,9 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("ledger directory {0} is a symlink or not a directory owned by root; refusing to use it")]
+    #[error(
+        "ledger directory {0} is a symlink or not a directory owned by root; refusing to use it"
+    )]
     UnsafeDir(PathBuf),
     #[error("ledger {path}: {source}")]
     Io {
@@ -216,15 +218,28 @@ impl Locked {
         };
         let path = run_dir.join(LEDGER_FILE);
         let (ledger, recovered_from) = match read_no_follow(&path) {
-            Ok(None) => (Ledger { version: 1, ..Ledger::default() }, None),
+            Ok(None) => (
+                Ledger {
+                    version: 1,
+                    ..Ledger::default()
+                },
+                None,
+            ),
             Ok(Some(text)) => match serde_json::from_str::<Ledger>(&text) {
                 Ok(ledger) => (ledger, None),
                 Err(e) => {
                     let aside = run_dir.join(format!("{LEDGER_FILE}.corrupt"));
                     let _ = fs::rename(&path, &aside);
                     (
-                        Ledger { version: 1, ..Ledger::default() },
-                        Some(format!("{} was unreadable ({e}); moved to {}", path.display(), aside.display())),
+                        Ledger {
+                            version: 1,
+                            ..Ledger::default()
+                        },
+                        Some(format!(
+                            "{} was unreadable ({e}); moved to {}",
+                            path.display(),
+                            aside.display()
+                        )),
                     )
                 }
             },
@@ -371,7 +386,11 @@ mod tests {
     #[test]
     fn truncated_ledger_is_set_aside_and_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(LEDGER_FILE), "{\"version\":1,\"guests\":{\"a\":{\"uu").unwrap();
+        fs::write(
+            dir.path().join(LEDGER_FILE),
+            "{\"version\":1,\"guests\":{\"a\":{\"uu",
+        )
+        .unwrap();
         let locked = Locked::acquire(dir.path(), LOCK_TIMEOUT).unwrap();
         assert!(locked.ledger.guests.is_empty());
         assert!(locked.recovered_from.is_some());
@@ -394,14 +413,25 @@ mod tests {
     #[test]
     fn reconcile_drops_dead_and_stale_claims_only() {
         let mut ledger = Ledger::default();
-        ledger.guests.insert("running".into(), entry("1", EntryState::Running, 0));
-        ledger.guests.insert("died".into(), entry("2", EntryState::Running, 0));
-        ledger.guests.insert("starting".into(), entry("3", EntryState::Prepared, 1000));
-        ledger.guests.insert("failed".into(), entry("4", EntryState::Prepared, 10));
+        ledger
+            .guests
+            .insert("running".into(), entry("1", EntryState::Running, 0));
+        ledger
+            .guests
+            .insert("died".into(), entry("2", EntryState::Running, 0));
+        ledger
+            .guests
+            .insert("starting".into(), entry("3", EntryState::Prepared, 1000));
+        ledger
+            .guests
+            .insert("failed".into(), entry("4", EntryState::Prepared, 10));
         let mut running = BTreeMap::new();
         running.insert("running".to_string(), PathBuf::from("/x"));
         let dropped = ledger.reconcile(&running, 1000 + 5);
         assert_eq!(dropped, vec!["died".to_string(), "failed".to_string()]);
-        assert_eq!(ledger.guests.keys().collect::<Vec<_>>(), vec!["running", "starting"]);
+        assert_eq!(
+            ledger.guests.keys().collect::<Vec<_>>(),
+            vec!["running", "starting"]
+        );
     }
 }

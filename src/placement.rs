@@ -191,7 +191,8 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
     }
 
     let node_fits = |nodes: &CpuSet| memory_fits(host, nodes, request.memory_kib);
-    let unit_load = |unit: &CpuSet| unit.iter().map(load_of).sum::<f64>() / unit.len().max(1) as f64;
+    let unit_load =
+        |unit: &CpuSet| unit.iter().map(load_of).sum::<f64>() / unit.len().max(1) as f64;
 
     // Single-node levels, smallest first. Each unit is cut to one node: rule 1.2
     // (one NUMA node) outranks sharing an L3 that spans nodes (SNC).
@@ -219,9 +220,7 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
             let cpus = vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
             return Ok(Placement {
                 level,
-                why: format!(
-                    "{wanted} vCPU(s) fit in {level} (node {node}); CPUs {cpus}",
-                ),
+                why: format!("{wanted} vCPU(s) fit in {level} (node {node}); CPUs {cpus}",),
                 vcpus,
                 cpus,
                 nodes: CpuSet::single(node),
@@ -252,7 +251,10 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
         if let Some(chosen) = fewest_nearest_nodes(host, &nodes, &available, wanted, &node_fits) {
             let distance = spread(host, &chosen);
             let key = (chosen.len(), distance, level, chosen.clone());
-            if best.as_ref().is_none_or(|b| (key.0, key.1, key.2) < (b.0, b.1, b.2)) {
+            if best
+                .as_ref()
+                .is_none_or(|b| (key.0, key.1, key.2) < (b.0, b.1, b.2))
+            {
                 best = Some(key);
             }
         }
@@ -423,9 +425,9 @@ fn fewest_nearest_nodes(
         }
         if count >= wanted
             && fits(&chosen)
-            && best.as_ref().is_none_or(|b| {
-                (chosen.len(), spread(host, &chosen)) < (b.len(), spread(host, b))
-            })
+            && best
+                .as_ref()
+                .is_none_or(|b| (chosen.len(), spread(host, &chosen)) < (b.len(), spread(host, b)))
         {
             best = Some(chosen);
         }
@@ -461,7 +463,10 @@ fn assign(host: &Host, unit: &CpuSet, wanted: usize, load_of: &dyn Fn(u32) -> f6
             core.first(),
         )
     });
-    let order: Vec<u32> = cores.iter().flat_map(|c| c.iter().collect::<Vec<_>>()).collect();
+    let order: Vec<u32> = cores
+        .iter()
+        .flat_map(|c| c.iter().collect::<Vec<_>>())
+        .collect();
     (0..wanted)
         .map(|i| CpuSet::single(order[i % order.len()]))
         .collect()

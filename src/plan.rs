@@ -11,8 +11,8 @@ use crate::placement::{
     Level, NoRoom, Occupancy, Placement, Pool, Request, eligible_cpus, nodes_of, place,
 };
 use crate::policy::{
-    CpuModeAction, DiskCache, DiskIo, EmulatorPlacement, ExistingPins, GuestFacts,
-    HugePagesMode, IrqCpus, MemoryMode, Policy, Settings,
+    CpuModeAction, DiskCache, DiskIo, EmulatorPlacement, ExistingPins, GuestFacts, HugePagesMode,
+    IrqCpus, MemoryMode, Policy, Settings,
 };
 
 /// One change to the domain XML. Indexes count elements in document order
@@ -79,7 +79,11 @@ pub struct Reason {
 
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "[rule {} via {}] {}", self.rule, self.policy_rule, self.text)
+        write!(
+            f,
+            "[rule {} via {}] {}",
+            self.rule, self.policy_rule, self.text
+        )
     }
 }
 
@@ -192,14 +196,22 @@ impl Plan {
     pub fn explain(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let _ = writeln!(out, "guest {}: settings from {}", self.guest, self.policy_rule);
+        let _ = writeln!(
+            out,
+            "guest {}: settings from {}",
+            self.guest, self.policy_rule
+        );
         if !self.enabled {
             let _ = writeln!(out, "  opted out (enabled: false): nothing changed");
             return out;
         }
         match (&self.placement, &self.no_room) {
             (Some(p), _) if self.kept_existing_pins => {
-                let _ = writeln!(out, "  placement: kept the guest's own pinning: CPUs {} (nodes {})", p.cpus, p.nodes);
+                let _ = writeln!(
+                    out,
+                    "  placement: kept the guest's own pinning: CPUs {} (nodes {})",
+                    p.cpus, p.nodes
+                );
             }
             (Some(p), _) => {
                 let _ = writeln!(out, "  placement: {} — {}", p.level, p.why);
@@ -209,7 +221,12 @@ impl Plan {
                     .enumerate()
                     .map(|(v, s)| format!("{v}→{s}"))
                     .collect();
-                let _ = writeln!(out, "    vCPU→CPU: {}; memory nodes {}", pins.join(" "), p.nodes);
+                let _ = writeln!(
+                    out,
+                    "    vCPU→CPU: {}; memory nodes {}",
+                    pins.join(" "),
+                    p.nodes
+                );
             }
             (None, Some(why)) => {
                 let _ = writeln!(out, "  placement: none: {why}");
@@ -262,7 +279,11 @@ pub fn plan(
     domain: &Domain,
 ) -> Result<Plan, PlanError> {
     let host_nodes: CpuSet = host.nodes.keys().copied().collect();
-    if let Some(first) = policy.check_against(&host.online, &host_nodes).into_iter().next() {
+    if let Some(first) = policy
+        .check_against(&host.online, &host_nodes)
+        .into_iter()
+        .next()
+    {
         return Err(PlanError::PolicyDoesNotFitHost(first.to_string()));
     }
     let selection = policy.select(&guest_facts(domain));
@@ -282,6 +303,7 @@ pub fn plan(
     let Some(settings) = selection.settings else {
         return Ok(plan);
     };
+    plan.pool = settings.pool;
     let mut planner = Planner {
         policy,
         host,
@@ -354,7 +376,10 @@ impl Planner<'_> {
         );
         let forbidden = self.host.online.difference(&eligible);
         let housekeeping = {
-            let mut hk = host_settings.reserved_cpus.union(&irq).intersection(&self.host.online);
+            let mut hk = host_settings
+                .reserved_cpus
+                .union(&irq)
+                .intersection(&self.host.online);
             if hk.is_empty() && !host_settings.allow_cpu0 && self.host.online.contains(0) {
                 hk.insert(0);
             }
@@ -389,10 +414,9 @@ impl Planner<'_> {
             let request = Request {
                 vcpus: self.domain.vcpus_max,
                 memory_kib: self.domain.memory_kib,
-                // TODO(policy): pool/cpu_allocation_ratio keys land with the policy module.
-                pool: crate::placement::Pool::Shared,
+                pool: self.settings.pool,
                 eligible: eligible.clone(),
-                cpu_allocation_ratio: 16.0,
+                cpu_allocation_ratio: f64::from(self.settings.cpu_allocation_ratio),
             };
             match place(self.host, &occupancy.without(&self.domain.name), &request) {
                 Ok(p) => p,
@@ -423,17 +447,27 @@ impl Planner<'_> {
                 })
                 .collect();
             let already = self.domain.vcpu_cpuset.as_ref() == Some(&placement.cpus)
-                && pins.iter().all(|p| self.domain.vcpu_pins.get(&p.vcpu) == Some(&p.cpuset))
+                && pins
+                    .iter()
+                    .all(|p| self.domain.vcpu_pins.get(&p.vcpu) == Some(&p.cpuset))
                 && self.domain.vcpu_pins.len() == pins.len();
             if !already {
                 let text = format!(
                     "pin vCPUs within {}: {} (never CPU0, reserved or IRQ CPUs {})",
                     placement.level,
                     placement.cpus,
-                    if forbidden.is_empty() { "-".to_string() } else { forbidden.to_string() }
+                    if forbidden.is_empty() {
+                        "-".to_string()
+                    } else {
+                        forbidden.to_string()
+                    }
                 );
                 self.edit(
-                    if placement.level <= Level::L3 { "1.1" } else { "1.2" },
+                    if placement.level <= Level::L3 {
+                        "1.1"
+                    } else {
+                        "1.2"
+                    },
                     Change::VcpuPins {
                         cpuset: placement.cpus.clone(),
                         pins,
@@ -458,8 +492,13 @@ impl Planner<'_> {
         {
             self.edit(
                 "1.3",
-                Change::EmulatorPin { cpuset: emulator.clone() },
-                format!("emulator threads on CPUs {emulator} (emulator: {})", emulator_name(self.settings.emulator)),
+                Change::EmulatorPin {
+                    cpuset: emulator.clone(),
+                },
+                format!(
+                    "emulator threads on CPUs {emulator} (emulator: {})",
+                    emulator_name(self.settings.emulator)
+                ),
             );
         }
         if !self.domain.iothread_ids.is_empty() {
@@ -469,7 +508,10 @@ impl Planner<'_> {
                 .iter()
                 .filter(|id| !(keep_own && self.domain.iothread_pins.contains_key(id)))
                 .filter(|id| self.domain.iothread_pins.get(id) != Some(&emulator))
-                .map(|id| IothreadPin { iothread: *id, cpuset: emulator.clone() })
+                .map(|id| IothreadPin {
+                    iothread: *id,
+                    cpuset: emulator.clone(),
+                })
                 .collect();
             if !pins.is_empty() {
                 self.edit(
@@ -495,7 +537,10 @@ impl Planner<'_> {
             return;
         }
         if self.domain.numa_memnodes > 0 {
-            self.note("1.2", "the guest binds its NUMA cells itself (<memnode>); its <numatune> is kept".into());
+            self.note(
+                "1.2",
+                "the guest binds its NUMA cells itself (<memnode>); its <numatune> is kept".into(),
+            );
             return;
         }
         let (mode, text) = if mode == MemoryMode::Preferred && placement.nodes.len() > 1 {
@@ -507,7 +552,14 @@ impl Planner<'_> {
                 ),
             )
         } else {
-            (mode, format!("memory from node(s) {} where the vCPUs run, mode {}", placement.nodes, mode_name(mode)))
+            (
+                mode,
+                format!(
+                    "memory from node(s) {} where the vCPUs run, mode {}",
+                    placement.nodes,
+                    mode_name(mode)
+                ),
+            )
         };
         let current = self.domain.numa_memory.as_ref();
         let same = current.is_some_and(|m| {
@@ -518,7 +570,10 @@ impl Planner<'_> {
         if !same {
             self.edit(
                 "1.2",
-                Change::NumaMemory { mode, nodeset: placement.nodes.clone() },
+                Change::NumaMemory {
+                    mode,
+                    nodeset: placement.nodes.clone(),
+                },
                 text,
             );
         }
@@ -533,38 +588,62 @@ impl Planner<'_> {
                 continue;
             }
             if disk.driver_name.as_deref().is_some_and(|n| n != "qemu") {
-                self.note("2.1", format!("disk {}: driver '{}' is not qemu; left alone", disk.target, disk.driver_name.as_deref().unwrap_or("")));
+                self.note(
+                    "2.1",
+                    format!(
+                        "disk {}: driver '{}' is not qemu; left alone",
+                        disk.target,
+                        disk.driver_name.as_deref().unwrap_or("")
+                    ),
+                );
                 continue;
             }
-            let want_cache = (cache != DiskCache::Keep && disk.cache.as_deref() != Some(cache_name(cache)))
-                .then_some(cache);
+            let want_cache = (cache != DiskCache::Keep
+                && disk.cache.as_deref() != Some(cache_name(cache)))
+            .then_some(cache);
             let effective_cache = match want_cache {
                 Some(c) => Some(cache_name(c)),
                 None => disk.cache.as_deref(),
             };
             let direct = matches!(effective_cache, Some("none") | Some("directsync"));
             let io_applies = matches!(disk.source_type.as_str(), "file" | "block" | "volume");
-            let want_io = if io == DiskIo::Keep || !io_applies || disk.io.as_deref() == Some(io_name(io)) {
-                None
-            } else if io == DiskIo::Native && !direct {
-                self.note("2.1", format!("disk {}: io='native' needs cache none or directsync; io left alone", disk.target));
-                None
-            } else {
-                Some(io)
-            };
+            let want_io =
+                if io == DiskIo::Keep || !io_applies || disk.io.as_deref() == Some(io_name(io)) {
+                    None
+                } else if io == DiskIo::Native && !direct {
+                    self.note(
+                        "2.1",
+                        format!(
+                            "disk {}: io='native' needs cache none or directsync; io left alone",
+                            disk.target
+                        ),
+                    );
+                    None
+                } else {
+                    Some(io)
+                };
             if want_cache.is_none() && want_io.is_none() {
                 continue;
             }
             let mut what = Vec::new();
             if let Some(c) = want_cache {
-                what.push(format!("cache='{}' (was {})", cache_name(c), disk.cache.as_deref().unwrap_or("default")));
+                what.push(format!(
+                    "cache='{}' (was {})",
+                    cache_name(c),
+                    disk.cache.as_deref().unwrap_or("default")
+                ));
             }
             if let Some(i) = want_io {
                 what.push(format!("io='{}'", io_name(i)));
             }
             self.edit(
                 "2.1",
-                Change::DiskDriver { index, target: disk.target.clone(), cache: want_cache, io: want_io },
+                Change::DiskDriver {
+                    index,
+                    target: disk.target.clone(),
+                    cache: want_cache,
+                    io: want_io,
+                },
                 format!("disk {}: {}", disk.target, what.join(", ")),
             );
         }
@@ -573,7 +652,11 @@ impl Planner<'_> {
     fn memory_backing(&mut self) {
         let mb = &self.domain.memory_backing;
         if self.settings.nosharepages && !mb.nosharepages {
-            self.edit("3.1", Change::NoSharePages, "no KSM page merging for this guest (<nosharepages/>)".into());
+            self.edit(
+                "3.1",
+                Change::NoSharePages,
+                "no KSM page merging for this guest (<nosharepages/>)".into(),
+            );
         }
         if self.settings.hugepages == HugePagesMode::Auto && !mb.hugepages {
             let size = self.settings.hugepage_size_kib;
@@ -613,7 +696,10 @@ impl Planner<'_> {
             if !self.settings.vhost_net {
                 break;
             }
-            if !matches!(iface.kind.as_str(), "network" | "bridge" | "ethernet" | "direct") {
+            if !matches!(
+                iface.kind.as_str(),
+                "network" | "bridge" | "ethernet" | "direct"
+            ) {
                 continue;
             }
             if iface.model.as_deref() != Some("virtio") {
@@ -621,7 +707,14 @@ impl Planner<'_> {
                 continue;
             }
             if iface.driver_name.as_deref().is_some_and(|n| n != "vhost") {
-                self.note("4.1", format!("interface {}: driver '{}' chosen explicitly; left alone", iface.label, iface.driver_name.as_deref().unwrap_or("")));
+                self.note(
+                    "4.1",
+                    format!(
+                        "interface {}: driver '{}' chosen explicitly; left alone",
+                        iface.label,
+                        iface.driver_name.as_deref().unwrap_or("")
+                    ),
+                );
                 continue;
             }
             let vhost = iface.driver_name.is_none();
@@ -634,11 +727,19 @@ impl Planner<'_> {
                 what.push("vhost-net backend".to_string());
             }
             if let Some(q) = queues {
-                what.push(format!("{q} queues (min of {} vCPUs and max_net_queues {})", self.domain.vcpus_max, self.settings.max_net_queues));
+                what.push(format!(
+                    "{q} queues (min of {} vCPUs and max_net_queues {})",
+                    self.domain.vcpus_max, self.settings.max_net_queues
+                ));
             }
             self.edit(
                 if queues.is_some() { "4.2" } else { "4.1" },
-                Change::InterfaceDriver { index, target: iface.label.clone(), vhost, queues },
+                Change::InterfaceDriver {
+                    index,
+                    target: iface.label.clone(),
+                    vhost,
+                    queues,
+                },
                 format!("interface {}: {}", iface.label, what.join(", ")),
             );
         }

@@ -8,10 +8,10 @@
 //! the public types, with the built-in defaults filled in. Errors serde finds
 //! (unknown key, wrong type, bad cpulist, bad size) carry serde_yaml_ng's position.
 //! Errors found after deserialization (duplicate rule names, shadowed rules,
-//! impossible combinations, CPUs the host lacks) get theirs from [`locate`], which
-//! walks the document again with serde_yaml_ng's own parser, so positions are right
-//! for flow style, quoting and anchors alike. That second walk happens only on the
-//! error path; loading a valid policy parses it once.
+//! impossible combinations, CPUs the host lacks) get theirs from the `locate`
+//! submodule, which walks the document again with serde_yaml_ng's own parser, so
+//! positions are right for flow style, quoting and anchors alike. That second walk
+//! happens only on the error path: loading a valid policy parses it once.
 
 use std::fmt;
 use std::fs::File;
@@ -24,6 +24,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::cpuset::CpuSet;
+use crate::placement::Pool;
 
 mod locate;
 
@@ -190,6 +191,11 @@ pub struct Settings {
     pub max_net_queues: u32,
     /// 5
     pub cpu_mode: CpuModeAction,
+    /// 1.1: `shared` CPUs (overcommitted, least-loaded first) or `dedicated`
+    /// (exclusive, one host CPU per vCPU), as Nova's `hw:cpu_policy`.
+    pub pool: Pool,
+    /// Shared pool: at most this many vCPUs per host CPU (Nova's cpu_allocation_ratio).
+    pub cpu_allocation_ratio: u32,
     /// Restrict placement to these NUMA nodes (None = any node).
     pub nodes: Option<CpuSet>,
 }
@@ -210,6 +216,8 @@ impl Default for Settings {
             max_net_queues: 8,
             cpu_mode: CpuModeAction::HostModel,
             nodes: None,
+            pool: Pool::Shared,
+            cpu_allocation_ratio: 16,
         }
     }
 }
@@ -419,8 +427,17 @@ impl Policy {
             // The open file's own metadata: what we check is what we read.
             let meta = file.metadata().map_err(|e| read_error(path, &e))?;
             check_owner_and_mode(path, meta.uid(), meta.mode(), false)?;
+            // The directories above the path as given (whoever can write there can
+            // swap a symlink) and above the file it resolves to.
+            let given = std::path::absolute(path).map_err(|e| read_error(path, &e))?;
             let real = std::fs::canonicalize(path).map_err(|e| read_error(path, &e))?;
-            for dir in real.ancestors().skip(1) {
+            let mut dirs: Vec<&Path> = Vec::new();
+            for dir in given.ancestors().skip(1).chain(real.ancestors().skip(1)) {
+                if !dir.as_os_str().is_empty() && !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+            }
+            for dir in dirs {
                 let meta = std::fs::metadata(dir).map_err(|e| read_error(dir, &e))?;
                 check_owner_and_mode(dir, meta.uid(), meta.permissions().mode(), true)?;
             }
@@ -724,9 +741,11 @@ struct RawSettings {
     vhost_net: Option<bool>,
     max_net_queues: Option<u32>,
     cpu_mode: Option<CpuModeAction>,
-    /// Outer `None`: key absent (inherit); inner `None`: `null`/`none` (any node).
+    pool: Option<Pool>,
+    cpu_allocation_ratio: Option<u32>,
+    /// `None`: key absent (inherit the defaults'); `Some(NodeList(None))`: any node.
     #[serde(default, deserialize_with = "present")]
-    nodes: Option<Option<NodeList>>,
+    nodes: Option<NodeList>,
 }
 
 impl RawSettings {
@@ -744,8 +763,12 @@ impl RawSettings {
             vhost_net: self.vhost_net.unwrap_or(base.vhost_net),
             max_net_queues: self.max_net_queues.unwrap_or(base.max_net_queues),
             cpu_mode: self.cpu_mode.unwrap_or(base.cpu_mode),
+            pool: self.pool.unwrap_or(base.pool),
+            cpu_allocation_ratio: self
+                .cpu_allocation_ratio
+                .unwrap_or(base.cpu_allocation_ratio),
             nodes: match self.nodes {
-                Some(given) => given.map(|n| n.0),
+                Some(given) => given.0,
                 None => base.nodes.clone(),
             },
         }
@@ -838,20 +861,19 @@ scalar_from_str!(
     |s: &str| parse_cpulist_or_none(s).map(|set| ReservedCpus(set.unwrap_or_default()))
 );
 
-/// `nodes:` — a list of NUMA nodes, or `none`/empty/null for any node.
-struct NodeList(CpuSet);
+/// `nodes:` — a list of NUMA nodes, or `None` for any node (`null`, `none`, empty).
+struct NodeList(Option<CpuSet>);
 impl<'de> Deserialize<'de> for NodeList {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(NodeList(
-            Option::<NodeListInner>::deserialize(d)?.map_or_else(CpuSet::new, |n| n.0),
-        ))
+        let text = Option::<NodeListText>::deserialize(d)?;
+        Ok(NodeList(text.and_then(|t| t.0)))
     }
 }
-struct NodeListInner(CpuSet);
+struct NodeListText(Option<CpuSet>);
 scalar_from_str!(
-    NodeListInner,
+    NodeListText,
     "a NUMA node list such as \"0\" or \"0-1\", or none",
-    |s: &str| parse_cpulist_or_none(s).map(|set| NodeListInner(set.unwrap_or_default()))
+    |s: &str| parse_cpulist_or_none(s).map(NodeListText)
 );
 
 struct RawIrqCpus(IrqCpus);

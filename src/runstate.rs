@@ -51,7 +51,10 @@ pub fn parse_status(text: &str) -> Result<LiveGuest, String> {
     let doc = parse_document(text).map_err(|e| e.to_string())?;
     let root = doc.root_element();
     if root.tag_name().name() != "domstatus" {
-        return Err(format!("root element is <{}>, expected <domstatus>", root.tag_name().name()));
+        return Err(format!(
+            "root element is <{}>, expected <domstatus>",
+            root.tag_name().name()
+        ));
     }
     let qemu_pid = root.attribute("pid").and_then(|p| p.parse().ok());
     let mut vcpu_tids = BTreeMap::new();
@@ -115,13 +118,20 @@ pub fn pinned_by_others(live: &BTreeMap<String, LiveGuest>, claimed: &Occupancy)
         if claimed.guests.contains_key(name) {
             continue;
         }
-        let Some(domain) = &guest.domain else { continue };
+        let Some(domain) = &guest.domain else {
+            continue;
+        };
         let pinned = domain.pinned_cpus();
         if pinned.is_empty() {
             continue;
         }
         let vcpus: Vec<CpuSet> = (0..domain.vcpus_max)
-            .map(|v| domain.pinned_cpus_of(v).cloned().unwrap_or_else(|| pinned.clone()))
+            .map(|v| {
+                domain
+                    .pinned_cpus_of(v)
+                    .cloned()
+                    .unwrap_or_else(|| pinned.clone())
+            })
             .collect();
         // Explicit 1:1 pins are Nova's dedicated policy; wider sets float (shared).
         let pool = if vcpus.iter().all(|s| s.len() == 1) {
@@ -170,7 +180,10 @@ mod tests {
         assert_eq!(g.name, "g");
         assert_eq!(g.qemu_pid, Some(4242));
         assert_eq!(g.vcpu_tids.get(&1), Some(&4251));
-        let occ = pinned_by_others(&BTreeMap::from([("g".to_string(), g)]), &Occupancy::default());
+        let occ = pinned_by_others(
+            &BTreeMap::from([("g".to_string(), g)]),
+            &Occupancy::default(),
+        );
         assert_eq!(occ.dedicated_cpus().to_string(), "3-4");
     }
 

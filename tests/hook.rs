@@ -20,7 +20,9 @@ fn fixture(host: &str, policy: &str) -> Fixture {
     std::fs::create_dir_all(&libvirt).unwrap();
     let env = Environment {
         policy: policy_path,
-        host_root: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/hosts").join(host),
+        host_root: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/hosts")
+            .join(host),
         proc_root: dir.path().join("proc"),
         paths: Paths {
             run_dir: dir.path().join("run"),
@@ -43,7 +45,11 @@ fn guest(name: &str, vcpus: u32, extra: &str) -> String {
 
 /// A conforming guest apart from placement (which the hook applies at runtime).
 fn conforming(name: &str, vcpus: u32) -> String {
-    guest(name, vcpus, "  <memoryBacking>\n    <nosharepages/>\n  </memoryBacking>\n")
+    guest(
+        name,
+        vcpus,
+        "  <memoryBacking>\n    <nosharepages/>\n  </memoryBacking>\n",
+    )
 }
 
 fn hook(f: &Fixture, guest: &str, op: &str, subop: &str, xml: &str) -> kvmtune::hook::Outcome {
@@ -56,7 +62,11 @@ fn mark_running(f: &Fixture, name: &str, xml: &str) {
     let status = format!(
         "<domstatus state='running' pid='1'>\n  <vcpus>\n    <vcpu id='0' pid='2'/>\n  </vcpus>\n{xml}</domstatus>\n"
     );
-    std::fs::write(f.env.paths.libvirt_run_dir.join(format!("{name}.xml")), status).unwrap();
+    std::fs::write(
+        f.env.paths.libvirt_run_dir.join(format!("{name}.xml")),
+        status,
+    )
+    .unwrap();
 }
 
 fn ledger(f: &Fixture) -> ledger::Ledger {
@@ -85,9 +95,15 @@ fn concurrent_claims_do_not_overlap_in_dedicated_sense() {
     let mut seen = kvmtune::CpuSet::new();
     for i in 0..10 {
         let name = format!("g{i}");
-        assert_eq!(hook(&f, &name, "prepare", "begin", &conforming(&name, 2)).exit, 0);
+        assert_eq!(
+            hook(&f, &name, "prepare", "begin", &conforming(&name, 2)).exit,
+            0
+        );
         let cpus = ledger(&f).guests[&name].cpus.clone();
-        assert!(!cpus.intersects(&seen), "{name} got {cpus}, already used {seen}");
+        assert!(
+            !cpus.intersects(&seen),
+            "{name} got {cpus}, already used {seen}"
+        );
         seen = seen.union(&cpus);
     }
 }
@@ -102,10 +118,17 @@ fn refuse_mode_blocks_a_violation_with_one_line_naming_guest_rule_and_fix() {
     let out = hook(&f, "pt", "prepare", "begin", &xml);
     assert_eq!(out.exit, 1);
     assert!(!out.stderr.contains('\n'));
-    assert!(out.stderr.starts_with("kvmtune: guest 'pt'"), "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("kvmtune: guest 'pt'"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("host-passthrough"), "{}", out.stderr);
     assert!(out.stderr.contains("kvmtune apply pt"), "{}", out.stderr);
-    assert!(ledger(&f).guests.is_empty(), "a refused guest holds no claim");
+    assert!(
+        ledger(&f).guests.is_empty(),
+        "a refused guest holds no claim"
+    );
 }
 
 #[test]
@@ -117,14 +140,27 @@ fn warn_mode_allows_and_logs_the_violation() {
     assert_eq!(out.exit, 0);
     let line = &log.lines.last().unwrap().1;
     assert!(line.contains("guest=wb stage=prepare-begin"), "{line}");
-    assert!(line.contains("violation") && line.contains("cache='none'"), "{line}");
+    assert!(
+        line.contains("violation") && line.contains("cache='none'"),
+        "{line}"
+    );
 }
 
 #[test]
 fn a_broken_policy_allows_the_guest_by_default_and_logs_the_error() {
-    let f = fixture("intel-core-i5-m560-laptop-1s2c2t", "version: 1\nhost: [oops\n");
+    let f = fixture(
+        "intel-core-i5-m560-laptop-1s2c2t",
+        "version: 1\nhost: [oops\n",
+    );
     let mut log = Log::memory();
-    let out = run(&f.env, "g", "prepare", "begin", conforming("g", 1).as_bytes(), &mut log);
+    let out = run(
+        &f.env,
+        "g",
+        "prepare",
+        "begin",
+        conforming("g", 1).as_bytes(),
+        &mut log,
+    );
     assert_eq!(out.exit, 0);
     let (severity, line) = log.lines.last().unwrap();
     assert_eq!(*severity, kvmtune::logging::Severity::Error);
@@ -146,7 +182,13 @@ fn on_error_refuse_refuses_on_internal_errors() {
 #[test]
 fn bad_stdin_never_panics_and_is_allowed_by_default() {
     let f = fixture("intel-core-i5-m560-laptop-1s2c2t", POLICY);
-    for input in [&b""[..], b"not xml", b"<domain><name>g</name>", b"\xff\xfe", b"<network/>"] {
+    for input in [
+        &b""[..],
+        b"not xml",
+        b"<domain><name>g</name>",
+        b"\xff\xfe",
+        b"<network/>",
+    ] {
         let mut log = Log::memory();
         let out = run(&f.env, "g", "prepare", "begin", input, &mut log);
         assert_eq!(out.exit, 0);
@@ -200,11 +242,20 @@ fn stale_claims_are_reconciled_away() {
     let xml = conforming("crashed", 2);
     assert_eq!(hook(&f, "crashed", "prepare", "begin", &xml).exit, 0);
     mark_running(&f, "crashed", &xml);
-    assert_eq!(hook(&f, "other", "prepare", "begin", &conforming("other", 1)).exit, 0);
-    assert_eq!(ledger(&f).guests["crashed"].state, ledger::EntryState::Running);
+    assert_eq!(
+        hook(&f, "other", "prepare", "begin", &conforming("other", 1)).exit,
+        0
+    );
+    assert_eq!(
+        ledger(&f).guests["crashed"].state,
+        ledger::EntryState::Running
+    );
     // QEMU died without release: the status file disappears.
     std::fs::remove_file(f.env.paths.libvirt_run_dir.join("crashed.xml")).unwrap();
-    assert_eq!(hook(&f, "third", "prepare", "begin", &conforming("third", 1)).exit, 0);
+    assert_eq!(
+        hook(&f, "third", "prepare", "begin", &conforming("third", 1)).exit,
+        0
+    );
     let l = ledger(&f);
     assert!(!l.guests.contains_key("crashed"));
     assert!(l.guests.contains_key("other") && l.guests.contains_key("third"));
@@ -228,7 +279,14 @@ fn reconnect_re_records_a_guest_missing_from_the_ledger() {
 fn a_guest_name_mismatch_is_an_error_not_a_claim() {
     let f = fixture("intel-core-i5-m560-laptop-1s2c2t", POLICY);
     let mut log = Log::memory();
-    let out = run(&f.env, "a", "prepare", "begin", conforming("b", 1).as_bytes(), &mut log);
+    let out = run(
+        &f.env,
+        "a",
+        "prepare",
+        "begin",
+        conforming("b", 1).as_bytes(),
+        &mut log,
+    );
     assert_eq!(out.exit, 0);
     assert!(ledger(&f).guests.is_empty());
     let _ = Path::new("");

@@ -23,7 +23,9 @@ fn domains() -> Vec<PathBuf> {
     if shared.is_dir() {
         dirs.push(shared);
     } else {
-        eprintln!("note: ../shared/fixtures/domains not found; running the repo's own domains only");
+        eprintln!(
+            "note: ../shared/fixtures/domains not found; running the repo's own domains only"
+        );
     }
     let mut files = Vec::new();
     for dir in dirs {
@@ -56,14 +58,43 @@ fn hosts() -> Vec<(String, Host)> {
 
 /// Opening tags of the elements a plan may edit: a changed line must be one of them.
 const EDITABLE: &[&str] = &[
-    "<vcpu", "<vcpupin", "<emulatorpin", "<iothreadpin", "<cputune", "</cputune", "<numatune",
-    "</numatune", "<memory mode", "<memory placement", "<memory nodeset", "<memoryBacking",
-    "</memoryBacking", "<nosharepages", "<hugepages", "</hugepages", "<page", "<driver",
-    "</driver", "<cpu", "</cpu", "<model", "<feature", "<vendor", "<cache", "<maxphysaddr",
+    "<vcpu",
+    "<vcpupin",
+    "<emulatorpin",
+    "<iothreadpin",
+    "<cputune",
+    "</cputune",
+    "<numatune",
+    "</numatune",
+    "<memory mode",
+    "<memory placement",
+    "<memory nodeset",
+    "<memoryBacking",
+    "</memoryBacking",
+    "<nosharepages",
+    "<hugepages",
+    "</hugepages",
+    "<page",
+    "<driver",
+    "</driver",
+    "<cpu",
+    "</cpu",
+    "<model",
+    "<feature",
+    "<vendor",
+    "<cache",
+    "<maxphysaddr",
 ];
 
 /// Elements a plan may edit (their whole subtree is excluded from the outline).
-const EDITED_ELEMENTS: &[&str] = &["vcpu", "cputune", "numatune", "memoryBacking", "driver", "cpu"];
+const EDITED_ELEMENTS: &[&str] = &[
+    "vcpu",
+    "cputune",
+    "numatune",
+    "memoryBacking",
+    "driver",
+    "cpu",
+];
 
 /// Everything outside edited elements, as a list of (kind, name, attributes with raw
 /// values, text) in document order; whitespace-only text is left out because new
@@ -154,7 +185,9 @@ fn validate(outputs: &[(PathBuf, String)]) {
     let schema = Path::new("/usr/share/libvirt/schemas/domain.rng");
     let xmllint_ok = Command::new("xmllint").arg("--version").output().is_ok();
     if !schema.exists() || !xmllint_ok {
-        eprintln!("note: xmllint or libvirt schemas missing; schema validation skipped (install libvirt-clients libxml2-utils)");
+        eprintln!(
+            "note: xmllint or libvirt schemas missing; schema validation skipped (install libvirt-clients libxml2-utils)"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -175,15 +208,24 @@ fn validate(outputs: &[(PathBuf, String)]) {
         files.push((file, path.clone()));
         checked += 1;
     }
-    let failures = validates(schema, &files.iter().map(|f| f.0.clone()).collect::<Vec<_>>());
+    let failures = validates(
+        schema,
+        &files.iter().map(|f| f.0.clone()).collect::<Vec<_>>(),
+    );
     let named: Vec<String> = failures
         .iter()
         .map(|f| {
-            let src = files.iter().find(|(p, _)| p == f).map(|(_, s)| s.display().to_string());
+            let src = files
+                .iter()
+                .find(|(p, _)| p == f)
+                .map(|(_, s)| s.display().to_string());
             format!("{} (from {})", f.display(), src.unwrap_or_default())
         })
         .collect();
-    assert!(named.is_empty(), "outputs that no longer validate: {named:#?}");
+    assert!(
+        named.is_empty(),
+        "outputs that no longer validate: {named:#?}"
+    );
     eprintln!(
         "validated {checked} outputs against libvirt's schema ({} inputs were invalid to begin with)",
         input_valid.values().filter(|v| !**v).count()

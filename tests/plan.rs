@@ -11,7 +11,9 @@ use kvmtune::plan::{Change, Plan, plan};
 use kvmtune::policy::Policy;
 
 fn host(name: &str) -> Host {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/hosts").join(name);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/hosts")
+        .join(name);
     Host::read(&root).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -45,27 +47,48 @@ fn claim_of(plan: &Plan, memory_kib: u64) -> Claim {
 #[test]
 fn two_vcpus_get_the_two_smt_siblings_of_one_core() {
     let h = host("intel-xeon-silver4108-2s8c2t-2node");
-    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &guest("g", 2, 1024));
+    let p = plan_for(
+        &policy(BASE),
+        &h,
+        &Occupancy::default(),
+        &guest("g", 2, 1024),
+    );
     let placement = p.placement.unwrap();
     assert_eq!(placement.level, Level::Core);
     let core = h.core_of(placement.cpus.first().unwrap()).unwrap();
     assert_eq!(placement.cpus, core.cpus, "both threads of one core");
     assert_eq!(placement.cpus.len(), 2);
-    assert_ne!(placement.vcpus[0], placement.vcpus[1], "one thread per vCPU");
+    assert_ne!(
+        placement.vcpus[0], placement.vcpus[1],
+        "one thread per vCPU"
+    );
     assert!(!placement.cpus.contains(0));
 }
 
 #[test]
 fn six_vcpus_stay_in_one_node_of_one_socket() {
     let h = host("intel-xeon-silver4108-2s8c2t-2node");
-    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &guest("g", 6, 2048));
+    let p = plan_for(
+        &policy(BASE),
+        &h,
+        &Occupancy::default(),
+        &guest("g", 6, 2048),
+    );
     let placement = p.placement.unwrap();
     assert_eq!(placement.cpus.len(), 6);
     assert_eq!(h.nodes_of(&placement.cpus).len(), 1);
-    let sockets: CpuSet = placement.cpus.iter().filter_map(|c| h.socket_of(c)).collect();
+    let sockets: CpuSet = placement
+        .cpus
+        .iter()
+        .filter_map(|c| h.socket_of(c))
+        .collect();
     assert_eq!(sockets.len(), 1);
     // Whole cores: 6 vCPUs = 3 cores x 2 threads.
-    let cores: Vec<_> = placement.cpus.iter().map(|c| h.core_of(c).unwrap().cpus.clone()).collect();
+    let cores: Vec<_> = placement
+        .cpus
+        .iter()
+        .map(|c| h.core_of(c).unwrap().cpus.clone())
+        .collect();
     for core in &cores {
         assert!(core.is_subset(&placement.cpus), "core {core} split");
     }
@@ -74,7 +97,12 @@ fn six_vcpus_stay_in_one_node_of_one_socket() {
 #[test]
 fn memory_nodeset_is_the_vcpus_node() {
     let h = host("intel-xeon-gold6230-2s20c2t-snc2-4node");
-    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &guest("g", 4, 4096));
+    let p = plan_for(
+        &policy(BASE),
+        &h,
+        &Occupancy::default(),
+        &guest("g", 4, 4096),
+    );
     let placement = p.placement.as_ref().unwrap();
     let numa = p
         .edits
@@ -92,9 +120,7 @@ fn memory_nodeset_is_the_vcpus_node() {
 #[test]
 fn cpu0_reserved_and_irq_cpus_are_never_used() {
     let h = host("intel-xeon-silver4108-2s8c2t-2node");
-    let pol = policy(
-        "version: 1\nhost:\n  reserved_cpus: 1,17\n  irq_cpus: 2,18\n",
-    );
+    let pol = policy("version: 1\nhost:\n  reserved_cpus: 1,17\n  irq_cpus: 2,18\n");
     let forbidden = CpuSet::parse("0-2,17-18").unwrap();
     let mut occupancy = Occupancy::default();
     for (i, vcpus) in [1u32, 2, 4, 6, 8, 2, 1, 3, 12, 16, 30].iter().enumerate() {
@@ -114,7 +140,8 @@ fn cpu0_reserved_and_irq_cpus_are_never_used() {
 #[test]
 fn irq_auto_keeps_guests_off_cpus_an_irq_is_bound_to() {
     let dir = tempfile::tempdir().unwrap();
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/hosts/intel-core-i5-m560-laptop-1s2c2t");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/hosts/intel-core-i5-m560-laptop-1s2c2t");
     copy_tree(&src, dir.path());
     let irq = dir.path().join("proc/irq/30");
     std::fs::create_dir_all(&irq).unwrap();
@@ -143,7 +170,12 @@ fn copy_tree(from: &Path, to: &Path) {
 #[test]
 fn a_guest_larger_than_any_node_spans_the_fewest_nodes_and_says_so() {
     let h = host("intel-xeon-silver4108-2s8c2t-2node");
-    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &guest("big", 24, 4096));
+    let p = plan_for(
+        &policy(BASE),
+        &h,
+        &Occupancy::default(),
+        &guest("big", 24, 4096),
+    );
     let placement = p.placement.as_ref().unwrap();
     assert_eq!(placement.nodes.len(), 2);
     assert!(placement.level >= Level::Socket);
@@ -160,21 +192,39 @@ fn a_guest_larger_than_any_node_spans_the_fewest_nodes_and_says_so() {
 fn on_epyc_a_twelve_vcpu_guest_spans_two_nodes_of_one_socket() {
     let h = host("amd-epyc7451-2s24c2t-8node");
     // 12 threads per node on EPYC 7451; node0 loses CPU0, so 13+ needs two nodes.
-    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &guest("g", 14, 4096));
+    let p = plan_for(
+        &policy(BASE),
+        &h,
+        &Occupancy::default(),
+        &guest("g", 14, 4096),
+    );
     let placement = p.placement.unwrap();
     assert_eq!(placement.nodes.len(), 2);
-    let sockets: CpuSet = placement.cpus.iter().filter_map(|c| h.socket_of(c)).collect();
+    let sockets: CpuSet = placement
+        .cpus
+        .iter()
+        .filter_map(|c| h.socket_of(c))
+        .collect();
     assert_eq!(sockets.len(), 1, "nodes of one socket: {}", placement.nodes);
 }
 
 #[test]
 fn without_smt_two_vcpus_get_two_cores_of_one_socket() {
     let h = host("intel-xeon-e5-2680-2s8c-noht-2node");
-    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &guest("g", 2, 1024));
+    let p = plan_for(
+        &policy(BASE),
+        &h,
+        &Occupancy::default(),
+        &guest("g", 2, 1024),
+    );
     let placement = p.placement.unwrap();
     assert_eq!(placement.level, Level::L3);
     assert_eq!(placement.cpus.len(), 2);
-    let sockets: CpuSet = placement.cpus.iter().filter_map(|c| h.socket_of(c)).collect();
+    let sockets: CpuSet = placement
+        .cpus
+        .iter()
+        .filter_map(|c| h.socket_of(c))
+        .collect();
     assert_eq!(sockets.len(), 1);
     assert_eq!(h.nodes_of(&placement.cpus).len(), 1);
 }
@@ -188,9 +238,14 @@ fn successive_guests_spread_to_the_least_loaded_cores() {
     for i in 0..15 {
         let p = plan_for(&pol, &h, &occupancy, &guest(&format!("g{i}"), 2, 512));
         let cpus = p.placement.as_ref().unwrap().cpus.clone();
-        assert!(!cpus.intersects(&used), "guest {i} shares {cpus} while free cores remain");
+        assert!(
+            !cpus.intersects(&used),
+            "guest {i} shares {cpus} while free cores remain"
+        );
         used = used.union(&cpus);
-        occupancy.guests.insert(format!("g{i}"), claim_of(&p, 512 * 1024));
+        occupancy
+            .guests
+            .insert(format!("g{i}"), claim_of(&p, 512 * 1024));
     }
 }
 
@@ -201,7 +256,11 @@ fn existing_explicit_pins_are_kept_and_counted() {
                <cputune><vcpupin vcpu='0' cpuset='4'/><vcpupin vcpu='1' cpuset='5'/></cputune></domain>";
     let p = plan_for(&policy(BASE), &h, &Occupancy::default(), xml);
     assert!(p.kept_existing_pins);
-    assert!(!p.edits.iter().any(|e| matches!(e.change, Change::VcpuPins { .. })));
+    assert!(
+        !p.edits
+            .iter()
+            .any(|e| matches!(e.change, Change::VcpuPins { .. }))
+    );
     assert_eq!(p.placement.unwrap().cpus.to_string(), "4-5");
 }
 
@@ -239,8 +298,22 @@ fn hugepages_only_when_the_node_has_enough_free_pages() {
     let h = host("intel-xeon-silver4108-2s8c2t-2node"); // 2048 free 2M pages per node = 4 GiB
     let pol = policy(BASE);
     let fits = plan_for(&pol, &h, &Occupancy::default(), &guest("small", 2, 2048));
-    assert!(fits.edits.iter().any(|e| matches!(e.change, Change::HugePages { size_kib: 2048 })));
+    assert!(
+        fits.edits
+            .iter()
+            .any(|e| matches!(e.change, Change::HugePages { size_kib: 2048 }))
+    );
     let too_big = plan_for(&pol, &h, &Occupancy::default(), &guest("large", 2, 8192));
-    assert!(!too_big.edits.iter().any(|e| matches!(e.change, Change::HugePages { .. })));
-    assert!(too_big.notes.iter().any(|n| n.rule == "3.2" && n.text.contains("skipped")));
+    assert!(
+        !too_big
+            .edits
+            .iter()
+            .any(|e| matches!(e.change, Change::HugePages { .. }))
+    );
+    assert!(
+        too_big
+            .notes
+            .iter()
+            .any(|n| n.rule == "3.2" && n.text.contains("skipped"))
+    );
 }
