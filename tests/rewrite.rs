@@ -127,6 +127,56 @@ fn the_full_plan_is_idempotent_on_every_domain() {
     }
 }
 
+/// `apply` computes changes with disjoint scopes against one parse; the result
+/// must equal applying them one at a time, in any order of the plan.
+#[test]
+fn batched_changes_equal_one_at_a_time() {
+    let plan = full_plan();
+    let mut reversed = plan.clone();
+    reversed.reverse();
+    let mut disks_first = plan.clone();
+    disks_first.rotate_left(4);
+    for name in DOMAINS {
+        for xml in [domain(name), domain(name).replace('\n', "\r\n")] {
+            for order in [&plan, &reversed, &disks_first] {
+                let one_by_one = order.iter().fold(xml.clone(), |text, change| {
+                    apply(&text, std::slice::from_ref(change)).unwrap()
+                });
+                assert_eq!(apply(&xml, order).unwrap(), one_by_one, "{name}");
+            }
+        }
+    }
+    // Creating <cputune> and <numatune> in one call still orders them right.
+    let after = apply(
+        "<domain>\n  <vcpu>1</vcpu>\n</domain>\n",
+        &[
+            Change::NumaMemory {
+                mode: MemoryMode::Strict,
+                nodeset: cpus("0"),
+            },
+            Change::EmulatorPin { cpuset: cpus("0") },
+            Change::NoSharePages,
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        after,
+        "<domain>
+  <memoryBacking>
+    <nosharepages/>
+  </memoryBacking>
+  <vcpu>1</vcpu>
+  <cputune>
+    <emulatorpin cpuset='0'/>
+  </cputune>
+  <numatune>
+    <memory mode='strict' nodeset='0'/>
+  </numatune>
+</domain>
+"
+    );
+}
+
 #[test]
 fn each_change_only_touches_its_own_elements() {
     for name in DOMAINS.iter().filter(|n| **n != "oneline") {

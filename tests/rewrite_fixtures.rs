@@ -172,6 +172,23 @@ fn rewrite_every_shared_fixture() {
         }
 
         let out = apply(&xml, &plan).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let one_by_one = plan.iter().fold(xml.clone(), |text, change| {
+            apply(&text, std::slice::from_ref(change)).unwrap()
+        });
+        assert_eq!(
+            out, one_by_one,
+            "{name}: batched differs from one at a time"
+        );
+        let mut reversed = plan.clone();
+        reversed.reverse();
+        let one_by_one = reversed.iter().fold(xml.clone(), |text, change| {
+            apply(&text, std::slice::from_ref(change)).unwrap()
+        });
+        assert_eq!(
+            apply(&xml, &reversed).unwrap(),
+            one_by_one,
+            "{name}: reversed plan"
+        );
         roxmltree::Document::parse(&out).unwrap_or_else(|e| panic!("{name}: output: {e}"));
         assert_eq!(apply(&out, &plan).unwrap(), out, "{name}: not idempotent");
         assert_eq!(apply(&xml, &[]).unwrap(), xml, "{name}: round trip");
