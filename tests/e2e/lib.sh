@@ -8,6 +8,10 @@ E2E_PREFIX=kvmtune-e2e-
 LEDGER=${LEDGER:-/run/kvmtune/ledger.json}
 POLICY=${POLICY:-/etc/kvmtune/policy.yaml}
 VIRSH_TIMEOUT=${VIRSH_TIMEOUT:-60}
+# The distribution's python3 (a pyenv shim in PATH can cost 0.4 s per call).
+if [ -z "${PY:-}" ]; then
+    if [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=python3; fi
+fi
 
 # ---------------------------------------------------------------- reporting
 
@@ -39,13 +43,14 @@ pid_alive() { # a zombie counts as dead
     [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
 }
 
-# PIDs of processes whose comm is exactly NAME (no procps needed).
+# PIDs of live (not zombie) processes whose comm is exactly NAME (no procps needed).
 procs_named() {
-    local f
+    local f pid
     for f in /proc/[0-9]*/comm; do
         [ "$(cat "$f" 2>/dev/null)" = "$1" ] || continue
-        f=${f#/proc/}
-        echo "${f%/comm}"
+        pid=${f#/proc/}
+        pid=${pid%/comm}
+        pid_alive "$pid" && echo "$pid"
     done
 }
 
@@ -78,6 +83,11 @@ start_libvirtd() {
     for ((i = 0; i < 300; i++)); do
         if timeout 5 virsh -q -c qemu:///system version >/dev/null 2>&1; then
             return 0
+        fi
+        if [ "$i" -gt 10 ] && [ -z "$(procs_named libvirtd)" ]; then
+            echo "libvirtd exited during startup"
+            libvirtd_log_tail
+            return 1
         fi
         sleep 0.1
     done
@@ -317,7 +327,7 @@ EOF
 # ledger_query get GUEST FIELD  -> the field's value (JSON scalars as text)
 # A missing ledger file reads as no guests; a malformed one exits 3.
 ledger_query() {
-    python3 - "$LEDGER" "$@" <<'PY'
+    "$PY" - "$LEDGER" "$@" <<'PY'
 import json, os, sys
 path, cmd, *args = sys.argv[1:]
 if not os.path.exists(path):

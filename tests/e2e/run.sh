@@ -43,8 +43,8 @@ CASES=(
     "b2|90|no|on_violation: warn starts a cache='writeback' guest and logs the violation"
     "c|120|yes|save + restore: live XML pinned to CPU 1 with cache='none', definition unchanged"
     "d|180|no|8 parallel starts all succeed; ledger == virsh list; empty after destroy"
-    "e1|120|no|libvirtd restart under running guests keeps the ledger right"
-    "e2|120|yes|libvirtd restart under a running guest keeps its placement"
+    "e1|120|no|libvirtd killed + started under running guests: ledger still right"
+    "e2|120|yes|libvirtd stopped + started under a running guest: placement kept"
     "f|90|no|broken policy with on_error allow: guest starts, error logged"
 )
 
@@ -93,9 +93,10 @@ E2E_START=$(date +%s)
 E2E_SYSLOG_MODE=none
 E2E_SYSLOG_FILE=""
 E2E_SYSLOG_OFFSET=0
-export E2E_DIR E2E_WORK E2E_TRACE E2E_IMG_DIR E2E_START KVMTUNE_BIN LEDGER POLICY
+export E2E_DIR E2E_WORK E2E_TRACE E2E_IMG_DIR E2E_START KVMTUNE_BIN LEDGER POLICY PY
 
 STATE=$E2E_WORK/state
+CASE_PID=""
 touch "$STATE/cleanup-pending"
 
 # ---------------------------------------------------------------- cleanup
@@ -113,6 +114,9 @@ cleanup() {
     rm -f "$STATE/cleanup-pending"
     trap '' INT TERM
     say "cleaning up"
+    if [ -n "${CASE_PID:-}" ]; then # interrupted in the middle of a case
+        kill -TERM "$CASE_PID" 2>/dev/null && wait_pid_gone "$CASE_PID" 15
+    fi
 
     # Guests: through libvirtd (started again if it died mid-case).
     local leftovers
@@ -204,7 +208,7 @@ install_packages() {
 }
 
 preflight() {
-    command -v python3 >/dev/null || fatal "python3 is required"
+    command -v "$PY" >/dev/null || fatal "python3 is required"
     [ -z "$(procs_named libvirtd)" ] || fatal "a libvirtd is already running (pid $(procs_named libvirtd | tr '\n' ' ')); stop it first"
     [ -z "$(procs_named virtqemud)" ] || fatal "virtqemud (modular libvirt) is running; stop it first"
     [ ! -e "$HOOK_BACKUP" ] && [ ! -L "$HOOK_BACKUP" ] ||
@@ -240,8 +244,8 @@ setup_host() {
         fi
     fi
 
-    # A stale ledger (no QEMU runs at all, so it cannot describe anything).
-    if [ -e "$LEDGER" ] && [ -z "$(procs_named qemu-system-x86)" ]; then
+    # A stale ledger: it lists guests but no QEMU runs at all.
+    if [ -n "$(ledger_query names 2>&1)" ] && [ -z "$(procs_named qemu-system-x86)" ]; then
         cp "$LEDGER" "$E2E_WORK/ledger.stale.json" 2>/dev/null
         rm -f "$LEDGER"
         say "removed stale $LEDGER (copy in artifacts)"
@@ -268,7 +272,7 @@ setup_syslog() {
         fi
         E2E_SYSLOG_FILE=$E2E_WORK/syslog.log
         : >"$E2E_SYSLOG_FILE"
-        setsid python3 "$E2E_DIR/syslog_listener.py" /dev/log "$E2E_SYSLOG_FILE" "$STATE/syslog-ready" \
+        setsid "$PY" "$E2E_DIR/syslog_listener.py" /dev/log "$E2E_SYSLOG_FILE" "$STATE/syslog-ready" \
             </dev/null >"$E2E_WORK/syslog-listener.err" 2>&1 &
         echo $! >"$STATE/syslog-listener"
         local i
@@ -354,11 +358,18 @@ run_case() { # "id|timeout|shape|description"
     fi
     log=$E2E_WORK/case-$id.log
     t0=$(date +%s.%N)
-    timeout -k 10 "$t" bash -c 'set -u -o pipefail; . "$E2E_DIR/lib.sh"; . "$E2E_DIR/cases.sh"; "case_$1"' \
-        _ "$id" >"$log" 2>&1 </dev/null
+    # E2E_XTRACE=1: trace every command of the case, with timestamps, into its log.
+    # In the background + wait, so that a signal to run.sh is handled at once
+    # (cleanup stops the case through CASE_PID).
+    timeout -k 10 "$t" bash ${E2E_XTRACE:+-x} -c \
+        'PS4="+ \${EPOCHREALTIME} "; set -u -o pipefail; . "$E2E_DIR/lib.sh"; . "$E2E_DIR/cases.sh"; "case_$1"' \
+        _ "$id" >"$log" 2>&1 </dev/null &
+    CASE_PID=$!
+    wait "$CASE_PID"
     rc=$?
+    CASE_PID=""
     t1=$(date +%s.%N)
-    secs=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
+    secs=$("$PY" -c "print(f'{$t1 - $t0:.1f}')")
     [ "$rc" = 124 ] || [ "$rc" = 137 ] && echo "FAIL: timed out after ${t}s" >>"$log"
 
     # Leave a clean slate: libvirtd up (a case may have died mid-restart), no guests.
