@@ -569,7 +569,9 @@ fn restore_or_migrate(ctx: &Stage<'_>, migrate: bool) -> Result<Outcome> {
 fn release(ctx: &Stage<'_>) -> Result<Outcome> {
     let mut locked = Locked::acquire(&ctx.env.paths.run_dir, LOCK_TIMEOUT)?;
     let had = locked.ledger.guests.remove(&ctx.domain.name);
-    locked.save()?;
+    if had.is_some() {
+        locked.save()?;
+    }
     Ok(Outcome::allow(match had {
         Some(e) => format!("freed cpus={}", e.cpus),
         None => "no claim to free".to_string(),

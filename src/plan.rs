@@ -49,9 +49,10 @@ pub enum Change {
         vhost: bool,
         queues: Option<u32>,
     },
-    /// `<cpu mode='host-passthrough'>` → `<cpu mode='host-model'>` (its `check`,
-    /// `migratable` attributes and `<model>`/`<feature>` children that host-model
-    /// does not accept are dropped; `<topology>`, `<numa>`, `<cache>` kept).
+    /// `<cpu mode='host-passthrough'>` → `<cpu mode='host-model'>`. Dropped, because
+    /// libvirt refuses them with host-model: `check`, `migratable`, `<model>`,
+    /// `<vendor>`, and `<cache>`/`<maxphysaddr>` in `passthrough` mode. Kept:
+    /// `<topology>`, `<numa>`, `<feature>`, other `<cache>`/`<maxphysaddr>` modes.
     CpuHostModel,
 }
 
