@@ -403,7 +403,7 @@ fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
         ));
     }
     if let Some(why) = &plan.no_room {
-        if plan.pool == Pool::Dedicated && ctx.policy.on_violation == OnViolation::Refuse {
+        if ctx.policy.on_violation == OnViolation::Refuse {
             return Ok(Outcome {
                 exit: 1,
                 stderr: format!("kvmtune: guest '{name}' cannot be placed: {why}"),
@@ -411,7 +411,10 @@ fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
                 summary: format!("no room: {why}"),
             });
         }
-        notes.push(format!("no placement: {why}; guest runs unpinned"));
+        match &plan.placement {
+            Some(_) => notes.push(format!("no room: {why}; fell back to the shared pool")),
+            None => notes.push(format!("no placement: {why}; guest runs unpinned")),
+        }
     }
     match entry_from_plan(ctx, &plan) {
         Some(entry) => {

@@ -419,11 +419,25 @@ impl Planner<'_> {
                 eligible: eligible.clone(),
                 cpu_allocation_ratio: f64::from(self.settings.cpu_allocation_ratio),
             };
-            match place(self.host, &occupancy.without(&self.domain.name), &request) {
+            let others = occupancy.without(&self.domain.name);
+            match place(self.host, &others, &request) {
                 Ok(p) => p,
                 Err(NoRoom(why)) => {
-                    self.plan.no_room = Some(why);
-                    return;
+                    self.plan.no_room = Some(why.clone());
+                    // No dedicated room: fall back to the shared pool (still local);
+                    // the hook refuses instead under on_violation: refuse.
+                    let shared = Request {
+                        pool: Pool::Shared,
+                        ..request
+                    };
+                    match (self.settings.pool, place(self.host, &others, &shared)) {
+                        (Pool::Dedicated, Ok(p)) => {
+                            self.note("1.1", format!("{why}: placed in the shared pool instead"));
+                            self.plan.pool = Pool::Shared;
+                            p
+                        }
+                        _ => return,
+                    }
                 }
             }
         };

@@ -291,3 +291,32 @@ fn a_guest_name_mismatch_is_an_error_not_a_claim() {
     assert!(ledger(&f).guests.is_empty());
     let _ = Path::new("");
 }
+
+#[test]
+fn no_dedicated_room_falls_back_to_shared_or_refuses() {
+    // i5 laptop: CPUs 1-3 eligible; a 4-vCPU dedicated guest cannot fit.
+    let dedicated = format!("{POLICY}defaults:\n  pool: dedicated\n");
+    let f = fixture("intel-core-i5-m560-laptop-1s2c2t", &dedicated);
+    let out = hook(&f, "big", "prepare", "begin", &conforming("big", 4));
+    assert_eq!(out.exit, 0);
+    assert!(
+        out.summary.contains("fell back to the shared pool"),
+        "{}",
+        out.summary
+    );
+    assert_eq!(
+        ledger(&f).guests["big"].pool,
+        kvmtune::placement::Pool::Shared
+    );
+
+    let refuse = format!("{dedicated}on_violation: refuse\n");
+    let f = fixture("intel-core-i5-m560-laptop-1s2c2t", &refuse);
+    let out = hook(&f, "big", "prepare", "begin", &conforming("big", 4));
+    assert_eq!(out.exit, 1);
+    assert!(
+        out.stderr
+            .starts_with("kvmtune: guest 'big' cannot be placed:"),
+        "{}",
+        out.stderr
+    );
+}
