@@ -129,9 +129,20 @@ impl Host {
     pub fn read(root: &Path) -> Result<Host, HostError> {
         let cpu_dir = root.join(CPU_DIR);
         let online = read_online(&cpu_dir)?;
-        let mut raw = BTreeMap::new();
+        let mut raw: BTreeMap<u32, RawCpu> = BTreeMap::new();
         for cpu in online.iter() {
-            raw.insert(cpu, read_topology(&cpu_dir, cpu)?);
+            // SMT siblings share a core, so a socket and a die: reuse what the first
+            // sibling said instead of reading three files per thread again (the hook
+            // reads the host on every guest start).
+            let known = raw
+                .values()
+                .find(|r| r.siblings.contains(cpu) && r.siblings.len() > 1)
+                .cloned();
+            let topology = match known {
+                Some(sibling) => sibling,
+                None => read_topology(&cpu_dir, cpu)?,
+            };
+            raw.insert(cpu, topology);
         }
         let l3_groups = read_l3_groups(&cpu_dir, &online)?;
         let nodes = read_nodes(root, &online, &raw)?;
