@@ -320,3 +320,58 @@ fn no_dedicated_room_falls_back_to_shared_or_refuses() {
         out.stderr
     );
 }
+
+/// A two-CPU host tree (CPU0 and CPU1, no SMT, one node) like the CI machine.
+fn two_cpu_host(root: &Path) {
+    let cpu = root.join("sys/devices/system/cpu");
+    std::fs::create_dir_all(&cpu).unwrap();
+    std::fs::write(cpu.join("online"), "0-1\n").unwrap();
+    for n in 0..2 {
+        let topo = cpu.join(format!("cpu{n}/topology"));
+        std::fs::create_dir_all(&topo).unwrap();
+        std::fs::write(topo.join("thread_siblings_list"), format!("{n}\n")).unwrap();
+        std::fs::write(topo.join("physical_package_id"), "0\n").unwrap();
+    }
+}
+
+#[test]
+fn started_pins_the_vcpu_thread_and_other_threads_of_a_real_process() {
+    let allowed = std::fs::read_to_string("/proc/self/status").unwrap();
+    if !allowed
+        .lines()
+        .any(|l| l.starts_with("Cpus_allowed_list:") && l.contains('1'))
+    {
+        eprintln!("note: CPU 1 not available to this process; skipped");
+        return;
+    }
+    let mut f = fixture("intel-core-i5-m560-laptop-1s2c2t", POLICY);
+    let host = f._dir.path().join("host");
+    two_cpu_host(&host);
+    f.env.host_root = host;
+    f.env.proc_root = PathBuf::from("/proc");
+    f.env.apply_runtime = true;
+    // A stand-in for QEMU: one process whose only thread plays vCPU 0.
+    let mut qemu = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = qemu.id();
+    let xml = conforming("rt", 1);
+    assert_eq!(hook(&f, "rt", "prepare", "begin", &xml).exit, 0);
+    let status = format!(
+        "<domstatus state='running' pid='{pid}'>\n  <vcpus>\n    <vcpu id='0' pid='{pid}'/>\n  </vcpus>\n{xml}</domstatus>\n"
+    );
+    std::fs::write(f.env.paths.libvirt_run_dir.join("rt.xml"), status).unwrap();
+    let out = hook(&f, "rt", "started", "begin", &xml);
+    let effective = kvmtune::affinity::allowed_cpus(Path::new("/proc"), pid, pid);
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    assert_eq!(out.exit, 0, "{out:?}");
+    assert_eq!(
+        effective.unwrap().to_string(),
+        "1",
+        "vCPU thread moved off CPU0"
+    );
+    assert!(out.summary.contains("effective vcpu0=1"), "{}", out.summary);
+    assert_eq!(ledger(&f).guests["rt"].state, ledger::EntryState::Running);
+}
