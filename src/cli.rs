@@ -73,6 +73,12 @@ pub enum Command {
     /// Show the host (NUMA nodes, caches, cores, threads) with the running guests on
     /// it, their conformance rule by rule, and whether the ledger agrees with libvirt.
     Status(crate::status::StatusArgs),
+    /// Check or apply the host-side tuning: NIC IRQs, irqbalance, KSM, transparent
+    /// huge pages, huge pages, hugetlbfs, IO schedulers, vhost_net.
+    Host(crate::hosttune::HostArgs),
+    /// Replay a workload of guest arrivals and departures on a host and report the
+    /// placement quality (kvmtune or a baseline strategy).
+    Simulate(crate::simulate::SimulateArgs),
     /// Write the man pages or shell completions (packaging).
     #[command(hide = true)]
     Generate(crate::gendocs::GenerateArgs),
@@ -123,6 +129,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Apply(args) => crate::apply::run_apply(&args),
         Command::Revert(args) => crate::apply::run_revert(&args),
         Command::Status(args) => crate::status::run_status(&args),
+        Command::Host(args) => crate::hosttune::run_host(&args),
+        Command::Simulate(args) => crate::simulate::run_simulate(&args),
         Command::Generate(args) => crate::gendocs::run(&args),
     }
 }

@@ -26,7 +26,7 @@ use crate::cpuset::CpuSet;
 use crate::domain::{Domain, MAX_XML_BYTES};
 use crate::host::Host;
 use crate::ledger::{self, Entry, EntryState, LOCK_TIMEOUT, Locked, Paths};
-use crate::logging::{Log, sanitize};
+use crate::logging::{Log, one_line, sanitize};
 use crate::placement::{Occupancy, Pool};
 use crate::plan::{Plan, plan};
 use crate::policy::{DEFAULT_POLICY_PATH, ExistingPins, MemoryMode, OnError, OnViolation, Policy};
@@ -183,7 +183,7 @@ pub fn run(
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         stage_dispatch(env, guest, op, input, log)
     }));
-    let (outcome, severity_error) = match result {
+    let (mut outcome, severity_error) = match result {
         Ok(Ok(outcome)) => (outcome, false),
         Ok(Err(failure)) => (
             on_error(guest, &stage, &failure.error, failure.on_error),
@@ -206,6 +206,9 @@ pub fn run(
             )
         }
     };
+    // Error texts can quote the XML (a value with a newline): libvirt shows the
+    // refusal as one line, and syslog lines must not be forgeable.
+    outcome.stderr = one_line(&outcome.stderr);
     let line = format!(
         "guest={} stage={stage} outcome={} duration_us={} {}",
         sanitize(guest),
@@ -217,6 +220,7 @@ pub fn run(
         started.elapsed().as_micros(),
         outcome.summary
     );
+    let line = one_line(&line);
     if severity_error {
         log.error(line);
     } else if outcome.exit != 0 || outcome.summary.contains("violation") {
@@ -305,15 +309,9 @@ fn stage_dispatch(
 fn locked_ledger(ctx: &Stage<'_>) -> Result<(Locked, Occupancy, Vec<String>)> {
     let mut locked = Locked::acquire(&ctx.env.paths.run_dir, LOCK_TIMEOUT)?;
     let live = runstate::running(&ctx.env.paths.libvirt_run_dir);
-    let running: std::collections::BTreeMap<String, PathBuf> = live
-        .keys()
-        .map(|k| {
-            (
-                k.clone(),
-                ctx.env.paths.libvirt_run_dir.join(format!("{k}.xml")),
-            )
-        })
-        .collect();
+    // A guest is running while its status file exists, even when that file does not
+    // parse (or is too large): freeing its claim would hand its CPUs out twice.
+    let running = ledger::running_guests(&ctx.env.paths.libvirt_run_dir);
     let mut notes = Vec::new();
     if let Some(recovered) = locked.recovered_from.take() {
         notes.push(format!("ledger recovered: {recovered}"));
@@ -335,6 +333,19 @@ fn locked_ledger(ctx: &Stage<'_>) -> Result<(Locked, Occupancy, Vec<String>)> {
         .guests
         .extend(runstate::pinned_by_others(&live, &claimed).guests);
     Ok((locked, occupancy, notes))
+}
+
+/// libvirt's status file for the guest. libvirt refuses names with '/', so such a
+/// name is not from libvirt: never let it reach outside the run directory.
+fn status_path(ctx: &Stage<'_>) -> Result<PathBuf> {
+    let name = &ctx.domain.name;
+    if name.contains('/') || name.contains('\0') {
+        return Err(anyhow!(
+            "guest name '{}' cannot name a libvirt status file",
+            sanitize(name)
+        ));
+    }
+    Ok(ctx.env.paths.libvirt_run_dir.join(format!("{name}.xml")))
 }
 
 fn read_host(ctx: &Stage<'_>) -> Result<Host> {
@@ -457,11 +468,7 @@ fn started(ctx: &Stage<'_>) -> Result<Outcome> {
             }
         }
     };
-    let status_path = ctx
-        .env
-        .paths
-        .libvirt_run_dir
-        .join(format!("{}.xml", ctx.domain.name));
+    let status_path = status_path(ctx)?;
     let live = runstate::read_status(&status_path)?;
     let pid = live
         .qemu_pid
@@ -591,12 +598,9 @@ fn reconnect(ctx: &Stage<'_>) -> Result<Outcome> {
     }
     // No claim (ledger lost, e.g. /run cleared): record where the guest runs now,
     // from its XML pins or its threads' affinity.
-    let status_path = ctx
-        .env
-        .paths
-        .libvirt_run_dir
-        .join(format!("{}.xml", ctx.domain.name));
-    let live = runstate::read_status(&status_path).ok();
+    let live = status_path(ctx)
+        .ok()
+        .and_then(|p| runstate::read_status(&p).ok());
     let mut vcpus: Vec<CpuSet> = Vec::new();
     for v in 0..ctx.domain.vcpus_max {
         let from_xml = ctx.domain.pinned_cpus_of(v).cloned();

@@ -216,6 +216,7 @@ impl Locked {
                 }
             }
         };
+        remove_stale_temp_files(run_dir);
         let path = run_dir.join(LEDGER_FILE);
         let (ledger, recovered_from) = match read_no_follow(&path) {
             Ok(None) => (
@@ -225,7 +226,8 @@ impl Locked {
                 },
                 None,
             ),
-            Ok(Some(text)) => match serde_json::from_str::<Ledger>(&text) {
+            // Bytes, not text: invalid UTF-8 is corruption like any other.
+            Ok(Some(bytes)) => match serde_json::from_slice::<Ledger>(&bytes) {
                 Ok(ledger) => (ledger, None),
                 Err(e) => {
                     let aside = run_dir.join(format!("{LEDGER_FILE}.corrupt"));
@@ -287,24 +289,43 @@ impl Locked {
     }
 }
 
-/// Reads the ledger without the lock (status display): may be one update behind.
-pub fn read_unlocked(run_dir: &Path) -> Option<Ledger> {
-    let text = read_no_follow(&run_dir.join(LEDGER_FILE)).ok()??;
-    serde_json::from_str(&text).ok()
+/// Removes temp files left by hooks killed between writing and renaming (SIGKILL,
+/// OOM): every writer holds the lock while its temp file exists, so under the lock
+/// any temp file is stale.
+fn remove_stale_temp_files(run_dir: &Path) {
+    let Ok(entries) = fs::read_dir(run_dir) else {
+        return;
+    };
+    let prefix = format!(".{LEDGER_FILE}.");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
-fn read_no_follow(path: &Path) -> std::io::Result<Option<String>> {
+/// Reads the ledger without the lock (status display): may be one update behind.
+pub fn read_unlocked(run_dir: &Path) -> Option<Ledger> {
+    let bytes = read_no_follow(&run_dir.join(LEDGER_FILE)).ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn read_no_follow(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path);
     match file {
         Ok(mut f) => {
-            let mut text = String::new();
+            let mut bytes = Vec::new();
             use std::io::Read;
             // The ledger is small; bound the read so a planted huge file cannot eat memory.
-            (&mut f).take(64 * 1024 * 1024).read_to_string(&mut text)?;
-            Ok(Some(text))
+            (&mut f).take(64 * 1024 * 1024).read_to_end(&mut bytes)?;
+            Ok(Some(bytes))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),

@@ -8,11 +8,15 @@
 //! explained to the admin by the CLI.
 
 pub mod affinity;
+pub mod apply;
 pub mod cli;
+pub mod command;
 pub mod cpuset;
 pub mod domain;
+pub mod gendocs;
 pub mod hook;
 pub mod host;
+pub mod hosttune;
 pub mod ledger;
 pub mod logging;
 pub mod placement;
@@ -20,5 +24,7 @@ pub mod plan;
 pub mod policy;
 pub mod rewrite;
 pub mod runstate;
+pub mod simulate;
+pub mod status;
 
 pub use cpuset::CpuSet;

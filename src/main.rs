@@ -8,11 +8,15 @@ use clap::Parser;
 use kvmtune::cli::{self, Cli, Failure};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(argv0) = args.first() {
-        if kvmtune::hook::invoked_as_hook(Path::new(argv0)) {
-            return kvmtune::hook::run_as_libvirt_hook(&args[1..]);
-        }
+    // Lossy: `std::env::args` panics on a non-UTF-8 argument, and a panic here
+    // would fail the guest start before the hook's error handling runs.
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if let Some(argv0) = args.first()
+        && kvmtune::hook::invoked_as_hook(Path::new(argv0))
+    {
+        return kvmtune::hook::run_as_libvirt_hook(&args[1..]);
     }
     let cli = Cli::parse();
     match cli::run(cli) {

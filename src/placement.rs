@@ -190,94 +190,34 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
         }));
     }
 
-    let node_fits = |nodes: &CpuSet| memory_fits(host, nodes, request.memory_kib);
-    let unit_load =
-        |unit: &CpuSet| unit.iter().map(load_of).sum::<f64>() / unit.len().max(1) as f64;
-
-    // Single-node levels, smallest first. Each unit is cut to one node: rule 1.2
-    // (one NUMA node) outranks sharing an L3 that spans nodes (SNC).
-    for level in [Level::Core, Level::L3, Level::Node] {
-        let mut best: Option<(CpuSet, u32)> = None;
-        let mut best_key = None;
-        for (unit, node) in units(host, level) {
-            let unit = unit.intersection(&available);
-            if unit.len() < wanted || !node_fits(&CpuSet::single(node)) {
-                continue;
+    // Memory first: the chosen node(s) must have the guest's memory free. When no
+    // node (set) has, the CPUs still go where they fit best and the memory comes
+    // from wherever the kernel finds it (the policy's mode says how strictly).
+    for memory in [true, false] {
+        if let Some(mut placement) = search(host, request, &available, &load_of, memory) {
+            if !memory {
+                placement.why.push_str(
+                    "; no node with these CPUs has the guest's memory free, so memory also comes from other nodes",
+                );
             }
-            // Shared: least loaded first; then best fit (the smallest unit that
-            // fits, so big free areas stay for big guests); then lowest CPU.
-            let key = match request.pool {
-                Pool::Shared => (ordered(unit_load(&unit)), unit.len(), unit.first()),
-                Pool::Dedicated => (0, unit.len(), unit.first()),
-            };
-            if best_key.as_ref().is_none_or(|k| key < *k) {
-                best_key = Some(key);
-                best = Some((unit, node));
-            }
+            return Ok(placement);
         }
-        if let Some((unit, node)) = best {
-            let vcpus = assign(host, &unit, wanted, &load_of);
-            let cpus = vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
-            return Ok(Placement {
-                level,
-                why: format!("{wanted} vCPU(s) fit in {level} (node {node}); CPUs {cpus}",),
-                vcpus,
-                cpus,
-                nodes: CpuSet::single(node),
-            });
-        }
-    }
-
-    // Spanning: the fewest, nearest nodes, within one socket when possible.
-    let largest_node = host
-        .nodes
-        .values()
-        .map(|n| n.cpus.intersection(&available).len())
-        .max()
-        .unwrap_or(0);
-    let mut candidates: Vec<(Level, Vec<u32>)> = Vec::new();
-    for socket_cpus in host.sockets.values() {
-        let nodes: Vec<u32> = host
-            .nodes
-            .values()
-            .filter(|n| n.cpus.intersects(socket_cpus))
-            .map(|n| n.id)
-            .collect();
-        candidates.push((Level::Socket, nodes));
-    }
-    candidates.push((Level::Nodes, host.nodes.keys().copied().collect()));
-    let mut best: Option<(usize, u32, Level, CpuSet)> = None;
-    for (level, nodes) in candidates {
-        if let Some(chosen) = fewest_nearest_nodes(host, &nodes, &available, wanted, &node_fits) {
-            let distance = spread(host, &chosen);
-            let key = (chosen.len(), distance, level, chosen.clone());
-            if best
-                .as_ref()
-                .is_none_or(|b| (key.0, key.1, key.2) < (b.0, b.1, b.2))
-            {
-                best = Some(key);
-            }
-        }
-    }
-    if let Some((count, _, level, nodes)) = best {
-        let unit = node_cpus(host, &nodes).intersection(&available);
-        let vcpus = assign(host, &unit, wanted, &load_of);
-        let cpus = vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
-        return Ok(Placement {
-            level,
-            why: format!(
-                "{wanted} vCPUs exceed the largest NUMA node ({largest_node} usable CPUs): \
-                 spans {count} nodes ({nodes}), the fewest and nearest that fit"
-            ),
-            vcpus,
-            cpus,
-            nodes,
-        });
     }
 
     match request.pool {
         Pool::Shared => {
-            let vcpus = assign(host, &available, wanted, &load_of);
+            let ratio = request.cpu_allocation_ratio.max(1.0);
+            let room: f64 = available
+                .iter()
+                .map(|c| (ratio - load_of(c)).floor().max(0.0))
+                .sum();
+            if wanted as f64 > room {
+                return Err(NoRoom(format!(
+                    "{wanted} shared vCPUs do not fit: the {} usable CPUs ({available}) have room for {room} more vCPUs under cpu_allocation_ratio {ratio}",
+                    available.len()
+                )));
+            }
+            let vcpus = assign_overcommitted(host, &available, wanted, &load_of, ratio);
             let nodes = nodes_of(host, &available);
             Ok(Placement {
                 level: Level::Host,
@@ -295,6 +235,104 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
             available.len()
         ))),
     }
+}
+
+/// The smallest level that fits (core → L3 group → node → socket → fewest nearest
+/// nodes), with or without the memory requirement; None when the CPUs fit nowhere.
+fn search(
+    host: &Host,
+    request: &Request,
+    available: &CpuSet,
+    load_of: &dyn Fn(u32) -> f64,
+    check_memory: bool,
+) -> Option<Placement> {
+    let wanted = request.vcpus.max(1) as usize;
+    let node_fits = |nodes: &CpuSet| !check_memory || memory_fits(host, nodes, request.memory_kib);
+    let unit_load =
+        |unit: &CpuSet| unit.iter().map(load_of).sum::<f64>() / unit.len().max(1) as f64;
+
+    // Single-node levels, smallest first. Each unit is cut to one node: rule 1.2
+    // (one NUMA node) outranks sharing an L3 that spans nodes (SNC).
+    for level in [Level::Core, Level::L3, Level::Node] {
+        let mut best: Option<(CpuSet, u32)> = None;
+        let mut best_key = None;
+        for (unit, node) in units(host, level) {
+            let unit = unit.intersection(available);
+            if unit.len() < wanted || !node_fits(&CpuSet::single(node)) {
+                continue;
+            }
+            // Shared: least loaded first; then best fit (the smallest unit that
+            // fits, so big free areas stay for big guests); then lowest CPU.
+            let key = match request.pool {
+                Pool::Shared => (ordered(unit_load(&unit)), unit.len(), unit.first()),
+                Pool::Dedicated => (0, unit.len(), unit.first()),
+            };
+            if best_key.as_ref().is_none_or(|k| key < *k) {
+                best_key = Some(key);
+                best = Some((unit, node));
+            }
+        }
+        if let Some((unit, node)) = best {
+            let vcpus = assign(host, &unit, wanted, load_of);
+            let cpus = vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
+            return Some(Placement {
+                level,
+                why: format!("{wanted} vCPU(s) fit in {level} (node {node}); CPUs {cpus}",),
+                vcpus,
+                cpus,
+                nodes: CpuSet::single(node),
+            });
+        }
+    }
+
+    // Spanning: the fewest, nearest nodes, within one socket when possible.
+    let largest_node = host
+        .nodes
+        .values()
+        .map(|n| n.cpus.intersection(available).len())
+        .max()
+        .unwrap_or(0);
+    let mut candidates: Vec<(Level, Vec<u32>)> = Vec::new();
+    for socket_cpus in host.sockets.values() {
+        let nodes: Vec<u32> = host
+            .nodes
+            .values()
+            .filter(|n| n.cpus.intersects(socket_cpus))
+            .map(|n| n.id)
+            .collect();
+        candidates.push((Level::Socket, nodes));
+    }
+    candidates.push((Level::Nodes, host.nodes.keys().copied().collect()));
+    let mut best: Option<(usize, u32, Level, CpuSet)> = None;
+    for (level, nodes) in candidates {
+        if let Some(chosen) = fewest_nearest_nodes(host, &nodes, available, wanted, &node_fits) {
+            let distance = spread(host, &chosen);
+            let key = (chosen.len(), distance, level, chosen.clone());
+            if best
+                .as_ref()
+                .is_none_or(|b| (key.0, key.1, key.2) < (b.0, b.1, b.2))
+            {
+                best = Some(key);
+            }
+        }
+    }
+    if let Some((count, _, level, nodes)) = best {
+        let unit = node_cpus(host, &nodes).intersection(available);
+        let vcpus = assign(host, &unit, wanted, load_of);
+        let cpus = vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
+        return Some(Placement {
+            level,
+            why: format!(
+                "{wanted} vCPUs exceed the largest NUMA node ({largest_node} usable CPUs): \
+                 spans {count} nodes ({nodes}), the fewest and nearest that fit"
+            ),
+            vcpus,
+            cpus,
+            nodes,
+        });
+    }
+
+    None
 }
 
 /// Orders f64 loads (never NaN here) as integers in 1/1000 vCPU steps.
@@ -470,4 +508,31 @@ fn assign(host: &Host, unit: &CpuSet, wanted: usize, load_of: &dyn Fn(u32) -> f6
     (0..wanted)
         .map(|i| CpuSet::single(order[i % order.len()]))
         .collect()
+}
+
+/// Like [`assign`] for more vCPUs than CPUs: each vCPU goes to the least-loaded CPU
+/// (counting the vCPUs given so far, whole cores first), never beyond `ratio`
+/// vCPUs per CPU; the caller checked that there is room.
+fn assign_overcommitted(
+    host: &Host,
+    unit: &CpuSet,
+    wanted: usize,
+    load_of: &dyn Fn(u32) -> f64,
+    ratio: f64,
+) -> Vec<CpuSet> {
+    let order: Vec<u32> = assign(host, unit, unit.len(), load_of)
+        .iter()
+        .filter_map(CpuSet::first)
+        .collect();
+    let mut load: Vec<f64> = order.iter().map(|c| load_of(*c)).collect();
+    let mut out = Vec::with_capacity(wanted);
+    for _ in 0..wanted {
+        let pick = (0..order.len())
+            .filter(|i| load[*i] + 1.0 <= ratio)
+            .min_by_key(|i| (ordered(load[*i]), *i))
+            .unwrap_or(0);
+        load[pick] += 1.0;
+        out.push(CpuSet::single(order[pick]));
+    }
+    out
 }

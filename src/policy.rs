@@ -91,6 +91,8 @@ pub struct HostSettings {
     pub irq_cpus: IrqCpus,
     /// CPU0 carries many interrupts and kernel work; guests only get it when allowed.
     pub allow_cpu0: bool,
+    /// `host.tuning:` the host-side rules `kvmtune host check|apply` enforce.
+    pub tuning: crate::hosttune::HostTuning,
 }
 
 /// `<numatune><memory mode=...>`; `Off` leaves numatune alone.
@@ -494,6 +496,21 @@ impl Policy {
         }
 
         let host = raw.host.unwrap_or_default();
+        let tuning = host.tuning.unwrap_or_default();
+        for size in tuning.hugepages_per_node.keys() {
+            // x86_64 huge page sizes only (2 MiB, 1 GiB).
+            if !matches!(crate::hosttune::page_size_kib(size), Some(2048 | 1_048_576)) {
+                return Err(doc.invalid(
+                    &[
+                        key("host"),
+                        key("tuning"),
+                        key("hugepages_per_node"),
+                        key(size),
+                    ],
+                    &format!("'{size}' is not a huge page size: use 2M or 1G"),
+                ));
+            }
+        }
         Ok(Policy {
             source: source.to_path_buf(),
             on_violation: raw.on_violation.unwrap_or_default(),
@@ -502,6 +519,7 @@ impl Policy {
                 reserved_cpus: host.reserved_cpus.map(|c| c.0).unwrap_or_default(),
                 irq_cpus: host.irq_cpus.map(|i| i.0).unwrap_or_default(),
                 allow_cpu0: host.allow_cpu0.unwrap_or(false),
+                tuning,
             },
             defaults,
             rules,
@@ -723,6 +741,7 @@ struct RawHost {
     reserved_cpus: Option<ReservedCpus>,
     irq_cpus: Option<RawIrqCpus>,
     allow_cpu0: Option<bool>,
+    tuning: Option<crate::hosttune::HostTuning>,
 }
 
 /// `defaults:` and a rule's `set:`; the keys of [`Settings`] as the admin writes them.

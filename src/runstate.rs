@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::cpuset::CpuSet;
-use crate::domain::{Domain, parse_document};
+use crate::domain::{Domain, MAX_XML_BYTES, parse_document};
 use crate::placement::{Claim, Occupancy, Pool};
 
 /// One running guest as its status file describes it.
@@ -34,9 +34,12 @@ pub enum RunStateError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// Largest status file read: the live domain XML plus libvirt's run state.
+pub const MAX_STATUS_BYTES: u64 = 2 * MAX_XML_BYTES as u64;
+
 /// Reads one status file.
 pub fn read_status(path: &Path) -> Result<LiveGuest, RunStateError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RunStateError::Read {
+    let text = read_bounded(path).map_err(|source| RunStateError::Read {
         path: path.to_path_buf(),
         source,
     })?;
@@ -44,6 +47,35 @@ pub fn read_status(path: &Path) -> Result<LiveGuest, RunStateError> {
         path: path.to_path_buf(),
         message,
     })
+}
+
+/// Reads a regular file of at most `MAX_STATUS_BYTES`: a FIFO (whose open would
+/// block), a device (`/dev/zero` never ends), a directory or a huge file in the run
+/// directory is an error for that file, never a hang or an unbounded allocation.
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_STATUS_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_STATUS_BYTES} bytes"
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_STATUS_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STATUS_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_STATUS_BYTES} bytes"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Parses a `<domstatus>` document.

@@ -196,7 +196,7 @@ fn validate(outputs: &[(PathBuf, String)]) {
     for (path, _) in outputs {
         input_valid
             .entry(path.clone())
-            .or_insert_with(|| validates(schema, &[path.clone()]).is_empty());
+            .or_insert_with(|| validates(schema, std::slice::from_ref(path)).is_empty());
     }
     let mut files = Vec::new();
     for (i, (path, out)) in outputs.iter().enumerate() {

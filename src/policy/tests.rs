@@ -65,6 +65,7 @@ fn valid_policy() -> Policy {
             reserved_cpus: set("0-1"),
             irq_cpus: IrqCpus::Auto,
             allow_cpu0: false,
+            tuning: Default::default(),
         },
         defaults: defaults.clone(),
         rules: vec![
@@ -135,6 +136,7 @@ fn built_in_defaults_are_the_documented_ones() {
         reserved_cpus: CpuSet::new(),
         irq_cpus: IrqCpus::Auto,
         allow_cpu0: false,
+        tuning: Default::default(),
     };
     assert_eq!(HostSettings::default(), host);
 }
@@ -180,6 +182,7 @@ defaults:
             reserved_cpus: set("0-3,8"),
             irq_cpus: IrqCpus::List(set("4-5")),
             allow_cpu0: true,
+            tuning: Default::default(),
         }
     );
     assert_eq!(
@@ -299,7 +302,7 @@ fn validation_errors() {
             invalid(
                 8,
                 3,
-                "host: unknown field `alow_cpu0`, expected one of `reserved_cpus`, `irq_cpus`, `allow_cpu0`",
+                "host: unknown field `alow_cpu0`, expected one of `reserved_cpus`, `irq_cpus`, `allow_cpu0`, `tuning`",
             ),
         ),
         (
@@ -1168,4 +1171,29 @@ fn nix_is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false)
+}
+
+#[test]
+fn host_tuning_is_read_from_the_policy_and_checked() {
+    let policy = parse(
+        "version: 1\nhost:\n  tuning:\n    ksm: keep\n    hugepages_per_node:\n      1G: 4\n",
+    )
+    .unwrap();
+    assert_eq!(policy.host.tuning.ksm, crate::hosttune::Ksm::Keep);
+    assert_eq!(policy.host.tuning.hugepages_per_node.get("1G"), Some(&4));
+    assert_eq!(policy.host.tuning.thp, crate::hosttune::Thp::Always);
+    let err = parse("version: 1\nhost:\n  tuning:\n    hugepages_per_node:\n      4M: 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("host.tuning.hugepages_per_node.4M: '4M' is not a huge page size"),
+        "{err}"
+    );
+    let err = parse("version: 1\nhost:\n  tuning:\n    kms: off\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(":4:5: host.tuning: unknown field `kms`"),
+        "{err}"
+    );
 }

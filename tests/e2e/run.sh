@@ -46,6 +46,11 @@ CASES=(
     "e1|120|no|libvirtd killed + started under running guests: ledger still right"
     "e2|120|yes|libvirtd stopped + started under a running guest: placement kept"
     "f|90|no|broken policy with on_error allow: guest starts, error logged"
+    "apply0|90|no|apply --dry-run shows reasons and a diff, defines nothing; no tty without --yes is refused"
+    "apply1|120|no|apply --yes conforms dumpxml --inactive; the next start runs conforming (mem-merge=off, direct cache, host-model CPU)"
+    "apply2|120|no|apply on a running guest says 'next cold boot'; the live guest changes only after destroy + start"
+    "revert|90|no|revert restores the exact previous definition; revert --list; bad names refused"
+    "status|120|no|status lists the running test guests on the CPUs libvirt reports; plain when piped"
 )
 
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -362,7 +367,7 @@ run_case() { # "id|timeout|shape|description"
     # In the background + wait, so that a signal to run.sh is handled at once
     # (cleanup stops the case through CASE_PID).
     timeout -k 10 "$t" bash ${E2E_XTRACE:+-x} -c \
-        'PS4="+ \${EPOCHREALTIME} "; set -u -o pipefail; . "$E2E_DIR/lib.sh"; . "$E2E_DIR/cases.sh"; "case_$1"' \
+        'PS4="+ \${EPOCHREALTIME} "; set -u -o pipefail; . "$E2E_DIR/lib.sh"; . "$E2E_DIR/cases.sh"; . "$E2E_DIR/cases/admin.sh"; "case_$1"' \
         _ "$id" >"$log" 2>&1 </dev/null &
     CASE_PID=$!
     wait "$CASE_PID"

@@ -1,0 +1,86 @@
+//! Benchmark: one placement on the 512-CPU synthetic host (2 sockets × 4 nodes ×
+//! 32 cores × 2 threads) with 200 running guests, against a baseline measured in the
+//! same run: cloning the occupancy (what any caller that re-plans a guest does with
+//! `Occupancy::without`). Run: `cargo bench --bench placement`. The figure is
+//! written down in docs/placement.md.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use kvmtune::host::Host;
+use kvmtune::placement::{Occupancy, Pool, Request, eligible_cpus, place};
+use kvmtune::policy::Policy;
+use kvmtune::simulate::{Simulator, Strategy};
+
+const GIB: u64 = 1024 * 1024;
+
+fn time_per_iter(iterations: u32, mut f: impl FnMut()) -> f64 {
+    for _ in 0..iterations / 10 {
+        f();
+    }
+    let start = Instant::now();
+    for _ in 0..iterations {
+        f();
+    }
+    start.elapsed().as_secs_f64() * 1e6 / f64::from(iterations)
+}
+
+fn main() {
+    let host = Host::synthetic(2, 4, 32, 2, 256 * GIB);
+    assert_eq!(host.online.len(), 512);
+    let policy = Policy::shipped();
+    // 200 running guests placed by kvmtune itself, so the occupancy looks like a
+    // busy host's: 70 dedicated guests of 1-4 vCPUs, then 130 shared of 1-8.
+    let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
+    for i in 0..200u32 {
+        let vcpus = [1, 2, 2, 4, 1, 2, 8, 2][i as usize % if i < 70 { 4 } else { 8 }];
+        let pool = if i < 70 {
+            Pool::Dedicated
+        } else {
+            Pool::Shared
+        };
+        sim.arrive(&format!("g{i:03}"), vcpus, 2 * GIB, Some(pool))
+            .expect("room for 200 guests");
+    }
+    let occupancy: Occupancy = sim.occupancy().clone();
+    let busy = sim.host().clone();
+    let eligible = eligible_cpus(
+        &busy,
+        &policy.host.reserved_cpus,
+        &Default::default(),
+        false,
+        None,
+    );
+    let request = |vcpus: u32, pool: Pool| Request {
+        vcpus,
+        memory_kib: 4 * GIB,
+        pool,
+        eligible: eligible.clone(),
+        cpu_allocation_ratio: 16.0,
+    };
+    let iterations = 500;
+    let baseline = time_per_iter(iterations, || {
+        black_box(black_box(&occupancy).clone());
+    });
+    println!(
+        "placement on {} with {} running guests",
+        host.summary(),
+        occupancy.guests.len()
+    );
+    println!("  baseline (clone the occupancy): {baseline:9.1} µs");
+    for (what, vcpus, pool) in [
+        ("2 vCPUs shared", 2, Pool::Shared),
+        ("2 vCPUs dedicated", 2, Pool::Dedicated),
+        ("16 vCPUs shared", 16, Pool::Shared),
+        ("48 vCPUs dedicated", 48, Pool::Dedicated),
+    ] {
+        let r = request(vcpus, pool);
+        let t = time_per_iter(iterations, || {
+            black_box(place(&busy, black_box(&occupancy), black_box(&r)).ok());
+        });
+        println!(
+            "  place() {what:<20}: {t:9.1} µs ({:.1}× baseline)",
+            t / baseline
+        );
+    }
+}

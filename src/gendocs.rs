@@ -1,0 +1,957 @@
+//! Generated documentation: the man pages kvmtune(8), one kvmtune-SUBCOMMAND(8)
+//! per visible subcommand, kvmtune-policy(5), and the bash and zsh completions.
+//! The hidden `kvmtune generate` subcommand writes them when the packages are built
+//! (packaging/build.sh), so they always describe the binary they ship with.
+//!
+//! kvmtune(8) comes from the clap definition ([`crate::cli::Cli`]) through
+//! clap_mangen, plus a few sections clap does not know (the hook, files). The policy
+//! page comes from `docs/policy.md`, compiled in: that Markdown is the policy
+//! reference's one source, kept to a small subset that [`markdown_to_roff`] turns
+//! into man macros (a `###` heading that is one code span is a policy key). The
+//! tests below hold the reference to `config/policy.yaml` and the policy parser.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, CommandFactory, Subcommand};
+use clap_complete::Shell;
+use clap_mangen::Man;
+use clap_mangen::roff::{Inline, Roff, bold, italic, line_break, roman};
+use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd};
+
+use crate::cli::Cli;
+
+/// The policy reference, the source of kvmtune-policy(5).
+pub const POLICY_REFERENCE: &str = include_str!("../docs/policy.md");
+
+/// Sections of kvmtune(8) that the clap definition cannot carry; same Markdown subset.
+const KVMTUNE_8_EXTRA: &str = "\
+## LIBVIRT HOOK
+
+libvirt runs `/etc/libvirt/hooks/qemu` with the arguments GUEST OP SUBOP EXTRA and
+the domain XML on standard input. When kvmtune is started under that name (the
+packages link it to `/usr/bin/kvmtune`), or from `/etc/libvirt/hooks/qemu.d/` (where
+the packages put the link `kvmtune` when the admin already has a hook of their own),
+it runs as the hook: at `prepare` it plans the guest and records its placement, at
+`started` it pins the paused guest's threads, at `restore` and `migrate` it prints the
+rewritten XML, and at `release` it frees the placement. `kvmtune hook` does the same
+from the command line.
+
+libvirt looks for hooks only when it starts: after installing kvmtune, restart
+libvirtd (or virtqemud on hosts with modular daemons). Running guests keep running.
+
+## FILES
+
+- `/etc/kvmtune/policy.yaml`: the policy, see kvmtune-policy(5).
+- `/etc/libvirt/hooks/qemu`, `/etc/libvirt/hooks/qemu.d/kvmtune`: the hook, a
+  symbolic link to `/usr/bin/kvmtune`.
+- `/run/kvmtune/`: the ledger of the guests kvmtune placed.
+- `/var/lib/kvmtune/backups/`: guest definitions saved by `kvmtune apply`.
+
+## ENVIRONMENT
+
+- `KVMTUNE_ALLOW_INSECURE_POLICY=1`: load a policy that is not owned by root or is
+  writable by others.
+";
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(subcommand)]
+    pub what: Generate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// Write kvmtune.8, kvmtune-SUBCOMMAND.8 and kvmtune-policy.5 into DIR
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Write the bash (kvmtune.bash) and zsh (_kvmtune) completions into DIR
+    Completions {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// Runs `kvmtune generate`; prints the files written, one per line.
+pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
+    let written = match &args.what {
+        Generate::Man { dir } => write_man_pages(dir, &man_date())?,
+        Generate::Completions { dir } => write_completions(dir)?,
+    };
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes every man page into `dir` (created if missing); returns the paths.
+pub fn write_man_pages(dir: &Path, date: &str) -> Result<Vec<PathBuf>> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut pages = command_pages(date)?;
+    pages.push((
+        "kvmtune-policy.5".to_string(),
+        policy_man_page(date).context("docs/policy.md")?,
+    ));
+    let mut written = Vec::new();
+    for (name, text) in pages {
+        let path = dir.join(name);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Writes the bash and zsh completions into `dir` (created if missing).
+pub fn write_completions(dir: &Path) -> Result<Vec<PathBuf>> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = Cli::command();
+    let mut written = Vec::new();
+    for shell in [Shell::Bash, Shell::Zsh] {
+        let path = clap_complete::generate_to(shell, &mut cmd, "kvmtune", dir)
+            .with_context(|| format!("writing the {shell} completion into {}", dir.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// kvmtune.8 and one page per visible subcommand, as (file name, roff text).
+fn command_pages(date: &str) -> Result<Vec<(String, String)>> {
+    // clap's generated `help` subcommand needs no page of its own.
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let visible: Vec<clap::Command> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .cloned()
+        .collect();
+    let sub_page = |s: &clap::Command| format!("kvmtune-{}(8)", s.get_name());
+
+    let mut pages = Vec::new();
+    let mut main = render_man(cmd.clone(), date)?;
+    main.push_str(&markdown_to_roff(KVMTUNE_8_EXTRA).context("kvmtune(8) extra sections")?);
+    let see_also: Vec<String> = visible
+        .iter()
+        .map(sub_page)
+        .chain(["kvmtune-policy(5)", "virsh(1)", "libvirtd(8)"].map(String::from))
+        .collect();
+    main.push_str(&see_also_section(&see_also));
+    pages.push(("kvmtune.8".to_string(), main));
+
+    for sub in visible {
+        let name = format!("kvmtune-{}.8", sub.get_name());
+        let mut text = render_man(sub.clone(), date)?;
+        text.push_str(&see_also_section(&[
+            "kvmtune(8)".to_string(),
+            "kvmtune-policy(5)".to_string(),
+        ]));
+        pages.push((name, text));
+    }
+    Ok(pages)
+}
+
+/// One page from a clap command: clap_mangen's sections, except that the
+/// `after_help` text (prose, `Heading:` blocks of examples) is laid out here
+/// instead of as clap_mangen's preformatted-less "EXTRA" section.
+fn render_man(cmd: clap::Command, date: &str) -> Result<String> {
+    let version = cmd
+        .get_version()
+        .unwrap_or(env!("CARGO_PKG_VERSION"))
+        .to_string();
+    let after_help = cmd
+        .get_after_long_help()
+        .or(cmd.get_after_help())
+        .map(|h| h.to_string());
+    let has_options = cmd.get_arguments().any(|a| !a.is_hide_set());
+    let has_subcommands = cmd.get_subcommands().any(|s| !s.is_hide_set());
+    let man = Man::new(cmd)
+        .section("8")
+        .date(date)
+        .source(format!("kvmtune {version}"))
+        .manual("kvmtune");
+    let (prose, blocks) = split_after_help(after_help.as_deref().unwrap_or(""));
+    let mut out = Vec::new();
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    let mut roff = Roff::new();
+    for paragraph in prose {
+        roff.control("PP", []).text([roman(paragraph)]);
+    }
+    out.extend(roff.render().into_bytes());
+    if has_options {
+        man.render_options_section(&mut out)?;
+    }
+    if has_subcommands {
+        man.render_subcommands_section(&mut out)?;
+    }
+    let mut roff = Roff::new();
+    for (heading, lines) in blocks {
+        roff.control("SH", [heading.to_uppercase().as_str()]);
+        roff.control("nf", []);
+        for line in lines {
+            roff.text([roman(line)]);
+        }
+        roff.control("fi", []);
+    }
+    out.extend(roff.render().into_bytes());
+    Ok(String::from_utf8(out)?)
+}
+
+/// `after_help` in blank-line separated blocks: a block whose first line ends in
+/// `:` is a heading with preformatted lines (`Examples:`); the rest is prose,
+/// joined into one line per paragraph.
+fn split_after_help(text: &str) -> (Vec<String>, Vec<(String, Vec<String>)>) {
+    let mut prose = Vec::new();
+    let mut blocks = Vec::new();
+    for block in text
+        .split("\n\n")
+        .map(str::trim_end)
+        .filter(|b| !b.trim().is_empty())
+    {
+        let mut lines = block.lines();
+        let first = lines.next().unwrap_or("").trim();
+        let rest: Vec<String> = lines.map(str::to_string).collect();
+        match first.strip_suffix(':') {
+            Some(heading) if !rest.is_empty() => blocks.push((heading.to_string(), rest)),
+            _ => prose.push(block.split_whitespace().collect::<Vec<_>>().join(" ")),
+        }
+    }
+    (prose, blocks)
+}
+
+fn see_also_section(pages: &[String]) -> String {
+    let mut roff = Roff::new();
+    roff.control("SH", ["SEE ALSO"]);
+    let mut line = Vec::new();
+    for (i, page) in pages.iter().enumerate() {
+        if i > 0 {
+            line.push(roman(", "));
+        }
+        match page.split_once('(') {
+            Some((name, section)) => {
+                line.push(bold(name));
+                line.push(roman(format!("({section}")));
+            }
+            None => line.push(bold(page.as_str())),
+        }
+    }
+    roff.text(line);
+    roff.render()
+}
+
+/// kvmtune-policy(5), rendered from [`POLICY_REFERENCE`].
+pub fn policy_man_page(date: &str) -> Result<String> {
+    let source = format!("kvmtune {}", env!("CARGO_PKG_VERSION"));
+    markdown_to_man(POLICY_REFERENCE, date, &source, "kvmtune")
+}
+
+/// The man page date: `SOURCE_DATE_EPOCH` (reproducible builds) or today, as
+/// YYYY-MM-DD in UTC.
+fn man_date() -> String {
+    let seconds = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+        });
+    civil_date(seconds.div_euclid(86_400))
+}
+
+/// Days since 1970-01-01 to YYYY-MM-DD (Howard Hinnant's civil_from_days).
+fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// A whole man page from Markdown: `# name(section)`, then one paragraph that
+/// becomes the NAME section, then `##` sections.
+pub fn markdown_to_man(markdown: &str, date: &str, source: &str, manual: &str) -> Result<String> {
+    let mut conv = Converter::new(true);
+    conv.run(markdown)?;
+    let Some((name, section)) = conv.title.clone() else {
+        bail!("no `# name(section)` title");
+    };
+    let mut head = Roff::new();
+    head.control(
+        "TH",
+        [
+            name.to_uppercase().as_str(),
+            section.as_str(),
+            date,
+            source,
+            manual,
+        ],
+    );
+    Ok(head.render() + &conv.roff.render())
+}
+
+/// Man page sections from Markdown that starts at a `##` heading (no title).
+pub fn markdown_to_roff(markdown: &str) -> Result<String> {
+    let mut conv = Converter::new(false);
+    conv.run(markdown)?;
+    Ok(conv.roff.render())
+}
+
+/// What the inline text being collected belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    None,
+    Title,
+    Section,
+    Subsection,
+    Paragraph,
+    Item,
+    Code,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Font {
+    Roman,
+    Bold,
+    Italic,
+}
+
+/// Markdown events to man(7) macros. Keeps to the subset docs/policy.md uses and
+/// refuses the rest (tables, quotes, images, HTML other than comments), so a
+/// construct that would render badly fails the build instead.
+struct Converter {
+    roff: Roff,
+    expect_title: bool,
+    title: Option<(String, String)>,
+    /// The paragraph after the title is the NAME section.
+    name_pending: bool,
+    block: Block,
+    inlines: Vec<Inline>,
+    /// Only code spans so far in the current heading (a key heading).
+    heading_codes: usize,
+    heading_other: bool,
+    fonts: Vec<Font>,
+    links: Vec<String>,
+    code: String,
+    /// Open lists: whether ordered, and the next number.
+    lists: Vec<Option<u64>>,
+    /// The current list item has printed its tag and nothing else yet.
+    item_fresh: bool,
+    /// Inside a key's indented body (`.RS` open).
+    in_key: bool,
+    /// The key heading was just written: its first paragraph needs no break.
+    key_fresh: bool,
+    /// An HTML block started and its first line is still to come.
+    html_block_fresh: bool,
+}
+
+impl Converter {
+    fn new(expect_title: bool) -> Self {
+        Converter {
+            roff: Roff::new(),
+            expect_title,
+            title: None,
+            name_pending: false,
+            block: Block::None,
+            inlines: Vec::new(),
+            heading_codes: 0,
+            heading_other: false,
+            fonts: Vec::new(),
+            links: Vec::new(),
+            code: String::new(),
+            lists: Vec::new(),
+            item_fresh: false,
+            in_key: false,
+            key_fresh: false,
+            html_block_fresh: false,
+        }
+    }
+
+    fn run(&mut self, markdown: &str) -> Result<()> {
+        for event in Parser::new_ext(markdown, Options::empty()) {
+            self.event(event)?;
+        }
+        self.close_key();
+        if self.expect_title && self.title.is_none() {
+            bail!("no `# name(section)` title");
+        }
+        Ok(())
+    }
+
+    fn font(&self) -> Font {
+        self.fonts.last().copied().unwrap_or(Font::Roman)
+    }
+
+    fn push_text(&mut self, text: &str, font: Font) {
+        if self.block == Block::Code {
+            self.code.push_str(text);
+            return;
+        }
+        if matches!(self.block, Block::Section | Block::Subsection) {
+            self.heading_other |= !text.trim().is_empty();
+        }
+        self.inlines.push(match font {
+            Font::Roman => roman(text),
+            Font::Bold => bold(text),
+            Font::Italic => italic(text),
+        });
+    }
+
+    fn inline_text(&self) -> String {
+        self.inlines
+            .iter()
+            .map(|i| match i {
+                Inline::Roman(s) | Inline::Bold(s) | Inline::Italic(s) => s.as_str(),
+                Inline::LineBreak => " ",
+            })
+            .collect()
+    }
+
+    fn close_key(&mut self) {
+        if self.in_key {
+            self.roff.control("RE", []);
+            self.in_key = false;
+        }
+    }
+
+    fn event(&mut self, event: Event<'_>) -> Result<()> {
+        match event {
+            Event::Start(tag) => self.start(tag)?,
+            Event::End(tag) => self.end(tag)?,
+            Event::Text(text) => {
+                let font = self.font();
+                self.push_text(&text, font);
+            }
+            Event::Code(code) => {
+                if matches!(self.block, Block::Section | Block::Subsection) {
+                    self.heading_codes += 1;
+                }
+                self.inlines.push(bold(code.as_ref()));
+            }
+            Event::SoftBreak => self.push_text(" ", Font::Roman),
+            Event::HardBreak => self.inlines.push(line_break()),
+            // Comments only: the reference's own note to its editors.
+            Event::Html(html) => {
+                if self.html_block_fresh && !html.trim_start().starts_with("<!--") {
+                    bail!("HTML is not supported: {}", html.trim());
+                }
+                self.html_block_fresh = false;
+            }
+            Event::InlineHtml(html) => {
+                if !html.starts_with("<!--") {
+                    bail!("HTML is not supported: {}", html.trim());
+                }
+            }
+            other => bail!("Markdown construct not supported in a man page: {other:?}"),
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, tag: Tag<'_>) -> Result<()> {
+        match tag {
+            Tag::Heading { level, .. } => {
+                self.inlines.clear();
+                self.heading_codes = 0;
+                self.heading_other = false;
+                self.block = match level {
+                    HeadingLevel::H1 if self.expect_title && self.title.is_none() => Block::Title,
+                    HeadingLevel::H2 => Block::Section,
+                    HeadingLevel::H3 => Block::Subsection,
+                    other => bail!("heading level {other:?} is not supported"),
+                };
+            }
+            Tag::Paragraph => {
+                self.inlines.clear();
+                if self.block == Block::Item {
+                    if !self.item_fresh {
+                        // A further paragraph of the item: no tag, same indent.
+                        self.roff.control("IP", []);
+                    }
+                } else if self.name_pending {
+                    self.roff.control("SH", ["NAME"]);
+                } else if !self.key_fresh {
+                    self.roff.control("PP", []);
+                }
+                self.key_fresh = false;
+                if self.block != Block::Item {
+                    self.block = Block::Paragraph;
+                }
+            }
+            Tag::List(start) => {
+                self.key_fresh = false;
+                self.flush_item_text();
+                if !self.lists.is_empty() {
+                    self.roff.control("RS", ["2"]);
+                }
+                self.lists.push(start);
+            }
+            Tag::Item => {
+                self.inlines.clear();
+                let tag = match self.lists.last_mut() {
+                    Some(Some(n)) => {
+                        let tag = format!("{n}.");
+                        *n += 1;
+                        tag
+                    }
+                    _ => "\\(bu".to_string(),
+                };
+                let indent = if tag.ends_with('.') { "4" } else { "2" };
+                self.roff.control("IP", [tag.as_str(), indent]);
+                self.block = Block::Item;
+                self.item_fresh = true;
+            }
+            Tag::CodeBlock(_) => {
+                self.key_fresh = false;
+                self.flush_item_text();
+                self.code.clear();
+                self.roff.control("PP", []);
+                self.roff.control("RS", ["4"]);
+                self.roff.control("nf", []);
+                self.block = Block::Code;
+            }
+            Tag::Emphasis => self.fonts.push(Font::Italic),
+            Tag::Strong => self.fonts.push(Font::Bold),
+            Tag::Link { dest_url, .. } => self.links.push(dest_url.to_string()),
+            Tag::HtmlBlock => self.html_block_fresh = true,
+            other => bail!("Markdown construct not supported in a man page: {other:?}"),
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, tag: TagEnd) -> Result<()> {
+        match tag {
+            TagEnd::Heading(_) => {
+                let text = self.inline_text();
+                match self.block {
+                    Block::Title => {
+                        let Some((name, section)) = text
+                            .trim()
+                            .strip_suffix(')')
+                            .and_then(|t| t.split_once('('))
+                        else {
+                            bail!("the title must read `name(section)`, not `{text}`");
+                        };
+                        self.title = Some((name.to_string(), section.to_string()));
+                        self.name_pending = true;
+                    }
+                    Block::Section => {
+                        self.close_key();
+                        self.roff.control("SH", [text.to_uppercase().as_str()]);
+                    }
+                    Block::Subsection if self.heading_codes == 1 && !self.heading_other => {
+                        // A key: its name in bold, its description indented below.
+                        self.close_key();
+                        self.roff.control("PP", []);
+                        self.roff.text([bold(text)]);
+                        self.roff.control("RS", ["4"]);
+                        self.in_key = true;
+                        self.key_fresh = true;
+                    }
+                    Block::Subsection => {
+                        self.close_key();
+                        self.roff.control("SS", [text.as_str()]);
+                    }
+                    _ => {}
+                }
+                self.inlines.clear();
+                self.block = Block::None;
+            }
+            TagEnd::Paragraph => {
+                let inlines = std::mem::take(&mut self.inlines);
+                self.roff.text(inlines);
+                self.name_pending = false;
+                if self.block == Block::Item {
+                    self.item_fresh = false;
+                } else {
+                    self.block = Block::None;
+                }
+            }
+            TagEnd::Item => {
+                self.flush_item_text();
+                self.block = if self.lists.is_empty() {
+                    Block::None
+                } else {
+                    Block::Item
+                };
+                self.item_fresh = false;
+            }
+            TagEnd::List(_) => {
+                self.flush_item_text();
+                self.lists.pop();
+                if self.lists.is_empty() {
+                    self.block = Block::None;
+                } else {
+                    self.roff.control("RE", []);
+                    self.block = Block::Item;
+                }
+            }
+            TagEnd::CodeBlock => {
+                let code = std::mem::take(&mut self.code);
+                for line in code.trim_end_matches('\n').split('\n') {
+                    self.roff.text([roman(line)]);
+                }
+                self.roff.control("fi", []);
+                self.roff.control("RE", []);
+                self.block = if self.lists.is_empty() {
+                    Block::None
+                } else {
+                    Block::Item
+                };
+            }
+            TagEnd::Emphasis | TagEnd::Strong => {
+                self.fonts.pop();
+            }
+            TagEnd::Link => {
+                let url = self.links.pop().unwrap_or_default();
+                let shown = self.inlines_since_link_text();
+                if shown != url && !url.is_empty() {
+                    self.inlines.push(roman(format!(" <{url}>")));
+                }
+            }
+            TagEnd::HtmlBlock => {}
+            other => bail!("Markdown construct not supported in a man page: {other:?}"),
+        }
+        Ok(())
+    }
+
+    /// The text of the last inline element (a link's text, for autolinks).
+    fn inlines_since_link_text(&self) -> String {
+        match self.inlines.last() {
+            Some(Inline::Roman(s) | Inline::Bold(s) | Inline::Italic(s)) => s.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// Text of a tight list item (no paragraph events) goes out as one line.
+    fn flush_item_text(&mut self) {
+        if self.block == Block::Item && !self.inlines.is_empty() {
+            let inlines = std::mem::take(&mut self.inlines);
+            self.roff.text(inlines);
+            self.item_fresh = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use clap::Parser as _;
+    use serde_yaml_ng::Value;
+
+    use super::*;
+    use crate::policy::{Policy, SHIPPED_POLICY};
+
+    /// One `### \`key\`` section of the policy reference.
+    #[derive(Debug, Default)]
+    struct KeyDoc {
+        default: Option<String>,
+        required: bool,
+        values: Vec<String>,
+    }
+
+    /// The keys of docs/policy.md with their `Default:`, `Required.` and `Values:`.
+    fn documented_keys() -> BTreeMap<String, KeyDoc> {
+        let mut keys: BTreeMap<String, KeyDoc> = BTreeMap::new();
+        let mut current: Option<String> = None;
+        let mut in_heading = false;
+        let mut heading: Vec<(bool, String)> = Vec::new();
+        let mut paragraph: Option<Vec<(bool, String)>> = None;
+        for event in Parser::new(POLICY_REFERENCE) {
+            match event {
+                Event::Start(Tag::Heading { .. }) => {
+                    in_heading = true;
+                    heading.clear();
+                }
+                Event::End(TagEnd::Heading(level)) => {
+                    in_heading = false;
+                    current = None;
+                    if level == HeadingLevel::H3 && heading.len() == 1 && heading[0].0 {
+                        let key = heading[0].1.clone();
+                        assert!(!keys.contains_key(&key), "key `{key}` documented twice");
+                        keys.insert(key.clone(), KeyDoc::default());
+                        current = Some(key);
+                    }
+                }
+                Event::Start(Tag::Paragraph) => paragraph = Some(Vec::new()),
+                Event::End(TagEnd::Paragraph) => {
+                    let (Some(parts), Some(key)) = (paragraph.take(), current.as_ref()) else {
+                        continue;
+                    };
+                    let doc = keys.get_mut(key).unwrap();
+                    let first = parts.first().map(|(_, t)| t.trim()).unwrap_or("");
+                    let codes = || parts.iter().filter(|(c, _)| *c).map(|(_, t)| t.clone());
+                    if first.starts_with("Default:") {
+                        assert!(doc.default.is_none(), "`{key}`: two Default: paragraphs");
+                        doc.default = Some(codes().next().expect("Default: `value`"));
+                    } else if first == "Required." {
+                        doc.required = true;
+                    } else if first.starts_with("Values:") {
+                        doc.values = codes().collect();
+                    }
+                }
+                Event::Text(t) => {
+                    if in_heading {
+                        heading.push((false, t.to_string()));
+                    } else if let Some(p) = paragraph.as_mut() {
+                        p.push((false, t.to_string()));
+                    }
+                }
+                Event::Code(t) => {
+                    if in_heading {
+                        heading.push((true, t.to_string()));
+                    } else if let Some(p) = paragraph.as_mut() {
+                        p.push((true, t.to_string()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        keys
+    }
+
+    /// Every leaf key of config/policy.yaml, dotted (`defaults.pin_vcpus`), with its
+    /// value as the reference writes it.
+    fn shipped_keys() -> BTreeMap<String, String> {
+        fn walk(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
+            match value {
+                Value::Mapping(map) if !map.is_empty() => {
+                    for (k, v) in map {
+                        let k = k.as_str().expect("string keys");
+                        let path = if prefix.is_empty() {
+                            k.to_string()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        walk(&path, v, out);
+                    }
+                }
+                leaf => {
+                    let shown = match leaf {
+                        Value::Null => "null".to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        Value::Number(n) => n.to_string(),
+                        Value::String(s) => s.clone(),
+                        Value::Mapping(_) => "{}".to_string(),
+                        other => serde_yaml_ng::to_string(other).unwrap().trim().to_string(),
+                    };
+                    out.insert(prefix.to_string(), shown);
+                }
+            }
+        }
+        let root: Value = serde_yaml_ng::from_str(SHIPPED_POLICY).unwrap();
+        let mut out = BTreeMap::new();
+        walk("", &root, &mut out);
+        out
+    }
+
+    #[test]
+    fn every_shipped_key_is_documented_with_its_default() {
+        let docs = documented_keys();
+        let shipped = shipped_keys();
+        assert!(shipped.len() > 15, "walked too few keys: {shipped:?}");
+        for (key, value) in &shipped {
+            let doc = docs
+                .get(key)
+                .unwrap_or_else(|| panic!("docs/policy.md does not document `{key}`"));
+            if doc.required {
+                continue;
+            }
+            assert_eq!(
+                doc.default.as_deref(),
+                Some(value.as_str()),
+                "docs/policy.md: default of `{key}` differs from config/policy.yaml"
+            );
+        }
+    }
+
+    #[test]
+    fn every_documented_key_is_shipped_or_a_rule_key() {
+        let shipped = shipped_keys();
+        for (key, doc) in documented_keys() {
+            assert!(
+                doc.required != doc.default.is_some(),
+                "`{key}` needs exactly one of a Default: or a Required. paragraph"
+            );
+            if !key.starts_with("rules[]") {
+                assert!(
+                    shipped.contains_key(&key),
+                    "docs/policy.md documents `{key}`, which config/policy.yaml lacks"
+                );
+            }
+        }
+    }
+
+    /// `a.b.c` and `v` as nested YAML: `a:\n  b:\n    c: v\n`.
+    fn nested(path: &str, value: &str) -> String {
+        let parts: Vec<&str> = path.split('.').collect();
+        let mut out = String::new();
+        for (depth, part) in parts.iter().enumerate() {
+            out.push_str(&"  ".repeat(depth));
+            out.push_str(part);
+            out.push(':');
+            if depth + 1 == parts.len() {
+                out.push(' ');
+                out.push_str(value);
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Policy texts that set `key` (as the reference names it) to `value`.
+    fn policy_setting(key: &str, value: &str) -> Vec<String> {
+        let rule = "version: 1\nrules:\n  - name: t\n";
+        if key == "version" {
+            vec![format!("version: {value}\n")]
+        } else if let Some(k) = key.strip_prefix("defaults.") {
+            vec![
+                format!("version: 1\n{}", nested(key, value)),
+                format!("{rule}    match:\n      name: x\n    set:\n      {k}: {value}\n"),
+            ]
+        } else if key == "rules[].name" {
+            vec![format!(
+                "version: 1\nrules:\n  - name: {value}\n    match:\n      name: x\n"
+            )]
+        } else if let Some(k) = key.strip_prefix("rules[].match.") {
+            vec![format!("{rule}    match:\n      {k}: {value}\n")]
+        } else if let Some(k) = key.strip_prefix("rules[].") {
+            vec![format!(
+                "{rule}    match:\n      name: x\n    {k}: {value}\n"
+            )]
+        } else {
+            vec![format!("version: 1\n{}", nested(key, value))]
+        }
+    }
+
+    #[test]
+    fn every_documented_value_parses() {
+        let mut tried = 0;
+        for (key, doc) in documented_keys() {
+            // `rules`, `match`, `set` are structures and list no example values.
+            for value in &doc.values {
+                for text in policy_setting(&key, value) {
+                    Policy::parse(&text, Path::new("<doc>")).unwrap_or_else(|e| {
+                        panic!("docs/policy.md: `{key}: {value}` does not parse: {e}\n{text}")
+                    });
+                    tried += 1;
+                }
+            }
+        }
+        assert!(tried > 60, "only {tried} documented values tried");
+        // The harness can fail: a value no key takes.
+        for text in policy_setting("defaults.disk_cache", "sometimes") {
+            assert!(Policy::parse(&text, Path::new("<doc>")).is_err());
+        }
+    }
+
+    #[test]
+    fn policy_page_has_every_key_and_the_man_header() {
+        let page = policy_man_page("2026-01-01").unwrap();
+        assert!(
+            page.contains(".TH KVMTUNE-POLICY 5 2026-01-01 \"kvmtune "),
+            "{page}"
+        );
+        assert!(page.contains(".SH NAME\nkvmtune\\-policy \\- the tuning policy"));
+        for key in documented_keys().keys() {
+            let roff_key = key.replace('-', "\\-");
+            assert!(
+                page.contains(&format!("\\fB{roff_key}\\fR")),
+                "kvmtune-policy.5 lacks `{key}`"
+            );
+        }
+        // Every .RS is closed.
+        assert_eq!(page.matches("\n.RS").count(), page.matches("\n.RE").count());
+        assert!(!page.contains("<!--"));
+    }
+
+    #[test]
+    fn converter_escapes_and_structures() {
+        let md = "# demo(7)\n\ndemo - a demo\n\n## Usage\n\n.starts with a dot, \
+                  back\\\\slash and `--flag`\n\n- one\n- two `x`\n\n1. first\n2. second\n\n\
+                  ```\n.nf looks like a request\n\nblank above\n```\n\n### `some.key`\n\n\
+                  Body *it* **bold** [libvirt](https://libvirt.org) <https://x.org>\n\n\
+                  ### Plain sub\n\ntext\n";
+        let page = markdown_to_man(md, "2026-01-02", "src", "man").unwrap();
+        assert!(page.contains(".TH DEMO 7 2026-01-02 src man\n"), "{page}");
+        assert!(page.contains(".SH NAME\ndemo \\- a demo\n"), "{page}");
+        assert!(page.contains(".SH USAGE\n"), "{page}");
+        assert!(
+            page.contains("\\&.starts with a dot, back\\\\slash"),
+            "{page}"
+        );
+        assert!(page.contains("\\fB\\-\\-flag\\fR"), "{page}");
+        assert!(page.contains(".IP \\(bu 2\none\n"), "{page}");
+        assert!(page.contains(".IP 2. 4\nsecond\n"), "{page}");
+        assert!(
+            page.contains(".nf\n\\&.nf looks like a request\n\nblank above\n.fi\n"),
+            "{page}"
+        );
+        assert!(page.contains(".PP\n\\fBsome.key\\fR\n.RS 4\n"), "{page}");
+        assert!(page.contains("\\fIit\\fR"), "{page}");
+        assert!(page.contains("libvirt <https://libvirt.org>"), "{page}");
+        assert!(!page.contains("https://x.org <"), "{page}");
+        assert!(page.contains(".RE\n.SS \"Plain sub\"\n"), "{page}");
+    }
+
+    #[test]
+    fn converter_refuses_what_it_cannot_render() {
+        for md in [
+            "# t(1)\n\n> quote\n",
+            "# t(1)\n\n![img](x.png)\n",
+            "# t(1)\n\n<b>x</b>\n",
+        ] {
+            assert!(markdown_to_man(md, "", "", "").is_err(), "{md}");
+        }
+        assert!(markdown_to_man("## no title\n", "", "", "").is_err());
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(19_782), "2024-02-29");
+        assert_eq!(civil_date(20_453), "2025-12-31");
+    }
+
+    #[test]
+    fn generate_writes_man_pages_and_completions() {
+        let dir = tempfile::tempdir().unwrap();
+        let man = dir.path().join("man");
+        let cli = Cli::parse_from(["kvmtune", "generate", "man", man.to_str().unwrap()]);
+        crate::cli::run(cli).unwrap();
+        let mut cmd = Cli::command().disable_help_subcommand(true);
+        cmd.build();
+        for sub in cmd.get_subcommands() {
+            let page = man.join(format!("kvmtune-{}.8", sub.get_name()));
+            assert_eq!(page.exists(), !sub.is_hide_set(), "{}", page.display());
+        }
+        assert!(!man.join("kvmtune-help.8").exists());
+        let main = fs::read_to_string(man.join("kvmtune.8")).unwrap();
+        assert!(main.contains("\n.TH kvmtune 8 "), "{main}");
+        assert!(main.contains(".SH \"LIBVIRT HOOK\""), "{main}");
+        assert!(main.contains("\\fBkvmtune\\-policy\\fR(5)"), "{main}");
+        assert!(
+            !main.contains("generate"),
+            "the hidden subcommand leaked: {main}"
+        );
+        assert!(man.join("kvmtune-policy.5").exists());
+
+        let comp = dir.path().join("completions");
+        let cli = Cli::parse_from(["kvmtune", "generate", "completions", comp.to_str().unwrap()]);
+        crate::cli::run(cli).unwrap();
+        let bash = fs::read_to_string(comp.join("kvmtune.bash")).unwrap();
+        assert!(bash.contains("complete -F _kvmtune"), "{bash}");
+        let zsh = fs::read_to_string(comp.join("_kvmtune")).unwrap();
+        assert!(zsh.starts_with("#compdef kvmtune"), "{zsh}");
+    }
+}

@@ -1,0 +1,893 @@
+//! `kvmtune simulate`: replays a workload (guest arrivals and departures) on a host
+//! through the same [`place`] the hook uses, or through one of two baselines, and
+//! measures the placement quality: NUMA- and cache-locality, SMT pairing, spanning,
+//! overcommit, reserved-CPU violations and placement time.
+//!
+//! Pure apart from the clock: a [`Host`], a [`Policy`] and a [`Workload`] in, a
+//! [`Report`] out. The file format and the baselines are described in
+//! docs/placement.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cpuset::CpuSet;
+use crate::host::Host;
+use crate::placement::{Claim, Occupancy, Pool, Request, eligible_cpus, place};
+use crate::policy::{GuestFacts, IrqCpus, Policy};
+
+/// Largest vCPU count a workload may ask for (libvirt's own limit is lower).
+pub const MAX_VCPUS: u32 = 4096;
+
+/// How guests are placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// kvmtune's placement engine (`place`), settings from the policy.
+    Kvmtune,
+    /// What libvirt does without a hook: no pinning, every vCPU floats over all
+    /// online CPUs (CPU0 and reserved CPUs included).
+    LibvirtDefault,
+    /// A naive hook: each vCPU on its own CPU, first fit in CPU-number order,
+    /// skipping CPU0 and reserved/IRQ CPUs; shared guests overcommit only once no
+    /// idle CPU is left.
+    NaiveFirstFit,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 3] = [
+        Strategy::Kvmtune,
+        Strategy::LibvirtDefault,
+        Strategy::NaiveFirstFit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Kvmtune => "kvmtune",
+            Strategy::LibvirtDefault => "libvirt-default",
+            Strategy::NaiveFirstFit => "naive-first-fit",
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One workload event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Arrive {
+        name: String,
+        vcpus: u32,
+        memory_kib: u64,
+        /// None: the pool the policy gives the guest.
+        pool: Option<Pool>,
+    },
+    Depart {
+        name: String,
+    },
+}
+
+/// A parsed workload: events in order.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Workload {
+    pub events: Vec<Event>,
+}
+
+/// A workload file that could not be read or is invalid, with its position.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("cannot read workload {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent {
+    arrive: Option<String>,
+    depart: Option<String>,
+    vcpus: Option<u32>,
+    memory: Option<RawSize>,
+    pool: Option<Pool>,
+}
+
+/// A memory size: `4G`, `512M`, `1GiB`, `2048K`, or a bare number of MiB.
+#[derive(Debug)]
+struct RawSize(serde_yaml_ng::Value);
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde_yaml_ng::Value::deserialize(d).map(RawSize)
+    }
+}
+
+/// Parses a memory size into KiB: `4G`, `4GiB`, `512M`, `2048K`, `1T`; a bare
+/// number is MiB. Binary units throughout.
+pub fn parse_size_kib(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits_end);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid memory size '{text}' (expected e.g. 4G, 512M)"))?;
+    let unit = unit.trim();
+    let factor: u64 = match unit.to_ascii_uppercase().as_str() {
+        "K" | "KB" | "KIB" => 1,
+        "" | "M" | "MB" | "MIB" => 1024,
+        "G" | "GB" | "GIB" => 1024 * 1024,
+        "T" | "TB" | "TIB" => 1024 * 1024 * 1024,
+        _ => {
+            return Err(format!(
+                "invalid memory size '{text}': unknown unit '{unit}' (K, M, G or T)"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .filter(|k| *k > 0)
+        .ok_or_else(|| format!("invalid memory size '{text}': zero or too large"))
+}
+
+impl Workload {
+    /// Reads and parses a workload file.
+    pub fn load(path: &Path) -> Result<Workload, WorkloadError> {
+        let text = std::fs::read_to_string(path).map_err(|e| WorkloadError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Workload::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses workload YAML: a list of `{arrive: NAME, vcpus: N, memory: SIZE,
+    /// pool: shared|dedicated}` and `{depart: NAME}` events. `source` names the text
+    /// in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Workload, WorkloadError> {
+        let invalid = |line: usize, column: usize, message: String| WorkloadError::Invalid {
+            path: source.to_string(),
+            line,
+            column,
+            message,
+        };
+        let raw: Vec<RawEvent> = match serde_yaml_ng::from_str::<Option<Vec<RawEvent>>>(text) {
+            Ok(events) => events.unwrap_or_default(),
+            Err(e) => {
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((1, 1));
+                let message = e.to_string();
+                // serde_yaml_ng appends " at line L column C"; the prefix says it.
+                let message = match message.find(" at line ") {
+                    Some(i) => message[..i].to_string(),
+                    None => message,
+                };
+                return Err(invalid(line, column, message));
+            }
+        };
+        let starts = item_lines(text);
+        let mut running: BTreeSet<String> = BTreeSet::new();
+        let mut events = Vec::with_capacity(raw.len());
+        for (index, event) in raw.into_iter().enumerate() {
+            let line = starts.get(index).copied().unwrap_or(1);
+            let bad = |message: String| invalid(line, 1, format!("event {}: {message}", index + 1));
+            match (event.arrive, event.depart) {
+                (Some(name), None) => {
+                    if name.is_empty() {
+                        return Err(bad("empty guest name".into()));
+                    }
+                    let vcpus = event
+                        .vcpus
+                        .ok_or_else(|| bad(format!("arrival of '{name}' needs `vcpus`")))?;
+                    if vcpus == 0 || vcpus > MAX_VCPUS {
+                        return Err(bad(format!(
+                            "vcpus {vcpus} out of range (1 to {MAX_VCPUS})"
+                        )));
+                    }
+                    let memory = event
+                        .memory
+                        .ok_or_else(|| bad(format!("arrival of '{name}' needs `memory`")))?;
+                    let memory_text = match &memory.0 {
+                        serde_yaml_ng::Value::String(s) => s.clone(),
+                        serde_yaml_ng::Value::Number(n) => n.to_string(),
+                        _ => return Err(bad("memory must be a size such as 4G or 512M".into())),
+                    };
+                    let memory_kib = parse_size_kib(&memory_text).map_err(bad)?;
+                    if !running.insert(name.clone()) {
+                        return Err(bad(format!(
+                            "'{name}' arrives again without having departed"
+                        )));
+                    }
+                    events.push(Event::Arrive {
+                        name,
+                        vcpus,
+                        memory_kib,
+                        pool: event.pool,
+                    });
+                }
+                (None, Some(name)) => {
+                    if event.vcpus.is_some() || event.memory.is_some() || event.pool.is_some() {
+                        return Err(bad(format!(
+                            "departure of '{name}' takes no vcpus, memory or pool"
+                        )));
+                    }
+                    if !running.remove(&name) {
+                        return Err(bad(format!("'{name}' departs but is not running")));
+                    }
+                    events.push(Event::Depart { name });
+                }
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        "an event is either `arrive` or `depart`, not both".into()
+                    ));
+                }
+                (None, None) => {
+                    return Err(bad("an event needs `arrive: NAME` or `depart: NAME`".into()));
+                }
+            }
+        }
+        Ok(Workload { events })
+    }
+
+    pub fn arrivals(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| matches!(e, Event::Arrive { .. }))
+            .count()
+    }
+}
+
+/// Line numbers where the top-level list items start (for errors found after
+/// deserializing).
+fn item_lines(text: &str) -> Vec<usize> {
+    let mut indent = None;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with("---") {
+            continue;
+        }
+        if trimmed.starts_with('-') {
+            let here = line.len() - trimmed.len();
+            let top = *indent.get_or_insert(here);
+            if here == top {
+                out.push(i + 1);
+            }
+        }
+    }
+    out
+}
+
+/// A guest that was refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    pub guest: String,
+    pub vcpus: u32,
+    /// The pool asked for (or given by the policy).
+    pub pool: Pool,
+    pub reason: String,
+}
+
+/// A guest whose vCPUs span several NUMA nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Spanning {
+    pub guest: String,
+    pub vcpus: u32,
+    pub nodes: usize,
+}
+
+/// The outcome of one simulation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub strategy: Strategy,
+    pub host: String,
+    pub arrivals: usize,
+    pub departures: usize,
+    pub placed: usize,
+    pub refused: Vec<Refusal>,
+    /// % of placed guests whose vCPUs are all within one NUMA node.
+    pub numa_local_pct: f64,
+    /// % of placed guests within one L3 group (the socket when the host reports
+    /// no caches).
+    pub l3_local_pct: f64,
+    /// Placed guests with exactly 2 vCPUs.
+    pub two_vcpu_guests: usize,
+    /// % of those on the two threads of one core; None when no core has two
+    /// threads guests may use (or no 2-vCPU guest was placed).
+    pub smt_paired_pct: Option<f64>,
+    pub spanning: Vec<Spanning>,
+    /// Highest vCPU load any host CPU reached (a vCPU allowed on k CPUs counts 1/k
+    /// on each).
+    pub max_vcpus_per_cpu: f64,
+    /// Placed guests allowed on CPU0 (unless allowed), a reserved or an IRQ CPU.
+    pub reserved_violations: usize,
+    pub placement_us_mean: f64,
+    pub placement_us_max: f64,
+}
+
+impl Report {
+    /// Human-readable summary.
+    pub fn text(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "strategy: {}", self.strategy);
+        let _ = writeln!(out, "host: {}", self.host);
+        let _ = writeln!(
+            out,
+            "guests: {} arrivals, {} departures, {} placed, {} refused",
+            self.arrivals,
+            self.departures,
+            self.placed,
+            self.refused.len()
+        );
+        let _ = writeln!(out, "NUMA-local: {:.1}%", self.numa_local_pct);
+        let _ = writeln!(out, "L3-local: {:.1}%", self.l3_local_pct);
+        match self.smt_paired_pct {
+            Some(p) => {
+                let _ = writeln!(
+                    out,
+                    "SMT-paired: {p:.1}% of {} 2-vCPU guests",
+                    self.two_vcpu_guests
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "SMT-paired: n/a ({} 2-vCPU guests; host without SMT or none placed)",
+                    self.two_vcpu_guests
+                );
+            }
+        }
+        if self.spanning.is_empty() {
+            let _ = writeln!(out, "spanning guests: none");
+        } else {
+            let list: Vec<String> = self
+                .spanning
+                .iter()
+                .map(|s| format!("{} ({} vCPUs, {} nodes)", s.guest, s.vcpus, s.nodes))
+                .collect();
+            let _ = writeln!(
+                out,
+                "spanning guests: {}: {}",
+                self.spanning.len(),
+                list.join(", ")
+            );
+        }
+        let _ = writeln!(out, "max vCPUs per host CPU: {:.2}", self.max_vcpus_per_cpu);
+        let _ = writeln!(
+            out,
+            "reserved/CPU0 violations: {}",
+            self.reserved_violations
+        );
+        let _ = writeln!(
+            out,
+            "placement time per guest: mean {:.1} µs, max {:.1} µs",
+            self.placement_us_mean, self.placement_us_max
+        );
+        for r in &self.refused {
+            let _ = writeln!(
+                out,
+                "refused: {} ({} vCPUs): {}",
+                r.guest, r.vcpus, r.reason
+            );
+        }
+        out
+    }
+}
+
+/// A running simulation: the host's occupancy and free memory under one strategy.
+/// Step it with [`Simulator::arrive`] / [`Simulator::depart`], or replay a whole
+/// workload with [`simulate`].
+#[derive(Debug, Clone)]
+pub struct Simulator<'a> {
+    base: &'a Host,
+    /// The host with `mem_free_kib` reduced by the running guests.
+    host: Host,
+    policy: &'a Policy,
+    strategy: Strategy,
+    occupancy: Occupancy,
+    /// Memory taken from each node, per guest (given back exactly on departure).
+    debits: BTreeMap<String, Vec<(u32, u64)>>,
+    /// Requested pool per running guest (the baselines' admission counts).
+    pools: BTreeMap<String, (Pool, u32, u32)>,
+    forbidden: CpuSet,
+}
+
+/// What a strategy decided for one arrival.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub claim: Claim,
+    pub elapsed_us: f64,
+}
+
+impl<'a> Simulator<'a> {
+    pub fn new(host: &'a Host, policy: &'a Policy, strategy: Strategy) -> Simulator<'a> {
+        let eligible = host_eligible(host, policy);
+        Simulator {
+            base: host,
+            host: host.clone(),
+            policy,
+            strategy,
+            occupancy: Occupancy::default(),
+            debits: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            forbidden: host.online.difference(&eligible),
+        }
+    }
+
+    pub fn occupancy(&self) -> &Occupancy {
+        &self.occupancy
+    }
+
+    /// The host as the simulation sees it now (free memory reduced by the guests).
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Online CPUs no guest should get under the policy (CPU0 unless allowed,
+    /// reserved and IRQ CPUs).
+    pub fn forbidden(&self) -> &CpuSet {
+        &self.forbidden
+    }
+
+    /// Places one guest; on success it is added to the occupancy.
+    ///
+    /// # Panics
+    /// If `name` is already running (the workload parser refuses that).
+    pub fn arrive(
+        &mut self,
+        name: &str,
+        vcpus: u32,
+        memory_kib: u64,
+        pool: Option<Pool>,
+    ) -> Result<Decision, String> {
+        assert!(
+            !self.occupancy.guests.contains_key(name),
+            "guest {name} arrives twice"
+        );
+        let facts = GuestFacts {
+            name,
+            vcpus,
+            memory_kib,
+            ..GuestFacts::default()
+        };
+        let settings = self.policy.select(&facts).settings.cloned();
+        let pool = self.pool_for(name, vcpus, memory_kib, pool);
+        let ratio = settings
+            .as_ref()
+            .map_or(16, |s| s.cpu_allocation_ratio)
+            .max(1);
+
+        // Common admission for every strategy: the host has the memory at all.
+        let known: Vec<u64> = self
+            .host
+            .nodes
+            .values()
+            .filter_map(|n| n.mem_free_kib)
+            .collect();
+        if !known.is_empty() {
+            let free: u64 = known.iter().sum();
+            if free < memory_kib {
+                return Err(format!(
+                    "not enough free memory on the host ({} MiB free, {} MiB asked)",
+                    free / 1024,
+                    memory_kib / 1024
+                ));
+            }
+        }
+
+        let start = Instant::now();
+        let claim = match (self.strategy, &settings) {
+            (Strategy::Kvmtune, Some(settings)) => {
+                let eligible = eligible_cpus(
+                    &self.host,
+                    &self.policy.host.reserved_cpus,
+                    &irq_cpus(self.base, self.policy),
+                    self.policy.host.allow_cpu0,
+                    settings.nodes.as_ref(),
+                );
+                let request = Request {
+                    vcpus,
+                    memory_kib,
+                    pool,
+                    eligible,
+                    cpu_allocation_ratio: f64::from(ratio),
+                };
+                let p = place(&self.host, &self.occupancy, &request).map_err(|e| e.0)?;
+                Claim {
+                    vcpus: p.vcpus,
+                    nodes: p.nodes,
+                    memory_kib,
+                    pool,
+                }
+            }
+            // An opted-out guest (enabled: false) is left to libvirt.
+            (Strategy::Kvmtune, None) | (Strategy::LibvirtDefault, _) => {
+                self.libvirt_default(vcpus, memory_kib, pool, ratio)?
+            }
+            (Strategy::NaiveFirstFit, _) => self.naive(vcpus, memory_kib, pool, ratio)?,
+        };
+        let elapsed_us = start.elapsed().as_secs_f64() * 1e6;
+
+        let debit = self.debit(&claim);
+        self.debits.insert(name.to_string(), debit);
+        self.pools.insert(name.to_string(), (pool, vcpus, ratio));
+        self.occupancy
+            .guests
+            .insert(name.to_string(), claim.clone());
+        Ok(Decision { claim, elapsed_us })
+    }
+
+    /// The pool a guest gets: the workload's, else the policy's for it.
+    pub fn pool_for(&self, name: &str, vcpus: u32, memory_kib: u64, pool: Option<Pool>) -> Pool {
+        let facts = GuestFacts {
+            name,
+            vcpus,
+            memory_kib,
+            ..GuestFacts::default()
+        };
+        pool.or(self.policy.select(&facts).settings.map(|s| s.pool))
+            .unwrap_or_default()
+    }
+
+    /// Removes a guest (no-op for a guest that is not running, e.g. refused).
+    pub fn depart(&mut self, name: &str) -> Option<Claim> {
+        let claim = self.occupancy.guests.remove(name)?;
+        self.pools.remove(name);
+        for (node, kib) in self.debits.remove(name).unwrap_or_default() {
+            if let Some(free) = self
+                .host
+                .nodes
+                .get_mut(&node)
+                .and_then(|n| n.mem_free_kib.as_mut())
+            {
+                *free += kib;
+            }
+        }
+        Some(claim)
+    }
+
+    /// libvirt without a hook: every vCPU on all online CPUs, memory anywhere.
+    /// Admission by counting, as Nova's scheduler does: dedicated vCPUs plus shared
+    /// vCPUs / ratio within the eligible CPUs.
+    fn libvirt_default(
+        &self,
+        vcpus: u32,
+        memory_kib: u64,
+        pool: Pool,
+        ratio: u32,
+    ) -> Result<Claim, String> {
+        let capacity = self.base.online.difference(&self.forbidden).len() as f64;
+        let mut dedicated = 0.0;
+        let mut shared = 0.0;
+        for (p, n, r) in self.pools.values() {
+            match p {
+                Pool::Dedicated => dedicated += f64::from(*n),
+                Pool::Shared => shared += f64::from(*n) / f64::from(*r),
+            }
+        }
+        match pool {
+            Pool::Dedicated => dedicated += f64::from(vcpus),
+            Pool::Shared => shared += f64::from(vcpus) / f64::from(ratio),
+        }
+        if dedicated + shared > capacity + 1e-9 {
+            return Err(format!(
+                "the host's {capacity} eligible CPUs are fully allocated ({dedicated} dedicated + {shared:.2} shared-equivalent vCPUs)"
+            ));
+        }
+        let nodes: CpuSet = self.base.nodes.keys().copied().collect();
+        Ok(Claim {
+            vcpus: vec![self.base.online.clone(); vcpus as usize],
+            nodes,
+            memory_kib,
+            // libvirt knows no dedicated CPUs: nothing is exclusive.
+            pool: Pool::Shared,
+        })
+    }
+
+    /// A naive hook: the lowest-numbered eligible CPUs, idle ones first.
+    fn naive(&self, vcpus: u32, memory_kib: u64, pool: Pool, ratio: u32) -> Result<Claim, String> {
+        let eligible = self.base.online.difference(&self.forbidden);
+        let load = self.occupancy.cpu_load();
+        let load_of = |cpu: u32| load.get(&cpu).copied().unwrap_or(0.0);
+        let dedicated = self.occupancy.dedicated_cpus();
+        let wanted = vcpus as usize;
+        let free: Vec<u32> = eligible
+            .difference(&dedicated)
+            .iter()
+            .filter(|c| match pool {
+                Pool::Dedicated => load_of(*c) == 0.0,
+                Pool::Shared => load_of(*c) + 1.0 <= f64::from(ratio),
+            })
+            .collect();
+        // Idle CPUs first, then the least loaded, each in CPU-number order; shared
+        // vCPUs never beyond the ratio.
+        let mut given: BTreeMap<u32, f64> = BTreeMap::new();
+        let mut chosen = Vec::with_capacity(wanted);
+        for _ in 0..wanted {
+            let next = free
+                .iter()
+                .copied()
+                .filter(|c| match pool {
+                    Pool::Dedicated => !given.contains_key(c),
+                    Pool::Shared => {
+                        load_of(*c) + given.get(c).copied().unwrap_or(0.0) + 1.0 <= f64::from(ratio)
+                    }
+                })
+                .min_by_key(|c| {
+                    let load = load_of(*c) + given.get(c).copied().unwrap_or(0.0);
+                    ((load * 1000.0).round() as u64, *c)
+                });
+            match next {
+                Some(cpu) => {
+                    *given.entry(cpu).or_insert(0.0) += 1.0;
+                    chosen.push(cpu);
+                }
+                None => {
+                    return Err(match pool {
+                        Pool::Dedicated => format!(
+                            "{wanted} dedicated vCPUs do not fit: {} free CPUs",
+                            free.len()
+                        ),
+                        Pool::Shared => format!(
+                            "{wanted} shared vCPUs do not fit under cpu_allocation_ratio {ratio}"
+                        ),
+                    });
+                }
+            }
+        }
+        let cpus: CpuSet = chosen.iter().copied().collect();
+        Ok(Claim {
+            vcpus: chosen.into_iter().map(CpuSet::single).collect(),
+            nodes: self.base.nodes_of(&cpus),
+            memory_kib,
+            pool,
+        })
+    }
+
+    /// Takes the claim's memory from its nodes (evenly), the rest from the other
+    /// nodes in number order, as the kernel falls back; returns what was taken.
+    fn debit(&mut self, claim: &Claim) -> Vec<(u32, u64)> {
+        let known: Vec<u32> = self
+            .host
+            .nodes
+            .values()
+            .filter(|n| n.mem_free_kib.is_some())
+            .map(|n| n.id)
+            .collect();
+        if known.is_empty() {
+            return Vec::new();
+        }
+        let own: Vec<u32> = known
+            .iter()
+            .copied()
+            .filter(|id| claim.nodes.contains(*id))
+            .collect();
+        let mut left = claim.memory_kib;
+        let mut taken: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut take = |host: &mut Host, node: u32, want: u64| -> u64 {
+            let free = host
+                .nodes
+                .get_mut(&node)
+                .and_then(|n| n.mem_free_kib.as_mut())
+                .expect("known node");
+            let got = want.min(*free);
+            *free -= got;
+            *taken.entry(node).or_insert(0) += got;
+            got
+        };
+        if !own.is_empty() {
+            let share = left / own.len() as u64;
+            let extra = left % own.len() as u64;
+            for (i, node) in own.iter().enumerate() {
+                let want = share + u64::from((i as u64) < extra);
+                left -= take(&mut self.host, *node, want);
+            }
+        }
+        for node in own.iter().chain(known.iter()) {
+            if left == 0 {
+                break;
+            }
+            left -= take(&mut self.host, *node, left);
+        }
+        taken.into_iter().filter(|(_, k)| *k > 0).collect()
+    }
+}
+
+/// CPUs the policy's `irq_cpus` keeps from guests on this host.
+fn irq_cpus(host: &Host, policy: &Policy) -> CpuSet {
+    match &policy.host.irq_cpus {
+        IrqCpus::Auto => host.irq_bound_cpus(),
+        IrqCpus::None => CpuSet::new(),
+        IrqCpus::List(set) => set.clone(),
+    }
+}
+
+/// CPUs guests may use under the policy's host settings (all nodes).
+fn host_eligible(host: &Host, policy: &Policy) -> CpuSet {
+    eligible_cpus(
+        host,
+        &policy.host.reserved_cpus,
+        &irq_cpus(host, policy),
+        policy.host.allow_cpu0,
+        None,
+    )
+}
+
+/// Per-claim quality facts.
+struct Quality {
+    numa_local: bool,
+    l3_local: bool,
+    nodes: usize,
+    smt_paired: bool,
+}
+
+fn quality(host: &Host, claim: &Claim) -> Quality {
+    let cpus = claim.cpus();
+    let nodes = host.nodes_of(&cpus).len();
+    let l3_local = cpus
+        .first()
+        .and_then(|c| host.llc_of(c))
+        .is_some_and(|llc| cpus.is_subset(llc));
+    let smt_paired = match claim.vcpus.as_slice() {
+        [a, b] if a.len() == 1 && b.len() == 1 && a != b => {
+            let core = |s: &CpuSet| s.first().and_then(|c| host.cpus.get(&c)).map(|c| c.core);
+            core(a).is_some() && core(a) == core(b)
+        }
+        _ => false,
+    };
+    Quality {
+        numa_local: nodes == 1,
+        l3_local,
+        nodes,
+        smt_paired,
+    }
+}
+
+/// Whether any core of the host has two or more threads guests may use.
+pub fn host_has_smt(host: &Host, forbidden: &CpuSet) -> bool {
+    let usable = host.online.difference(forbidden);
+    host.cores
+        .iter()
+        .any(|c| c.cpus.intersection(&usable).len() >= 2)
+}
+
+/// Replays `workload` on `host` under `policy` with `strategy`.
+pub fn simulate(host: &Host, policy: &Policy, workload: &Workload, strategy: Strategy) -> Report {
+    let mut sim = Simulator::new(host, policy, strategy);
+    let mut refused = Vec::new();
+    let mut spanning = Vec::new();
+    let (mut placed, mut departures, mut numa_local, mut l3_local) = (0usize, 0usize, 0, 0);
+    let (mut two, mut paired, mut violations) = (0usize, 0usize, 0usize);
+    let (mut total_us, mut max_us, mut max_load) = (0.0f64, 0.0f64, 0.0f64);
+    for event in &workload.events {
+        match event {
+            Event::Arrive {
+                name,
+                vcpus,
+                memory_kib,
+                pool,
+            } => match sim.arrive(name, *vcpus, *memory_kib, *pool) {
+                Ok(decision) => {
+                    placed += 1;
+                    total_us += decision.elapsed_us;
+                    max_us = max_us.max(decision.elapsed_us);
+                    let q = quality(host, &decision.claim);
+                    numa_local += usize::from(q.numa_local);
+                    l3_local += usize::from(q.l3_local);
+                    if q.nodes > 1 {
+                        spanning.push(Spanning {
+                            guest: name.clone(),
+                            vcpus: *vcpus,
+                            nodes: q.nodes,
+                        });
+                    }
+                    if *vcpus == 2 {
+                        two += 1;
+                        paired += usize::from(q.smt_paired);
+                    }
+                    if decision.claim.cpus().intersects(&sim.forbidden) {
+                        violations += 1;
+                    }
+                    let peak = sim
+                        .occupancy
+                        .cpu_load()
+                        .values()
+                        .copied()
+                        .fold(0.0, f64::max);
+                    max_load = max_load.max(peak);
+                }
+                Err(reason) => refused.push(Refusal {
+                    guest: name.clone(),
+                    vcpus: *vcpus,
+                    pool: sim.pool_for(name, *vcpus, *memory_kib, *pool),
+                    reason,
+                }),
+            },
+            Event::Depart { name } => {
+                if sim.depart(name).is_some() {
+                    departures += 1;
+                }
+            }
+        }
+    }
+    let pct = |n: usize, of: usize| {
+        if of == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / of as f64
+        }
+    };
+    Report {
+        strategy,
+        host: host.summary(),
+        arrivals: workload.arrivals(),
+        departures,
+        placed,
+        refused,
+        numa_local_pct: pct(numa_local, placed),
+        l3_local_pct: pct(l3_local, placed),
+        two_vcpu_guests: two,
+        smt_paired_pct: (host_has_smt(host, &sim.forbidden) && two > 0).then(|| pct(paired, two)),
+        spanning,
+        max_vcpus_per_cpu: max_load,
+        reserved_violations: violations,
+        placement_us_mean: if placed == 0 {
+            0.0
+        } else {
+            total_us / placed as f64
+        },
+        placement_us_max: max_us,
+    }
+}
+
+/// `kvmtune simulate` arguments.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    #[command(flatten)]
+    pub sources: crate::cli::Sources,
+    /// Workload YAML: a list of `{arrive: NAME, vcpus: N, memory: 4G, pool:
+    /// shared|dedicated}` and `{depart: NAME}` events
+    #[arg(long, value_name = "FILE")]
+    pub workload: std::path::PathBuf,
+    /// Who places the guests: kvmtune, or a baseline run by the same simulator
+    #[arg(long, value_enum, default_value = "kvmtune")]
+    pub strategy: Strategy,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `kvmtune simulate`.
+pub fn run_simulate(args: &SimulateArgs) -> anyhow::Result<std::process::ExitCode> {
+    use std::io::Write;
+    let policy = crate::cli::load_policy(args.sources.policy.as_deref())?;
+    let host = crate::cli::read_host(&args.sources.host_root)?;
+    let workload = Workload::load(&args.workload).map_err(|e| {
+        anyhow::Error::from(crate::cli::Failure {
+            code: crate::cli::exit::INPUT,
+            message: e.to_string(),
+        })
+    })?;
+    let report = simulate(&host, &policy, &workload, args.strategy);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(report.text().as_bytes())?;
+    }
+    Ok(std::process::ExitCode::from(crate::cli::exit::OK))
+}

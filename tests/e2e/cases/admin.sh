@@ -1,0 +1,264 @@
+# shellcheck shell=bash
+# End-to-end cases for the admin commands: apply, revert, status (issue 5).
+# Sourced after lib.sh, like cases.sh; each case_* runs in its own bash process
+# under `timeout` and fails through `die`.  run.sh destroys and undefines every
+# kvmtune-e2e-* guest after each case.
+#
+# Entries for run.sh's CASES table (id | timeout | needs 2-CPU shape | what):
+#   "apply0|90|no|apply --dry-run shows reasons and a diff, defines nothing; no tty without --yes is refused"
+#   "apply1|120|no|apply --yes conforms dumpxml --inactive; the next start runs conforming (mem-merge=off, direct cache, host-model CPU)"
+#   "apply2|120|no|apply on a running guest says 'next cold boot'; the live guest changes only after destroy + start"
+#   "revert|90|no|revert restores the exact previous definition; revert --list; bad names refused"
+#   "status|120|no|status lists the running test guests on the CPUs libvirt reports; plain when piped"
+# and run_case must source this file too:  . "$E2E_DIR/cases/admin.sh"
+#
+# Backups go to the run's artifacts, not /var/lib/kvmtune.
+
+admin_env() {
+    export KVMTUNE_BACKUP_DIR=$E2E_WORK/backups
+}
+
+kt() { timeout -k 5 60 "$KVMTUNE_BIN" "$@"; }
+
+# dumpxml --inactive --security-info of a guest into FILE.
+inactive_xml() { # GUEST FILE
+    V dumpxml --inactive --security-info "$1" >"$2" || die "virsh dumpxml --inactive $1 failed"
+}
+
+# The QEMU command line of a running guest, NULs as spaces.
+qemu_cmdline() { # GUEST
+    local pid
+    pid=$(qemu_pid "$1") || die "$1: no pid file"
+    tr '\0' ' ' <"/proc/$pid/cmdline"
+}
+
+# vCPU affinities as libvirt reports them (virsh vcpuinfo), one cpulist per vCPU:
+# "CPU Affinity: -y" -> "1".
+vcpuinfo_cpus() { # GUEST
+    V vcpuinfo "$1" | sed -n 's/^CPU Affinity:[[:space:]]*//p' | while read -r map; do
+        local i out=""
+        for ((i = 0; i < ${#map}; i++)); do
+            [ "${map:i:1}" = y ] && out+="${out:+,}$i"
+        done
+        echo "$out"
+    done
+}
+
+# A guest that breaks several rules: host-passthrough, writeback cache, no
+# nosharepages, no pinning.
+define_untuned() { # NAME [guest_xml options]
+    local name=$1
+    shift
+    define_guest "$name" --vcpus 2 --cpu host-passthrough --cache writeback "$@"
+}
+
+case_apply0() {
+    local g=${E2E_PREFIX}apply0 out rc
+    admin_env
+    write_policy warn allow with-vcpus
+    define_untuned "$g"
+    inactive_xml "$g" "$E2E_WORK/$g.before.xml"
+
+    out=$(kt apply --dry-run "$g" 2>&1)
+    rc=$?
+    printf '%s\n' "$out" | sed 's/^/    /'
+    expect_eq "$rc" 1 "exit status of apply --dry-run with changes pending"
+    local want
+    for want in "guest $g: settings from defaults" \
+        "[rule 5 via defaults] CPU mode host-passthrough → host-model" \
+        "[rule 2.1 via defaults] disk vda: cache='none' (was writeback)" \
+        "[rule 3.1 via defaults]" \
+        "--- $g (current)" "+++ $g (kvmtune)" \
+        "dry run: 1 guest(s) would change ($g); nothing defined"; do
+        printf '%s\n' "$out" | grep -qF -- "$want" || die "apply --dry-run output lacks: $want"
+    done
+    inactive_xml "$g" "$E2E_WORK/$g.after-dry.xml"
+    cmp -s "$E2E_WORK/$g.before.xml" "$E2E_WORK/$g.after-dry.xml" ||
+        die "apply --dry-run changed the definition: $(diff "$E2E_WORK/$g.before.xml" "$E2E_WORK/$g.after-dry.xml")"
+    [ ! -e "$KVMTUNE_BACKUP_DIR/$g" ] || die "apply --dry-run made a backup"
+    note "dry run: reasons + diff printed, exit 1, definition byte-identical, no backup"
+
+    # Not a terminal (stdin is /dev/null under run.sh) and no --yes: refused.
+    out=$(kt apply "$g" </dev/null 2>&1)
+    rc=$?
+    expect_eq "$rc" 2 "exit status of apply without --yes off a terminal"
+    printf '%s\n' "$out" | grep -qF "not on a terminal: pass --yes" || die "refusal message missing: $out"
+    inactive_xml "$g" "$E2E_WORK/$g.after-refused.xml"
+    cmp -s "$E2E_WORK/$g.before.xml" "$E2E_WORK/$g.after-refused.xml" || die "a refused apply changed the definition"
+    note "no tty, no --yes: '$(printf '%s\n' "$out" | tail -n 1)' (exit 2), nothing defined"
+
+    out=$(kt apply --dry-run "${E2E_PREFIX}no-such-guest" 2>&1)
+    expect_eq "$?" 3 "exit status of apply on an unknown guest"
+    note "unknown guest: $out"
+}
+
+case_apply1() {
+    local g=${E2E_PREFIX}apply1 out rc cmd after
+    admin_env
+    write_policy warn allow with-vcpus
+    define_untuned "$g"
+    inactive_xml "$g" "$E2E_WORK/$g.before.xml"
+    # As defined, the guest cannot start under TCG (host-passthrough needs KVM).
+
+    out=$(kt apply --yes "$g" </dev/null 2>&1)
+    rc=$?
+    printf '%s\n' "$out" | sed 's/^/    /'
+    expect_eq "$rc" 0 "exit status of apply --yes"
+    printf '%s\n' "$out" | grep -qF "$g: defined; previous definition saved as" || die "apply did not report the define"
+    printf '%s\n' "$out" | grep -q "warning" && die "apply warned: $out"
+
+    after=$E2E_WORK/$g.after.xml
+    inactive_xml "$g" "$after"
+    local want
+    for want in "<cpu mode='host-model'" "cache='none' io='native'" "<nosharepages/>" \
+        "<vcpupin vcpu='0' cpuset=" "<vcpupin vcpu='1' cpuset=" "<emulatorpin cpuset=" \
+        "<memory mode='preferred' nodeset="; do
+        grep -qF -- "$want" "$after" || die "dumpxml --inactive after apply lacks $want"
+    done
+    grep -q "host-passthrough\|cache='writeback'" "$after" && die "dumpxml --inactive still has the old settings"
+    note "dumpxml --inactive now has host-model, cache none/native, nosharepages, vcpupin, emulatorpin, numatune"
+
+    # The backup is the previous definition, byte for byte.
+    local backup
+    backup=$(ls "$KVMTUNE_BACKUP_DIR/$g"/*.xml 2>/dev/null | head -n 1)
+    [ -n "$backup" ] || die "no backup under $KVMTUNE_BACKUP_DIR/$g"
+    cmp -s "$backup" "$E2E_WORK/$g.before.xml" || die "backup $backup differs from the previous definition"
+    note "backup $(basename "$backup") == previous definition"
+
+    # Applying again changes nothing (the new definition conforms as planned).
+    out=$(kt apply --dry-run "$g" 2>&1)
+    expect_eq "$?" 0 "exit status of apply --dry-run after apply"
+    printf '%s\n' "$out" | grep -qF "nothing to do: 1 guest(s) already conform" || die "second apply is not a no-op: $out"
+
+    start_guest "$g"
+    cmd=$(qemu_cmdline "$g")
+    printf '%s\n' "$cmd" | grep -q 'mem-merge=off' || die "QEMU command line lacks mem-merge=off: $cmd"
+    printf '%s\n' "$cmd" | grep -q '"cache":{"direct":true' || die "QEMU command line lacks a direct cache: $cmd"
+    local cpu
+    cpu=$(printf '%s\n' "$cmd" | sed -n 's/.* -cpu \([^ ]*\).*/\1/p')
+    [ -n "$cpu" ] || die "QEMU command line has no -cpu"
+    case $cpu in host | host,* | max | max,*) die "QEMU runs with -cpu $cpu, not a host-model-derived model" ;; esac
+    note "QEMU: mem-merge=off, cache direct, -cpu ${cpu%%,*} (host-model expanded by libvirt)"
+    V dumpxml "$g" | grep -q "<cpu mode='host-model'\|<cpu mode='custom'" || die "live XML has no host-model/custom CPU"
+}
+
+case_apply2() {
+    local g=${E2E_PREFIX}apply2 out rc
+    admin_env
+    write_policy warn allow with-vcpus
+    define_guest "$g" --vcpus 1 --cache writeback
+    start_guest "$g"
+    qemu_cmdline "$g" | grep -q '"cache":{"direct":true' && die "writeback guest already runs with a direct cache"
+
+    out=$(kt apply --yes "$g" </dev/null 2>&1)
+    rc=$?
+    printf '%s\n' "$out" | sed 's/^/    /'
+    expect_eq "$rc" 0 "exit status of apply --yes on a running guest"
+    printf '%s\n' "$out" | grep -qF "$g: is running: the new definition takes effect at its next cold boot" ||
+        die "apply did not say the running guest gets it at its next cold boot"
+    V dumpxml "$g" | grep -q "cache='writeback'" || die "the live XML changed without a restart"
+    V dumpxml --inactive "$g" | grep -q "cache='none'" || die "the definition did not change"
+    note "running guest: live XML untouched, definition changed, 'next cold boot' printed"
+
+    V destroy "$g" >/dev/null || die "virsh destroy failed"
+    start_guest "$g"
+    qemu_cmdline "$g" | grep -q '"cache":{"direct":true' || die "after destroy + start the cache is still not direct"
+    note "after destroy + start: QEMU runs with a direct cache"
+}
+
+case_revert() {
+    local g=${E2E_PREFIX}revert out rc n
+    admin_env
+    write_policy warn allow with-vcpus
+    define_untuned "$g"
+    inactive_xml "$g" "$E2E_WORK/$g.before.xml"
+    kt apply --yes "$g" </dev/null >/dev/null 2>&1 || die "apply --yes failed"
+    inactive_xml "$g" "$E2E_WORK/$g.applied.xml"
+    cmp -s "$E2E_WORK/$g.before.xml" "$E2E_WORK/$g.applied.xml" && die "apply changed nothing"
+
+    out=$(kt revert "$g" 2>&1)
+    rc=$?
+    printf '%s\n' "$out" | sed 's/^/    /'
+    expect_eq "$rc" 0 "exit status of revert"
+    inactive_xml "$g" "$E2E_WORK/$g.reverted.xml"
+    cmp -s "$E2E_WORK/$g.before.xml" "$E2E_WORK/$g.reverted.xml" ||
+        die "revert did not restore the exact previous XML: $(diff "$E2E_WORK/$g.before.xml" "$E2E_WORK/$g.reverted.xml")"
+    note "revert: dumpxml --inactive byte-identical to the definition before apply"
+
+    out=$(kt revert --list "$g" 2>&1)
+    printf '%s\n' "$out" | sed 's/^/    /'
+    n=$(printf '%s\n' "$out" | grep -c '^  [0-9]\{8\}T[0-9]\{6\}Z')
+    expect_eq "$n" 2 "backups listed (before apply, before revert)"
+    printf '%s\n' "$out" | grep -q "= current definition" || die "--list does not mark the current definition"
+
+    # The revert itself can be undone: reverting again brings the applied one back.
+    kt revert "$g" >/dev/null 2>&1 || die "second revert failed"
+    inactive_xml "$g" "$E2E_WORK/$g.re-applied.xml"
+    cmp -s "$E2E_WORK/$g.applied.xml" "$E2E_WORK/$g.re-applied.xml" || die "revert of the revert is not the applied XML"
+    note "revert again: back to the applied definition"
+
+    out=$(kt revert "../$g" 2>&1)
+    expect_eq "$?" 3 "exit status of revert with a '../' guest name"
+    note "bad name: $out"
+    out=$(kt revert --to 19700101T000000Z "$g" 2>&1)
+    expect_eq "$?" 2 "exit status of revert --to an unknown timestamp"
+    note "unknown timestamp: $out"
+}
+
+case_status() {
+    local a=${E2E_PREFIX}status-a b=${E2E_PREFIX}status-b out json g v want got
+    admin_env
+    write_policy warn allow with-vcpus
+    # a: pinned by its (applied) definition; b: placed by the hook at start.
+    define_guest "$a" --vcpus 1
+    kt apply --yes "$a" </dev/null >/dev/null 2>&1 || die "apply --yes $a failed"
+    define_guest "$b" --vcpus 2
+    start_guest "$a"
+    start_guest "$b"
+    wait_ledger_matches_running 10 || die "ledger does not match virsh list"
+
+    json=$E2E_WORK/status.json
+    kt status --json >"$json" || die "kvmtune status --json failed"
+    for g in $(running_names); do
+        v=0
+        while read -r want; do
+            got=$("$PY" - "$json" "$g" "$v" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+g = next((x for x in s["guests"] if x["name"] == sys.argv[2]), None)
+if g is None:
+    print("MISSING")
+else:
+    v = int(sys.argv[3])
+    print(g["vcpu_cpus"][v] if v < len(g["vcpu_cpus"]) else "NONE")
+PY
+)
+            [ "$got" = "$want" ] || die "status: $g vCPU $v on '$got', virsh vcpuinfo says '$want'"
+            v=$((v + 1))
+        done < <(vcpuinfo_cpus "$g")
+        [ "$v" -gt 0 ] || die "virsh vcpuinfo $g listed no vCPU"
+        note "$g: status and virsh vcpuinfo agree on $v vCPU(s)"
+    done
+    "$PY" - "$json" "$a" "$b" <<'PY' || die "status --json content"
+import json, sys
+s = json.load(open(sys.argv[1]))
+by = {g["name"]: g for g in s["guests"]}
+a, b = by[sys.argv[2]], by[sys.argv[3]]
+assert a["source"] == "xml", a["source"]
+assert b["source"] == "ledger", b["source"]
+assert a["ledger"]["agrees"] and b["ledger"]["agrees"], (a["ledger"], b["ledger"])
+assert s["ledger"]["agrees"], s["ledger"]
+states = {c["rule"]: c["state"] for c in b["conformance"]}
+assert states["1.1"] == "runtime-enforced", states
+assert all(c["state"] == "ok" for c in a["conformance"]), a["conformance"]
+PY
+    note "status --json: $a pinned by XML (all ok), $b placed by the hook (runtime-enforced), ledger agrees"
+
+    out=$(kt status)
+    printf '%s\n' "$out" | sed 's/^/    /'
+    case $out in *$'\033'*) die "status printed colour codes into a pipe" ;; esac
+    printf '%s\n' "$out" | grep -q "agrees with libvirt" || die "status text does not say the ledger agrees"
+    for g in "$a" "$b"; do
+        printf '%s\n' "$out" | grep -q "^  $g  pid $(qemu_pid "$g")" || die "status text lacks guest $g with its pid"
+    done
+}

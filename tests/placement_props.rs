@@ -1,0 +1,222 @@
+//! Property tests of the placement engine through the simulator, over random
+//! synthetic hosts, host settings and workloads: no guest ever gets CPU0 (unless
+//! allowed) or a reserved CPU, no dedicated CPU is handed out twice (not even to a
+//! shared guest), shared CPUs stay within cpu_allocation_ratio, and departures give
+//! back exactly what arrivals took.
+
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use kvmtune::CpuSet;
+use kvmtune::host::Host;
+use kvmtune::placement::{Occupancy, Pool};
+use kvmtune::policy::Policy;
+use kvmtune::simulate::{Simulator, Strategy as Placer};
+
+const GIB: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Arrive {
+        vcpus: u32,
+        gib: u64,
+        dedicated: bool,
+    },
+    /// Departs the running guest at this index (modulo the running count).
+    Depart(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (1u32..=10, 1u64..=6, any::<bool>())
+            .prop_map(|(vcpus, gib, dedicated)| Op::Arrive { vcpus, gib, dedicated }),
+        1 => (0usize..64).prop_map(Op::Depart),
+    ]
+}
+
+/// (sockets, nodes per socket, cores per node, threads per core, GiB per node)
+fn host_shape() -> impl Strategy<Value = (u32, u32, u32, u32, u64)> {
+    (1u32..=2, 1u32..=3, 1u32..=6, 1u32..=2, 2u64..=24)
+}
+
+fn policy(reserved: &str, allow_cpu0: bool, ratio: u32) -> Policy {
+    let text = format!(
+        "version: 1\nhost:\n  reserved_cpus: {reserved}\n  irq_cpus: none\n  allow_cpu0: {allow_cpu0}\ndefaults:\n  cpu_allocation_ratio: {ratio}\n"
+    );
+    Policy::parse(&text, Path::new("props.yaml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn check_invariants(sim: &Simulator, ratio: u32) -> Result<(), TestCaseError> {
+    let occupancy: &Occupancy = sim.occupancy();
+    let mut taken = CpuSet::new();
+    for (name, claim) in &occupancy.guests {
+        let cpus = claim.cpus();
+        prop_assert!(
+            !cpus.intersects(sim.forbidden()),
+            "{name} got forbidden CPUs {}",
+            cpus.intersection(sim.forbidden())
+        );
+        prop_assert!(
+            cpus.is_subset(&sim.host().online),
+            "{name}: offline CPUs {cpus}"
+        );
+        prop_assert!(!claim.vcpus.is_empty());
+        if claim.pool == Pool::Dedicated {
+            // One CPU per vCPU, all different, held by nobody else.
+            prop_assert_eq!(cpus.len(), claim.vcpus.len(), "{} shares CPUs", name);
+            prop_assert!(
+                !cpus.intersects(&taken),
+                "{name}: dedicated CPUs {} handed out twice",
+                cpus.intersection(&taken)
+            );
+        }
+        taken = taken.union(&cpus);
+    }
+    // Shared guests never land on a dedicated guest's CPU.
+    let dedicated = occupancy.dedicated_cpus();
+    for (name, claim) in &occupancy.guests {
+        if claim.pool == Pool::Shared {
+            prop_assert!(
+                !claim.cpus().intersects(&dedicated),
+                "{name}: shared guest on dedicated CPUs"
+            );
+        }
+    }
+    for (cpu, load) in occupancy.cpu_load() {
+        prop_assert!(
+            load <= f64::from(ratio) + 1e-9,
+            "CPU {cpu} carries {load} vCPUs > ratio {ratio}"
+        );
+    }
+    Ok(())
+}
+
+fn run(
+    shape: (u32, u32, u32, u32, u64),
+    reserve_first: u32,
+    allow_cpu0: bool,
+    ratio: u32,
+    ops: &[Op],
+    strategy: Placer,
+) -> Result<(), TestCaseError> {
+    let (sockets, nps, cpn, tpc, gib) = shape;
+    let host = Host::synthetic(sockets, nps, cpn, tpc, gib * GIB);
+    let reserved = if reserve_first == 0 {
+        "none".to_string()
+    } else {
+        // CPU 1 onwards (CPU0 is governed by allow_cpu0), within the host.
+        let last = reserve_first.min(host.online.len() as u32 - 1).max(1);
+        if host.online.len() < 2 {
+            "none".to_string()
+        } else {
+            format!("\"1-{last}\"")
+        }
+    };
+    let policy = policy(&reserved, allow_cpu0, ratio);
+    let mut sim = Simulator::new(&host, &policy, strategy);
+    let free_at_start: Vec<Option<u64>> = host.nodes.values().map(|n| n.mem_free_kib).collect();
+    let mut running: Vec<String> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            Op::Arrive {
+                vcpus,
+                gib,
+                dedicated,
+            } => {
+                let name = format!("g{i}");
+                let pool = if *dedicated {
+                    Pool::Dedicated
+                } else {
+                    Pool::Shared
+                };
+                let before = sim.occupancy().clone();
+                match sim.arrive(&name, *vcpus, gib * GIB, Some(pool)) {
+                    Ok(decision) => {
+                        prop_assert_eq!(decision.claim.vcpus.len(), *vcpus as usize);
+                        prop_assert_eq!(
+                            decision.claim.pool,
+                            if strategy == Placer::LibvirtDefault {
+                                Pool::Shared
+                            } else {
+                                pool
+                            }
+                        );
+                        running.push(name);
+                    }
+                    Err(_) => {
+                        prop_assert_eq!(sim.occupancy(), &before, "a refusal changed the occupancy")
+                    }
+                }
+            }
+            Op::Depart(k) if !running.is_empty() => {
+                let name = running.remove(k % running.len());
+                let mut expected = sim.occupancy().clone();
+                let claim = expected.guests.remove(&name);
+                prop_assert_eq!(sim.depart(&name), claim);
+                // Exactly that guest's claim went; the others are untouched.
+                prop_assert_eq!(sim.occupancy(), &expected);
+            }
+            Op::Depart(_) => {}
+        }
+        check_invariants(&sim, ratio)?;
+    }
+    for name in running.drain(..) {
+        prop_assert!(sim.depart(&name).is_some());
+    }
+    prop_assert!(sim.occupancy().guests.is_empty());
+    let free_at_end: Vec<Option<u64>> = sim.host().nodes.values().map(|n| n.mem_free_kib).collect();
+    prop_assert_eq!(free_at_end, free_at_start, "memory not given back exactly");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn kvmtune_placement_invariants(
+        shape in host_shape(),
+        reserve_first in 0u32..4,
+        allow_cpu0 in any::<bool>(),
+        ratio in 1u32..=4,
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        run(shape, reserve_first, allow_cpu0, ratio, &ops, Placer::Kvmtune)?;
+    }
+
+    #[test]
+    fn naive_baseline_invariants(
+        shape in host_shape(),
+        reserve_first in 0u32..4,
+        allow_cpu0 in any::<bool>(),
+        ratio in 1u32..=4,
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        run(shape, reserve_first, allow_cpu0, ratio, &ops, Placer::NaiveFirstFit)?;
+    }
+
+    /// A guest that departs and arrives again on an otherwise unchanged host gets
+    /// a placement as good as before: the same CPUs (placement is deterministic).
+    #[test]
+    fn departure_then_same_arrival_is_deterministic(
+        shape in host_shape(),
+        vcpus in 1u32..=8,
+        dedicated in any::<bool>(),
+        others in proptest::collection::vec((1u32..=4, any::<bool>()), 0..12),
+    ) {
+        let (sockets, nps, cpn, tpc, gib) = shape;
+        let host = Host::synthetic(sockets, nps, cpn, tpc, gib * GIB);
+        let policy = policy("none", false, 4);
+        let mut sim = Simulator::new(&host, &policy, Placer::Kvmtune);
+        for (i, (v, d)) in others.iter().enumerate() {
+            let pool = if *d { Pool::Dedicated } else { Pool::Shared };
+            let _ = sim.arrive(&format!("o{i}"), *v, GIB, Some(pool));
+        }
+        let pool = if dedicated { Pool::Dedicated } else { Pool::Shared };
+        if let Ok(first) = sim.arrive("x", vcpus, GIB, Some(pool)) {
+            sim.depart("x");
+            let again = sim.arrive("x", vcpus, GIB, Some(pool));
+            prop_assert_eq!(again.map(|d| d.claim), Ok(first.claim));
+        }
+    }
+}

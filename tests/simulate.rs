@@ -1,0 +1,390 @@
+//! `kvmtune simulate`: workload parsing, the metrics, the two baselines, and the
+//! comparison over every fixture host × every workload in tests/data/workloads
+//! (the table of docs/placement.md is written by the ignored test
+//! `write_placement_table`: `cargo test --test simulate -- --ignored`).
+
+use std::path::{Path, PathBuf};
+
+use kvmtune::host::Host;
+use kvmtune::placement::Pool;
+use kvmtune::policy::Policy;
+use kvmtune::simulate::{Event, Report, Simulator, Strategy, Workload, parse_size_kib, simulate};
+
+const GIB: u64 = 1024 * 1024;
+
+fn data(sub: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(sub)
+}
+
+fn fixture_hosts() -> Vec<(String, Host)> {
+    let mut names: Vec<String> = std::fs::read_dir(data("hosts"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let host = Host::read(&data("hosts").join(&n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+            (n, host)
+        })
+        .collect()
+}
+
+const WORKLOADS: [&str; 4] = ["many-small", "mixed", "churn", "fill"];
+
+fn workload(name: &str) -> Workload {
+    Workload::load(&data("workloads").join(format!("{name}.yaml")))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn parse(text: &str) -> Result<Workload, String> {
+    Workload::parse(text, "w.yaml").map_err(|e| e.to_string())
+}
+
+#[test]
+fn parses_arrivals_and_departures() {
+    let w = parse(
+        "# comment\n- {arrive: a, vcpus: 2, memory: 4G, pool: dedicated}\n- arrive: b\n  vcpus: 1\n  memory: 512M\n- {depart: a}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        w.events,
+        vec![
+            Event::Arrive {
+                name: "a".into(),
+                vcpus: 2,
+                memory_kib: 4 * GIB,
+                pool: Some(Pool::Dedicated)
+            },
+            Event::Arrive {
+                name: "b".into(),
+                vcpus: 1,
+                memory_kib: 512 * 1024,
+                pool: None
+            },
+            Event::Depart { name: "a".into() },
+        ]
+    );
+    assert_eq!(w.arrivals(), 2);
+    assert_eq!(parse("").unwrap().events, vec![]);
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(parse_size_kib("4G"), Ok(4 * GIB));
+    assert_eq!(parse_size_kib("4GiB"), Ok(4 * GIB));
+    assert_eq!(parse_size_kib("512M"), Ok(512 * 1024));
+    assert_eq!(parse_size_kib("2048K"), Ok(2048));
+    assert_eq!(parse_size_kib("1T"), Ok(1024 * GIB));
+    assert_eq!(parse_size_kib("1024"), Ok(GIB));
+    assert!(parse_size_kib("4X").unwrap_err().contains("unknown unit"));
+    assert!(
+        parse_size_kib("G")
+            .unwrap_err()
+            .contains("invalid memory size")
+    );
+    assert!(parse_size_kib("0G").is_err());
+}
+
+#[test]
+fn errors_name_file_and_line() {
+    let cases = [
+        (
+            "- {arrive: a, vcpus: 1, memory: 1G}\n- {arrive: b, vcpus: 1, memory: 1G, color: red}\n",
+            "w.yaml:2:",
+            "unknown field `color`",
+        ),
+        (
+            "- {arrive: a, vcpus: 1, memory: 1G}\n\n- {arrive: b, memory: 1G}\n",
+            "w.yaml:3:1:",
+            "needs `vcpus`",
+        ),
+        ("- {arrive: a, vcpus: 1}\n", "w.yaml:1:1:", "needs `memory`"),
+        (
+            "- {arrive: a, vcpus: 0, memory: 1G}\n",
+            "w.yaml:1:1:",
+            "out of range",
+        ),
+        (
+            "- {arrive: a, vcpus: 1, memory: 1G}\n- {depart: b}\n",
+            "w.yaml:2:1:",
+            "'b' departs but is not running",
+        ),
+        (
+            "- {arrive: a, vcpus: 1, memory: 1G}\n- {arrive: a, vcpus: 1, memory: 1G}\n",
+            "w.yaml:2:1:",
+            "arrives again",
+        ),
+        ("- {arrive: a, depart: a}\n", "w.yaml:1:1:", "not both"),
+        ("- {vcpus: 2}\n", "w.yaml:1:1:", "needs `arrive: NAME`"),
+        ("- {depart: a, vcpus: 2}\n", "w.yaml:1:1:", "takes no vcpus"),
+        (
+            "- {arrive: a, vcpus: 1, memory: 1G, pool: exclusive}\n",
+            "w.yaml:1:",
+            "unknown variant `exclusive`",
+        ),
+        (
+            "- {arrive: a, vcpus: 1, memory: 3Q}\n",
+            "w.yaml:1:1:",
+            "unknown unit",
+        ),
+        ("arrive: a\n", "w.yaml:1:", "expected a sequence"),
+    ];
+    for (text, at, what) in cases {
+        let err = parse(text).unwrap_err();
+        assert!(
+            err.starts_with(at) && err.contains(what),
+            "{text:?}: got {err:?}, want {at} … {what}"
+        );
+    }
+}
+
+#[test]
+fn every_shipped_workload_parses() {
+    for name in WORKLOADS {
+        assert!(workload(name).arrivals() > 0, "{name}");
+    }
+}
+
+fn policy() -> Policy {
+    Policy::parse(
+        "version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: none\n",
+        Path::new("test.yaml"),
+    )
+    .unwrap()
+}
+
+/// 2 sockets × 2 nodes × 4 cores × 2 threads = 32 CPUs; siblings N and N+16.
+fn small_host() -> Host {
+    Host::synthetic(2, 2, 4, 2, 16 * GIB)
+}
+
+#[test]
+fn kvmtune_pairs_threads_and_stays_local() {
+    let host = small_host();
+    let w = parse(
+        "- {arrive: a, vcpus: 2, memory: 1G, pool: dedicated}\n- {arrive: b, vcpus: 2, memory: 1G}\n- {arrive: c, vcpus: 6, memory: 1G, pool: dedicated}\n- {arrive: d, vcpus: 12, memory: 1G, pool: dedicated}\n",
+    )
+    .unwrap();
+    let r = simulate(&host, &policy(), &w, Strategy::Kvmtune);
+    assert_eq!((r.placed, r.refused.len()), (4, 0));
+    assert_eq!(r.two_vcpu_guests, 2);
+    assert_eq!(r.smt_paired_pct, Some(100.0));
+    // d (12 vCPUs) exceeds a node (8 CPUs): it spans the 2 nodes of one socket.
+    assert_eq!(r.spanning.len(), 1);
+    assert_eq!(
+        (r.spanning[0].guest.as_str(), r.spanning[0].nodes),
+        ("d", 2)
+    );
+    assert_eq!(r.numa_local_pct, 75.0);
+    assert_eq!(r.reserved_violations, 0);
+    assert_eq!(r.max_vcpus_per_cpu, 1.0);
+    assert!(r.placement_us_max >= r.placement_us_mean);
+}
+
+#[test]
+fn libvirt_default_floats_over_every_cpu() {
+    let host = small_host();
+    let w = parse("- {arrive: a, vcpus: 2, memory: 1G}\n").unwrap();
+    let r = simulate(&host, &policy(), &w, Strategy::LibvirtDefault);
+    assert_eq!(r.placed, 1);
+    assert_eq!(r.numa_local_pct, 0.0);
+    assert_eq!(r.smt_paired_pct, Some(0.0));
+    assert_eq!(r.spanning[0].nodes, 4);
+    // CPU0 is in every floating guest's set.
+    assert_eq!(r.reserved_violations, 1);
+    // Nova-like counting admission: 31 eligible CPUs for dedicated vCPUs.
+    let w = parse(
+        "- {arrive: a, vcpus: 30, memory: 1G, pool: dedicated}\n- {arrive: b, vcpus: 2, memory: 1G, pool: dedicated}\n- {arrive: c, vcpus: 1, memory: 1G, pool: dedicated}\n",
+    )
+    .unwrap();
+    let r = simulate(&host, &policy(), &w, Strategy::LibvirtDefault);
+    assert_eq!(r.placed, 2);
+    assert_eq!(r.refused[0].guest, "b");
+}
+
+#[test]
+fn naive_takes_cpus_in_number_order() {
+    let host = small_host();
+    let policy = policy();
+    let mut sim = Simulator::new(&host, &policy, Strategy::NaiveFirstFit);
+    let a = sim.arrive("a", 2, GIB, Some(Pool::Dedicated)).unwrap();
+    assert_eq!(a.claim.cpus().to_string(), "1-2");
+    let b = sim.arrive("b", 3, GIB, None).unwrap();
+    assert_eq!(b.claim.cpus().to_string(), "3-5");
+    let r = simulate(
+        &host,
+        &policy,
+        &parse("- {arrive: a, vcpus: 2, memory: 1G}\n").unwrap(),
+        Strategy::NaiveFirstFit,
+    );
+    // CPUs 1 and 2 are different cores (siblings are N and N+16).
+    assert_eq!(r.smt_paired_pct, Some(0.0));
+    assert_eq!(r.reserved_violations, 0);
+}
+
+#[test]
+fn memory_is_admitted_and_given_back() {
+    let host = Host::synthetic(1, 2, 2, 2, 4 * GIB);
+    let policy = policy();
+    let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
+    let free = |sim: &Simulator| -> Vec<Option<u64>> {
+        sim.host().nodes.values().map(|n| n.mem_free_kib).collect()
+    };
+    let before = free(&sim);
+    sim.arrive("a", 2, 3 * GIB, None).unwrap();
+    // 3 GiB from node 0 where the vCPUs are.
+    assert_eq!(free(&sim), vec![Some(GIB), Some(4 * GIB)]);
+    sim.arrive("b", 1, 4 * GIB, None).unwrap();
+    let err = sim.arrive("c", 1, 2 * GIB, None).unwrap_err();
+    assert!(err.contains("not enough free memory"), "{err}");
+    sim.depart("b");
+    sim.depart("a");
+    assert_eq!(free(&sim), before);
+    assert!(sim.occupancy().guests.is_empty());
+    assert_eq!(sim.depart("never"), None);
+}
+
+fn run_all(host: &Host, policy: &Policy, w: &Workload) -> [Report; 3] {
+    Strategy::ALL.map(|s| simulate(host, policy, w, s))
+}
+
+/// Where kvmtune is not strictly ahead of a baseline on NUMA-local % or SMT
+/// pairing: (host, workload, why). Ties only; kvmtune is never behind (asserted).
+fn not_ahead(host: &Host, reports: &[Report; 3]) -> Option<String> {
+    let [k, l, n] = reports;
+    let mut why: Vec<String> = Vec::new();
+    if k.numa_local_pct <= n.numa_local_pct || k.numa_local_pct <= l.numa_local_pct {
+        if host.nodes.values().filter(|n| !n.cpus.is_empty()).count() <= 1 {
+            why.push("one NUMA node with CPUs: every strategy is NUMA-local".into());
+        } else if k.placed == 0 {
+            why.push("nothing placed".into());
+        } else {
+            why.push("NUMA-local tie".into());
+        }
+    }
+    match (k.smt_paired_pct, n.smt_paired_pct) {
+        (None, _) => why.push(
+            "no core with two usable threads (or no 2-vCPU guest placed): nothing to pair".into(),
+        ),
+        (Some(a), Some(b)) if a <= b => why.push("SMT pairing tie".into()),
+        _ => {}
+    }
+    for b in [l, n] {
+        if k.refused.len() > b.refused.len() {
+            why.push(format!(
+                "refuses {} more than {}: dedicated guests found no CPU free of other guests' vCPUs",
+                k.refused.len() - b.refused.len(),
+                b.strategy
+            ));
+        }
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// kvmtune's refusals other than the one known cause of extra refusals: a
+/// dedicated guest finding no CPU free of other guests' vCPUs (shared guests are
+/// pinned least-loaded first and keep their CPUs; see docs/placement.md).
+fn unexplained_refusals(k: &Report) -> usize {
+    k.refused
+        .iter()
+        .filter(|r| !(r.pool == Pool::Dedicated && r.reason.contains("dedicated")))
+        .count()
+}
+
+#[test]
+fn kvmtune_is_never_behind_the_baselines() {
+    let policy = Policy::shipped();
+    let mut problems = Vec::new();
+    for (name, host) in fixture_hosts() {
+        for w in WORKLOADS {
+            let reports = run_all(&host, &policy, &workload(w));
+            let [k, l, n] = &reports;
+            let at = format!("{name} × {w}");
+            if k.reserved_violations != 0 || n.reserved_violations != 0 {
+                problems.push(format!("{at}: reserved/CPU0 violations"));
+            }
+            for b in [l, n] {
+                if k.refused.len() > b.refused.len() && unexplained_refusals(k) > b.refused.len() {
+                    problems.push(format!(
+                        "{at}: kvmtune refused {} > {} {}: {:?}",
+                        k.refused.len(),
+                        b.refused.len(),
+                        b.strategy,
+                        k.refused
+                    ));
+                }
+                if k.numa_local_pct < b.numa_local_pct {
+                    problems.push(format!(
+                        "{at}: NUMA-local {} < {} {}",
+                        k.numa_local_pct, b.numa_local_pct, b.strategy
+                    ));
+                }
+                if k.smt_paired_pct.unwrap_or(0.0) < b.smt_paired_pct.unwrap_or(0.0) {
+                    problems.push(format!(
+                        "{at}: SMT {:?} < {:?} {}",
+                        k.smt_paired_pct, b.smt_paired_pct, b.strategy
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+fn pct(p: f64) -> String {
+    format!("{p:.0}")
+}
+
+/// Writes the comparison table into docs/placement.md (between the markers).
+#[test]
+#[ignore = "writes docs/placement.md; run with --ignored"]
+fn write_placement_table() {
+    let policy = Policy::shipped();
+    let mut table = String::from(
+        "| host | workload | placed / refused (kvmtune · libvirt · naive) | NUMA-local % | L3-local % | SMT-paired % of 2-vCPU | spanning guests (max nodes) | max vCPUs/CPU | CPU0/reserved violations |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut notes = Vec::new();
+    for (name, host) in fixture_hosts() {
+        for w in WORKLOADS {
+            let reports = run_all(&host, &policy, &workload(w));
+            let col = |f: &dyn Fn(&Report) -> String| {
+                reports.iter().map(f).collect::<Vec<_>>().join(" · ")
+            };
+            table.push_str(&format!(
+                "| {name} | {w} | {} | {} | {} | {} | {} | {} | {} |\n",
+                col(&|r| format!("{}/{}", r.placed, r.refused.len())),
+                col(&|r| pct(r.numa_local_pct)),
+                col(&|r| pct(r.l3_local_pct)),
+                col(&|r| r.smt_paired_pct.map_or("n/a".into(), pct)),
+                col(&|r| format!(
+                    "{} ({})",
+                    r.spanning.len(),
+                    r.spanning.iter().map(|s| s.nodes).max().unwrap_or(0)
+                )),
+                col(&|r| format!("{:.1}", r.max_vcpus_per_cpu)),
+                col(&|r| r.reserved_violations.to_string()),
+            ));
+            if let Some(why) = not_ahead(&host, &reports) {
+                notes.push(format!("- {name} × {w}: {why}"));
+            }
+        }
+    }
+    let generated = format!(
+        "{table}\nWhere kvmtune is not strictly ahead of both baselines (never behind; \
+         asserted by `kvmtune_is_never_behind_the_baselines`):\n\n{}\n",
+        notes.join("\n")
+    );
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/placement.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let (begin, end) = ("<!-- table:begin -->\n", "<!-- table:end -->");
+    let start = doc.find(begin).expect("begin marker") + begin.len();
+    let stop = doc.find(end).expect("end marker");
+    let updated = format!("{}{generated}{}", &doc[..start], &doc[stop..]);
+    std::fs::write(&path, updated).unwrap();
+}
