@@ -199,7 +199,8 @@ RPM_DATE=$(LC_ALL=C date -u -d "@$SOURCE_DATE_EPOCH" '+%a %b %d %Y')
     $0 == "@DESCRIPTION@" { print description; next }
     $0 == "@CHANGELOG@" { print changelog; next }
     { print }' >"$SPEC"
-rpmbuild -bb --quiet \
+# (Debian's rpmbuild creates ~/.rpmdb whatever --dbpath says: keep it in $WORK.)
+HOME=$WORK rpmbuild -bb --quiet --dbpath "$WORK/rpmdb" \
     --target "$RPM_ARCH" \
     --define "_topdir $WORK/rpmbuild" \
     --define "_rpmdir $OUT" \

@@ -225,8 +225,9 @@ check "deb owns /etc/libvirt/hooks/qemu.d" grep -q ' \./etc/libvirt/hooks/qemu\.
 check "every file is root:root" bash -c "! awk '\$2 != \"root/root\"' '$ART/deb-contents.txt' | grep -q ."
 
 step "inspect the .rpm (rpm -qip / -qlp)"
-# Queries open an rpm database: a scratch one, not ~/.rpmdb on the build machine.
-rpm() { command rpm --dbpath "$ART/rpmdb" "$@"; }
+# Queries open an rpm database: a scratch one, not ~/.rpmdb on the build machine
+# (Debian's rpm creates ~/.rpmdb whatever --dbpath says, hence HOME).
+rpm() { HOME=$ART command rpm --dbpath "$ART/rpmdb" "$@"; }
 rpm -qip "$RPM" >"$ART/rpm-info.txt" 2>&1
 rpm -qp --requires "$RPM" >"$ART/rpm-requires.txt" 2>&1
 rpm -qp --scripts "$RPM" >"$ART/rpm-scripts.txt" 2>&1

@@ -108,7 +108,7 @@ pub fn write_man_pages(dir: &Path, date: &str) -> Result<Vec<PathBuf>> {
 /// Writes the bash and zsh completions into `dir` (created if missing).
 pub fn write_completions(dir: &Path) -> Result<Vec<PathBuf>> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut cmd = Cli::command();
+    let mut cmd = visible_command();
     let mut written = Vec::new();
     for shell in [Shell::Bash, Shell::Zsh] {
         let path = clap_complete::generate_to(shell, &mut cmd, "kvmtune", dir)
@@ -116,6 +116,20 @@ pub fn write_completions(dir: &Path) -> Result<Vec<PathBuf>> {
         written.push(path);
     }
     Ok(written)
+}
+
+/// The command line without hidden subcommands (clap_complete would offer them):
+/// the same root arguments and the visible subcommands under a fresh root.
+fn visible_command() -> clap::Command {
+    let cli = Cli::command();
+    let mut root = clap::Command::new("kvmtune")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(cli.get_arguments().cloned())
+        .subcommands(cli.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    if let Some(about) = cli.get_about() {
+        root = root.about(about.clone());
+    }
+    root
 }
 
 /// kvmtune.8 and one page per visible subcommand, as (file name, roff text).
@@ -953,5 +967,12 @@ mod tests {
         assert!(bash.contains("complete -F _kvmtune"), "{bash}");
         let zsh = fs::read_to_string(comp.join("_kvmtune")).unwrap();
         assert!(zsh.starts_with("#compdef kvmtune"), "{zsh}");
+        for (shell, text) in [("bash", &bash), ("zsh", &zsh)] {
+            assert!(text.contains("plan"), "{shell}: {text}");
+            assert!(
+                !text.contains("generate"),
+                "{shell} offers the hidden command"
+            );
+        }
     }
 }

@@ -160,9 +160,24 @@ pub fn eligible_cpus(
 /// Places `request` on `host` given `occupancy`.
 pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Placement, NoRoom> {
     let wanted = request.vcpus.max(1) as usize;
-    let load = occupancy.cpu_load();
-    let load_of = |cpu: u32| load.get(&cpu).copied().unwrap_or(0.0);
-    let dedicated = occupancy.dedicated_cpus();
+    // One pass over the running guests, without allocating a set per vCPU: the
+    // vCPU load per CPU (as `Occupancy::cpu_load`) and the dedicated CPUs.
+    let mut load = vec![0.0f64; host.online.iter().last().map_or(0, |c| c as usize + 1)];
+    let mut dedicated = CpuSet::new();
+    for claim in occupancy.guests.values() {
+        for set in &claim.vcpus {
+            let share = 1.0 / set.len().max(1) as f64;
+            for cpu in set.iter() {
+                if let Some(l) = load.get_mut(cpu as usize) {
+                    *l += share;
+                }
+                if claim.pool == Pool::Dedicated {
+                    dedicated.insert(cpu);
+                }
+            }
+        }
+    }
+    let load_of = |cpu: u32| load.get(cpu as usize).copied().unwrap_or(0.0);
     let available: CpuSet = match request.pool {
         Pool::Shared => request
             .eligible
@@ -346,11 +361,9 @@ fn units(host: &Host, level: Level) -> Vec<(CpuSet, u32)> {
     for node in host.nodes.values() {
         match level {
             Level::Core => {
-                for core in &host.cores {
-                    let cpus = core.cpus.intersection(&node.cpus);
-                    if !cpus.is_empty() {
-                        out.push((cpus, node.id));
-                    }
+                // `intersects` first: no allocation for the cores of other nodes.
+                for core in host.cores.iter().filter(|c| c.cpus.intersects(&node.cpus)) {
+                    out.push((core.cpus.intersection(&node.cpus), node.id));
                 }
             }
             Level::L3 => {

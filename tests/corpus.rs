@@ -152,8 +152,7 @@ fn append_to(xml: &str, path: &[&str], what: &str) -> String {
     match find(xml, path) {
         Some(r) => {
             let elem = &xml[r.clone()];
-            if elem.ends_with("/>") {
-                let open = &elem[..elem.len() - 2];
+            if let Some(open) = elem.strip_suffix("/>") {
                 let name = path.last().unwrap();
                 splice(xml, r, &format!("{open}>{what}</{name}>"))
             } else {
@@ -713,7 +712,7 @@ fn check_base(
                     .push(format!("{what}: content outside edited elements changed"));
             }
             // Schema sample: a third of the variants (all kinds, all bases).
-            if j == 0 && (index + v) % 3 == 0 {
+            if j == 0 && (index + v).is_multiple_of(3) {
                 tally.sample.push((what.clone(), xml.clone(), once));
             }
         }

@@ -157,18 +157,9 @@ impl Bin {
         let writer = std::thread::spawn(move || {
             let _ = input.write_all(&stdin);
         });
-        let pid = child.id() as libc::pid_t;
-        let mut status = 0;
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         let code = loop {
-            // SAFETY: waiting for our own child, with valid out-pointers.
-            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-            if r == pid {
-                break if libc::WIFEXITED(status) {
-                    Some(libc::WEXITSTATUS(status))
-                } else {
-                    None
-                };
+            if let Some(status) = child.try_wait().unwrap() {
+                break status.code();
             }
             if started.elapsed() > timeout {
                 let _ = child.kill();
@@ -208,8 +199,8 @@ impl Bin {
 
 /// Heap bound for every hook process these tests run: RLIMIT_DATA (brk and private
 /// mappings, Linux >= 4.7). A hook that read 50 MB of stdin or an endless status file
-/// into memory would abort on allocation failure instead of exiting 0. (wait4's
-/// ru_maxrss cannot measure this: a spawned child inherits the test process's peak.)
+/// into memory would abort on allocation failure instead of exiting 0. (ru_maxrss
+/// cannot measure this: a spawned child inherits the test process's peak.)
 const HOOK_DATA_LIMIT: u64 = 48 * 1024 * 1024;
 
 fn limit_memory(cmd: &mut Command) {
