@@ -274,8 +274,19 @@ fn stage_dispatch(
         error,
         on_error: OnError::Allow,
     };
-    let policy = Policy::load_checked(&env.policy, env.allow_insecure_policy)
-        .map_err(|e| fail_allow(anyhow!("policy: {e}")))?;
+    let policy = match Policy::load_checked(&env.policy, env.allow_insecure_policy) {
+        Ok(policy) => policy,
+        // Freeing a claim needs no policy: a broken policy must not leave the CPUs
+        // of a stopped guest claimed.
+        Err(e) if op == "release" => {
+            log.error(format!(
+                "guest={} stage=release-end policy: {e}; freeing the claim anyway",
+                sanitize(guest)
+            ));
+            Policy::default()
+        }
+        Err(e) => return Err(fail_allow(anyhow!("policy: {e}"))),
+    };
     let on_error = policy.on_error;
     let fail = |error: anyhow::Error| Failure { error, on_error };
     let (domain, xml) =
@@ -301,7 +312,6 @@ fn stage_dispatch(
         "reconnect" => reconnect(&ctx),
         _ => Ok(Outcome::default()),
     };
-    let _ = log;
     result.map_err(fail)
 }
 

@@ -375,3 +375,14 @@ fn started_pins_the_vcpu_thread_and_other_threads_of_a_real_process() {
     assert!(out.summary.contains("effective vcpu0=1"), "{}", out.summary);
     assert_eq!(ledger(&f).guests["rt"].state, ledger::EntryState::Running);
 }
+
+#[test]
+fn release_frees_the_claim_even_when_the_policy_broke_meanwhile() {
+    let f = fixture("intel-core-i5-m560-laptop-1s2c2t", POLICY);
+    let xml = conforming("g", 1);
+    assert_eq!(hook(&f, "g", "prepare", "begin", &xml).exit, 0);
+    assert!(ledger(&f).guests.contains_key("g"));
+    std::fs::write(&f.env.policy, "version: 1\nhost: [broken\n").unwrap();
+    assert_eq!(hook(&f, "g", "release", "end", &xml).exit, 0);
+    assert!(ledger(&f).guests.is_empty());
+}
