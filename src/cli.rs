@@ -242,6 +242,9 @@ fn run_check(args: &CheckArgs) -> Result<ExitCode> {
     if !problems.is_empty() {
         return Ok(ExitCode::from(exit::USAGE));
     }
+    for warning in policy.warnings_against(&host.online, &nodes) {
+        eprintln!("kvmtune: warning: {warning}");
+    }
     println!(
         "{}: valid for this host ({}; {} rule(s))",
         policy.source.display(),
