@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use kvmtune::host::Host;
-use kvmtune::placement::{Occupancy, Pool, Request, eligible_cpus, place};
+use kvmtune::placement::{Occupancy, Pool, Request, ThreadPolicy, eligible_cpus, place};
 use kvmtune::policy::Policy;
 use kvmtune::simulate::{Simulator, Strategy};
 
@@ -57,6 +57,8 @@ fn main() {
         pool,
         eligible: eligible.clone(),
         cpu_allocation_ratio: 16.0,
+        thread_policy: ThreadPolicy::Prefer,
+        memory_strict: false,
     };
     let iterations = 500;
     let baseline = time_per_iter(iterations, || {

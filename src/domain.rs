@@ -166,12 +166,13 @@ impl Domain {
         }
         let doc = parse_document(xml)?;
         let root = doc.root_element();
-        if root.tag_name().name() != "domain" || root.tag_name().namespace().is_some() {
+        if root.tag_name().name() != "domain"
+            || root.tag_name().namespace().is_some_and(|ns| !ns.is_empty())
+        {
             return Err(DomainError::NotADomain(root.tag_name().name().to_string()));
         }
-        let name = child(root, "name")
-            .and_then(|n| n.text())
-            .map(str::trim)
+        let name_text = child(root, "name").map(text_of).unwrap_or_default();
+        let name = Some(name_text.trim())
             .filter(|n| !n.is_empty())
             .ok_or(DomainError::NoName)?
             .to_string();
@@ -186,7 +187,7 @@ impl Domain {
         };
 
         let vcpu = child(root, "vcpu");
-        let vcpus_max = match vcpu.and_then(|v| v.text()) {
+        let vcpus_max = match vcpu.map(text_of) {
             Some(text) => parse_count(text.trim(), 1, MAX_VCPUS)
                 .ok_or_else(|| bad("vcpu", text.trim(), format!("expected 1..={MAX_VCPUS}")))?,
             None => 1,
@@ -202,7 +203,8 @@ impl Domain {
         };
         let memory_kib = match child(root, "memory") {
             Some(m) => {
-                let text = m.text().unwrap_or("").trim();
+                let joined = text_of(m);
+                let text = joined.trim();
                 memory_to_kib(text, m.attribute("unit")).ok_or_else(|| {
                     bad("memory", text, "expected a size in the given unit".into())
                 })?
@@ -244,7 +246,7 @@ impl Domain {
             })
             .unwrap_or_default();
         if iothread_ids.is_empty()
-            && let Some(n) = child(root, "iothreads").and_then(|t| t.text())
+            && let Some(n) = child(root, "iothreads").map(text_of)
         {
             let n = parse_count(n.trim(), 0, 1024)
                 .ok_or_else(|| bad("iothreads", n.trim(), "expected 0..=1024".into()))?;
@@ -369,8 +371,7 @@ impl Domain {
                         && n.tag_name().name() == "rule"
                 })
             })
-            .and_then(|n| n.text())
-            .map(|t| t.trim().to_string());
+            .map(|n| text_of(n).trim().to_string());
         let nova_flavor = metadata
             .and_then(|m| {
                 m.descendants().find(|n| {
@@ -383,9 +384,7 @@ impl Domain {
             .map(str::to_string);
 
         Ok(Domain {
-            uuid: child(root, "uuid")
-                .and_then(|u| u.text())
-                .map(|u| u.trim().to_string()),
+            uuid: child(root, "uuid").map(|u| text_of(u).trim().to_string()),
             hypervisor: root.attribute("type").unwrap_or("").to_string(),
             name,
             vcpus_max,
@@ -460,7 +459,18 @@ pub fn children<'a, 'i: 'a>(
 }
 
 fn is_libvirt_element(node: Node<'_, '_>, name: &str) -> bool {
-    node.is_element() && node.tag_name().name() == name && node.tag_name().namespace().is_none()
+    node.is_element()
+        && node.tag_name().name() == name
+        && node.tag_name().namespace().is_none_or(str::is_empty)
+}
+
+/// An element's text as libvirt reads it: all its text and CDATA children joined,
+/// comments skipped (`<vcpu><!-- c -->4</vcpu>` is 4, not the empty first node).
+pub fn text_of(node: Node<'_, '_>) -> String {
+    node.children()
+        .filter(|c| c.is_text())
+        .filter_map(|c| c.text())
+        .collect()
 }
 
 fn parse_count(text: &str, min: u32, max: u32) -> Option<u32> {

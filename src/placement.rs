@@ -22,6 +22,22 @@ pub enum Pool {
     Dedicated,
 }
 
+/// How a dedicated guest treats the SMT sibling threads of its CPUs (Nova's
+/// `hw:cpu_thread_policy`). Shared guests ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ThreadPolicy {
+    /// Sibling threads are used when that fits best (vCPU pairs on one core).
+    #[default]
+    Prefer,
+    /// Each vCPU gets a core of its own: the sibling threads stay empty (held by
+    /// the guest, so no other guest lands there).
+    Isolate,
+    /// Only whole cores: every core the guest uses is entirely its own, vCPUs on
+    /// sibling threads; refused on a host without SMT.
+    Require,
+}
+
 /// What one running (or starting) guest holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Claim {
@@ -115,6 +131,11 @@ pub struct Request {
     pub eligible: CpuSet,
     /// Shared CPUs take at most this many vCPUs each (Nova's cpu_allocation_ratio).
     pub cpu_allocation_ratio: f64,
+    /// Dedicated pool: what happens to the sibling threads of the guest's CPUs.
+    pub thread_policy: ThreadPolicy,
+    /// Memory bound strictly to the chosen nodes (`memory_mode: strict` or
+    /// `restrictive`): never placed on nodes without the guest's memory free.
+    pub memory_strict: bool,
 }
 
 /// Where a guest goes.
@@ -205,11 +226,82 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
         }));
     }
 
+    // Thread policy (dedicated only): only cores no other guest touches; isolate
+    // searches one thread per core (a vCPU per core), require whole cores.
+    let thread_policy = match request.pool {
+        Pool::Dedicated => request.thread_policy,
+        Pool::Shared => ThreadPolicy::Prefer,
+    };
+    let (available, free_cores) = match thread_policy {
+        ThreadPolicy::Prefer => (available, None),
+        policy => {
+            let name = thread_policy_name(policy);
+            if policy == ThreadPolicy::Require
+                && !host
+                    .cores
+                    .iter()
+                    .any(|c| c.cpus.intersection(&request.eligible).len() >= 2)
+            {
+                return Err(NoRoom(format!(
+                    "thread_policy: {name} needs SMT, and no core of this host has two threads guests may use"
+                )));
+            }
+            // Isolate: cores no other guest uses (a thread guests may not use,
+            // such as CPU0's sibling, just stays empty). Require: cores whose
+            // every online thread is free for this guest.
+            let free: CpuSet = available
+                .iter()
+                .filter(|cpu| {
+                    host.core_of(*cpu).is_none_or(|core| {
+                        core.cpus.iter().all(|t| {
+                            let unused = load_of(t) == 0.0 && !dedicated.contains(t);
+                            match policy {
+                                ThreadPolicy::Require => {
+                                    available.contains(t) || !host.online.contains(t)
+                                }
+                                _ => unused,
+                            }
+                        })
+                    })
+                })
+                .collect();
+            let searched: CpuSet = match policy {
+                ThreadPolicy::Isolate => free
+                    .iter()
+                    .filter(|cpu| {
+                        host.core_of(*cpu)
+                            .and_then(|core| core.cpus.intersection(&free).first())
+                            .is_none_or(|first| first == *cpu)
+                    })
+                    .collect(),
+                _ => free.clone(),
+            };
+            if searched.is_empty() {
+                return Err(NoRoom(format!(
+                    "no free whole core left for thread_policy: {name} (free dedicated CPUs {available} all have a busy sibling)"
+                )));
+            }
+            (searched, Some((policy, free)))
+        }
+    };
+
     // Memory first: the chosen node(s) must have the guest's memory free. When no
     // node (set) has, the CPUs still go where they fit best and the memory comes
-    // from wherever the kernel finds it (the policy's mode says how strictly).
+    // from wherever the kernel finds it, unless the memory binding is strict.
     for memory in [true, false] {
+        if !memory && request.memory_strict {
+            if search(host, request, &available, &load_of, false).is_some() {
+                return Err(NoRoom(format!(
+                    "no node (set) with room for the {wanted} vCPUs has the guest's {} MiB free, and strict memory binding never overcommits a node",
+                    request.memory_kib / 1024
+                )));
+            }
+            break;
+        }
         if let Some(mut placement) = search(host, request, &available, &load_of, memory) {
+            if let Some((policy, free)) = &free_cores {
+                hold_whole_cores(host, &mut placement, *policy, free);
+            }
             if !memory {
                 placement.why.push_str(
                     "; no node with these CPUs has the guest's memory free, so memory also comes from other nodes",
@@ -233,7 +325,15 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
                 )));
             }
             let vcpus = assign_overcommitted(host, &available, wanted, &load_of, ratio);
-            let nodes = nodes_of(host, &available);
+            // CPUs at the ratio got no vCPU: the placement is what was used.
+            let cpus = vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
+            let nodes = nodes_of(host, &cpus);
+            if request.memory_strict && !memory_fits(host, &nodes, request.memory_kib) {
+                return Err(NoRoom(format!(
+                    "nodes {nodes} do not have the guest's {} MiB free, and strict memory binding never overcommits a node",
+                    request.memory_kib / 1024
+                )));
+            }
             Ok(Placement {
                 level: Level::Host,
                 why: format!(
@@ -241,7 +341,7 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
                     available.len()
                 ),
                 vcpus,
-                cpus: available.clone(),
+                cpus,
                 nodes,
             })
         }
@@ -348,6 +448,61 @@ fn search(
     }
 
     None
+}
+
+fn thread_policy_name(policy: ThreadPolicy) -> &'static str {
+    match policy {
+        ThreadPolicy::Prefer => "prefer",
+        ThreadPolicy::Isolate => "isolate",
+        ThreadPolicy::Require => "require",
+    }
+}
+
+/// Makes a dedicated placement hold whole cores: isolate pins each vCPU to all
+/// free threads of its core (the siblings stay empty, and held); require gives
+/// the free threads of a core the guest uses that no vCPU got to the core's last
+/// vCPU. `free` = the CPUs of cores no other guest touches.
+fn hold_whole_cores(host: &Host, placement: &mut Placement, policy: ThreadPolicy, free: &CpuSet) {
+    let within = node_cpus(host, &placement.nodes);
+    let free_of = |cpu: u32| {
+        host.core_of(cpu).map_or_else(
+            || CpuSet::single(cpu),
+            |core| core.cpus.intersection(free).intersection(&within),
+        )
+    };
+    match policy {
+        ThreadPolicy::Prefer => return,
+        ThreadPolicy::Isolate => {
+            for set in &mut placement.vcpus {
+                if let Some(cpu) = set.first() {
+                    *set = set.union(&free_of(cpu));
+                }
+            }
+        }
+        ThreadPolicy::Require => {
+            let used = placement.cpus.clone();
+            let mut last_on_core: BTreeMap<u32, usize> = BTreeMap::new();
+            for (v, set) in placement.vcpus.iter().enumerate() {
+                if let Some(cpu) = set.first() {
+                    let core_first = free_of(cpu).first().unwrap_or(cpu);
+                    last_on_core.insert(core_first, v);
+                }
+            }
+            for (core_first, v) in last_on_core {
+                let spare = free_of(core_first).difference(&used);
+                placement.vcpus[v] = placement.vcpus[v].union(&spare);
+            }
+        }
+    }
+    placement.cpus = placement
+        .vcpus
+        .iter()
+        .fold(CpuSet::new(), |a, s| a.union(s));
+    let name = thread_policy_name(policy);
+    placement.why.push_str(&format!(
+        "; thread_policy: {name}, whole cores held: CPUs {}",
+        placement.cpus
+    ));
 }
 
 /// Orders f64 loads (never NaN here) as integers in 1/1000 vCPU steps.

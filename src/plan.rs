@@ -418,6 +418,11 @@ impl Planner<'_> {
                 pool: self.settings.pool,
                 eligible: eligible.clone(),
                 cpu_allocation_ratio: f64::from(self.settings.cpu_allocation_ratio),
+                thread_policy: self.settings.thread_policy,
+                memory_strict: matches!(
+                    self.settings.memory_mode,
+                    MemoryMode::Strict | MemoryMode::Restrictive
+                ),
             };
             let others = occupancy.without(&self.domain.name);
             match place(self.host, &others, &request) {
@@ -499,6 +504,21 @@ impl Planner<'_> {
             EmulatorPlacement::Housekeeping => {
                 self.note("1.3", "emulator: housekeeping, but the host has no housekeeping CPU; emulator threads stay with the vCPUs".into());
                 placement.cpus.clone()
+            }
+            EmulatorPlacement::NodeShared => {
+                let shared = node_shared_cpus(
+                    self.host,
+                    &placement,
+                    &eligible,
+                    &occupancy.without(&self.domain.name),
+                    self.plan.pool,
+                );
+                if shared.is_empty() {
+                    self.note("1.1", "emulator: node-shared, but the guest's nodes have no shared CPU left; emulator threads stay with the vCPUs".into());
+                    placement.cpus.clone()
+                } else {
+                    shared
+                }
             }
         };
         let keep_own = self.settings.existing_pins == ExistingPins::Keep;
@@ -784,7 +804,31 @@ fn emulator_name(e: EmulatorPlacement) -> &'static str {
     match e {
         EmulatorPlacement::WithVcpus => "with-vcpus",
         EmulatorPlacement::Housekeeping => "housekeeping",
+        EmulatorPlacement::NodeShared => "node-shared",
     }
+}
+
+/// `emulator: node-shared`: the CPUs of the guest's NUMA node(s) that guests may
+/// use and no dedicated guest holds; a dedicated guest's own vCPU CPUs excluded.
+fn node_shared_cpus(
+    host: &Host,
+    placement: &Placement,
+    eligible: &CpuSet,
+    others: &Occupancy,
+    pool: Pool,
+) -> CpuSet {
+    let node_cpus = host
+        .nodes
+        .values()
+        .filter(|n| placement.nodes.contains(n.id))
+        .fold(CpuSet::new(), |acc, n| acc.union(&n.cpus));
+    let mut shared = node_cpus
+        .intersection(eligible)
+        .difference(&others.dedicated_cpus());
+    if pool == Pool::Dedicated {
+        shared = shared.difference(&placement.cpus);
+    }
+    shared
 }
 
 /// libvirt's name for a memory mode.

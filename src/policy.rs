@@ -24,7 +24,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::cpuset::CpuSet;
-use crate::placement::Pool;
+use crate::placement::{Pool, ThreadPolicy};
 
 mod locate;
 
@@ -114,6 +114,10 @@ pub enum EmulatorPlacement {
     WithVcpus,
     /// On the host's reserved (housekeeping) CPUs; falls back to with-vcpus when none.
     Housekeeping,
+    /// On the shared CPUs of the guest's NUMA node(s): eligible CPUs no dedicated
+    /// guest holds (a dedicated guest's own vCPU CPUs excluded); falls back to
+    /// with-vcpus when there are none.
+    NodeShared,
 }
 
 /// Guests that already pin vCPUs (e.g. Nova `hw:cpu_policy=dedicated`).
@@ -198,6 +202,10 @@ pub struct Settings {
     pub pool: Pool,
     /// Shared pool: at most this many vCPUs per host CPU (Nova's cpu_allocation_ratio).
     pub cpu_allocation_ratio: u32,
+    /// 1.1, dedicated pool: `prefer` (sibling threads used when that fits best),
+    /// `isolate` (one vCPU per core, siblings left empty) or `require` (whole cores
+    /// only), as Nova's `hw:cpu_thread_policy`.
+    pub thread_policy: ThreadPolicy,
     /// Restrict placement to these NUMA nodes (None = any node).
     pub nodes: Option<CpuSet>,
 }
@@ -220,6 +228,7 @@ impl Default for Settings {
             nodes: None,
             pool: Pool::Shared,
             cpu_allocation_ratio: 16,
+            thread_policy: ThreadPolicy::Prefer,
         }
     }
 }
@@ -762,6 +771,7 @@ struct RawSettings {
     cpu_mode: Option<CpuModeAction>,
     pool: Option<Pool>,
     cpu_allocation_ratio: Option<u32>,
+    thread_policy: Option<ThreadPolicy>,
     /// `None`: key absent (inherit the defaults'); `Some(NodeList(None))`: any node.
     #[serde(default, deserialize_with = "present")]
     nodes: Option<NodeList>,
@@ -786,6 +796,7 @@ impl RawSettings {
             cpu_allocation_ratio: self
                 .cpu_allocation_ratio
                 .unwrap_or(base.cpu_allocation_ratio),
+            thread_policy: self.thread_policy.unwrap_or(base.thread_policy),
             nodes: match self.nodes {
                 Some(given) => given.0,
                 None => base.nodes.clone(),

@@ -202,8 +202,8 @@ fn domain_root<'a, 'i>(doc: &'a Document<'i>) -> Result<Node<'a, 'i>, RewriteErr
     let root = doc.root_element();
     let name = root.tag_name();
     match name.namespace() {
-        None if name.name() == "domain" => Ok(root),
-        None => Err(RewriteError::NotADomain(name.name().to_owned())),
+        None | Some("") if name.name() == "domain" => Ok(root),
+        None | Some("") => Err(RewriteError::NotADomain(name.name().to_owned())),
         Some(ns) => Err(RewriteError::NotADomain(format!(
             "{} xmlns=\"{ns}\"",
             name.name()

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::cpuset::CpuSet;
 use crate::host::Host;
 use crate::placement::{Claim, Occupancy, Pool, Request, eligible_cpus, place};
-use crate::policy::{GuestFacts, IrqCpus, Policy};
+use crate::policy::{GuestFacts, IrqCpus, MemoryMode, Policy};
 
 /// Largest vCPU count a workload may ask for (libvirt's own limit is lower).
 pub const MAX_VCPUS: u32 = 4096;
@@ -504,6 +504,11 @@ impl<'a> Simulator<'a> {
                     pool,
                     eligible,
                     cpu_allocation_ratio: f64::from(ratio),
+                    thread_policy: settings.thread_policy,
+                    memory_strict: matches!(
+                        settings.memory_mode,
+                        MemoryMode::Strict | MemoryMode::Restrictive
+                    ),
                 };
                 let p = place(&self.host, &self.occupancy, &request).map_err(|e| e.0)?;
                 Claim {

@@ -208,8 +208,8 @@ fn mutate(base: &[u8], muts: &[Mutation]) -> Vec<u8> {
 }
 
 proptest! {
-    // Bounded: a few hundred cases each keep this in seconds (debug build).
-    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+    // Bounded: 1,000 cases each keep this to seconds (debug build).
+    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_domains_never_panic_the_parser_or_the_rewrite(

@@ -952,12 +952,9 @@ fn a_running_guest_whose_status_file_turns_unreadable_keeps_its_claim() {
     }
 }
 
-/// Known gap (domain.rs, reported): a comment inside a value splits its text, and
-/// only the first text node is read, so `<vcpu><!-- c -->4</vcpu>` reads as the
-/// default 1 vCPU where libvirt reads 4. libvirt's own formatted XML (what the hook
-/// gets) never has comments there; hand-written files given to `plan`/`apply` can.
+/// A comment inside a value splits its text into two nodes; the value is read as
+/// libvirt reads it: `<vcpu><!-- c -->4</vcpu>` is 4 vCPUs.
 #[test]
-#[ignore = "domain.rs reads only the first text node of a value; reported"]
 fn a_comment_inside_a_value_does_not_change_it() {
     let xml = "<domain type='kvm'><name>c</name><memory unit='MiB'>256</memory><vcpu placement='static'><!-- four -->4</vcpu></domain>";
     assert_eq!(Domain::parse(xml).unwrap().vcpus_max, 4);

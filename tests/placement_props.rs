@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use kvmtune::CpuSet;
 use kvmtune::host::Host;
-use kvmtune::placement::{Occupancy, Pool};
+use kvmtune::placement::{Occupancy, Pool, Request, ThreadPolicy, eligible_cpus, nodes_of, place};
 use kvmtune::policy::Policy;
 use kvmtune::simulate::{Simulator, Strategy as Placer};
 
@@ -40,14 +40,20 @@ fn host_shape() -> impl Strategy<Value = (u32, u32, u32, u32, u64)> {
     (1u32..=2, 1u32..=3, 1u32..=6, 1u32..=2, 2u64..=24)
 }
 
+const THREAD_POLICIES: [&str; 3] = ["prefer", "isolate", "require"];
+
 fn policy(reserved: &str, allow_cpu0: bool, ratio: u32) -> Policy {
+    policy_with_threads(reserved, allow_cpu0, ratio, "prefer")
+}
+
+fn policy_with_threads(reserved: &str, allow_cpu0: bool, ratio: u32, threads: &str) -> Policy {
     let text = format!(
-        "version: 1\nhost:\n  reserved_cpus: {reserved}\n  irq_cpus: none\n  allow_cpu0: {allow_cpu0}\ndefaults:\n  cpu_allocation_ratio: {ratio}\n"
+        "version: 1\nhost:\n  reserved_cpus: {reserved}\n  irq_cpus: none\n  allow_cpu0: {allow_cpu0}\ndefaults:\n  cpu_allocation_ratio: {ratio}\n  thread_policy: {threads}\n"
     );
     Policy::parse(&text, Path::new("props.yaml")).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn check_invariants(sim: &Simulator, ratio: u32) -> Result<(), TestCaseError> {
+fn check_invariants(sim: &Simulator, ratio: u32, threads: &str) -> Result<(), TestCaseError> {
     let occupancy: &Occupancy = sim.occupancy();
     let mut taken = CpuSet::new();
     for (name, claim) in &occupancy.guests {
@@ -64,7 +70,11 @@ fn check_invariants(sim: &Simulator, ratio: u32) -> Result<(), TestCaseError> {
         prop_assert!(!claim.vcpus.is_empty());
         if claim.pool == Pool::Dedicated {
             // One CPU per vCPU, all different, held by nobody else.
-            prop_assert_eq!(cpus.len(), claim.vcpus.len(), "{} shares CPUs", name);
+            let sizes: usize = claim.vcpus.iter().map(CpuSet::len).sum();
+            prop_assert_eq!(cpus.len(), sizes, "{} has vCPUs sharing a CPU", name);
+            if threads == "prefer" {
+                prop_assert_eq!(cpus.len(), claim.vcpus.len(), "{} shares CPUs", name);
+            }
             prop_assert!(
                 !cpus.intersects(&taken),
                 "{name}: dedicated CPUs {} handed out twice",
@@ -83,6 +93,39 @@ fn check_invariants(sim: &Simulator, ratio: u32) -> Result<(), TestCaseError> {
             );
         }
     }
+    // isolate / require: no other guest on a sibling thread of a dedicated guest's
+    // CPUs; require: every usable thread of a core it touches is its own.
+    if threads != "prefer" {
+        let host = sim.host();
+        let usable = host.online.difference(sim.forbidden());
+        for (name, claim) in &occupancy.guests {
+            if claim.pool != Pool::Dedicated {
+                continue;
+            }
+            let cpus = claim.cpus();
+            let cores: CpuSet = cpus
+                .iter()
+                .flat_map(|c| host.core_of(c).map(|k| k.cpus.iter().collect::<Vec<_>>()))
+                .flatten()
+                .collect();
+            for (other, oc) in &occupancy.guests {
+                if other != name {
+                    prop_assert!(
+                        !oc.cpus().intersects(&cores),
+                        "{other} on a sibling of isolated/whole-core guest {name}"
+                    );
+                }
+            }
+            if threads == "require" {
+                prop_assert_eq!(
+                    cores.intersection(&usable),
+                    cpus.clone(),
+                    "{} does not hold whole cores",
+                    name
+                );
+            }
+        }
+    }
     for (cpu, load) in occupancy.cpu_load() {
         prop_assert!(
             load <= f64::from(ratio) + 1e-9,
@@ -99,6 +142,7 @@ fn run(
     ratio: u32,
     ops: &[Op],
     strategy: Placer,
+    threads: &str,
 ) -> Result<(), TestCaseError> {
     let (sockets, nps, cpn, tpc, gib) = shape;
     let host = Host::synthetic(sockets, nps, cpn, tpc, gib * GIB);
@@ -113,7 +157,7 @@ fn run(
             format!("\"1-{last}\"")
         }
     };
-    let policy = policy(&reserved, allow_cpu0, ratio);
+    let policy = policy_with_threads(&reserved, allow_cpu0, ratio, threads);
     let mut sim = Simulator::new(&host, &policy, strategy);
     let free_at_start: Vec<Option<u64>> = host.nodes.values().map(|n| n.mem_free_kib).collect();
     let mut running: Vec<String> = Vec::new();
@@ -159,7 +203,7 @@ fn run(
             }
             Op::Depart(_) => {}
         }
-        check_invariants(&sim, ratio)?;
+        check_invariants(&sim, ratio, threads)?;
     }
     for name in running.drain(..) {
         prop_assert!(sim.depart(&name).is_some());
@@ -179,9 +223,10 @@ proptest! {
         reserve_first in 0u32..4,
         allow_cpu0 in any::<bool>(),
         ratio in 1u32..=4,
+        threads in 0usize..3,
         ops in proptest::collection::vec(op(), 1..40),
     ) {
-        run(shape, reserve_first, allow_cpu0, ratio, &ops, Placer::Kvmtune)?;
+        run(shape, reserve_first, allow_cpu0, ratio, &ops, Placer::Kvmtune, THREAD_POLICIES[threads])?;
     }
 
     #[test]
@@ -192,7 +237,7 @@ proptest! {
         ratio in 1u32..=4,
         ops in proptest::collection::vec(op(), 1..40),
     ) {
-        run(shape, reserve_first, allow_cpu0, ratio, &ops, Placer::NaiveFirstFit)?;
+        run(shape, reserve_first, allow_cpu0, ratio, &ops, Placer::NaiveFirstFit, "prefer")?;
     }
 
     /// A guest that departs and arrives again on an otherwise unchanged host gets
@@ -217,6 +262,94 @@ proptest! {
             sim.depart("x");
             let again = sim.arrive("x", vcpus, GIB, Some(pool));
             prop_assert_eq!(again.map(|d| d.claim), Ok(first.claim));
+        }
+    }
+
+    /// A placement's `cpus` is exactly the union of its vCPUs' CPUs and its
+    /// `nodes` hold the nodes of those CPUs, at every level (the ledger relies on it),
+    /// including the overcommitted whole-host fallback.
+    #[test]
+    fn placement_cpus_are_the_union_of_its_vcpus(
+        shape in host_shape(),
+        ratio in 1u32..=3,
+        vcpus in 1u32..=40,
+        dedicated in any::<bool>(),
+        others in proptest::collection::vec((1u32..=6, any::<bool>()), 0..16),
+    ) {
+        let (sockets, nps, cpn, tpc, gib) = shape;
+        let host = Host::synthetic(sockets, nps, cpn, tpc, gib * GIB);
+        let policy = policy("none", false, ratio);
+        let mut sim = Simulator::new(&host, &policy, Placer::Kvmtune);
+        for (i, (v, d)) in others.iter().enumerate() {
+            let pool = if *d { Pool::Dedicated } else { Pool::Shared };
+            let _ = sim.arrive(&format!("o{i}"), *v, GIB, Some(pool));
+        }
+        let request = Request {
+            vcpus,
+            memory_kib: GIB,
+            pool: if dedicated { Pool::Dedicated } else { Pool::Shared },
+            eligible: eligible_cpus(&host, &CpuSet::new(), &CpuSet::new(), false, None),
+            cpu_allocation_ratio: f64::from(ratio),
+            thread_policy: ThreadPolicy::Prefer,
+            memory_strict: false,
+        };
+        if let Ok(p) = place(sim.host(), sim.occupancy(), &request) {
+            let union = p.vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
+            prop_assert_eq!(&p.cpus, &union);
+            // Memory nodes: at least the vCPUs' nodes (a spanning guest may also
+            // get the memory of a chosen node its vCPUs did not need).
+            prop_assert!(nodes_of(&host, &union).is_subset(&p.nodes));
+            prop_assert_eq!(p.vcpus.len(), vcpus as usize);
+        }
+    }
+
+    /// `memory_mode: strict`: a guest only goes to nodes that have its memory
+    /// free, so no node is ever overcommitted (the simulator tracks free memory).
+    #[test]
+    fn strict_memory_never_overcommits_a_node(
+        shape in host_shape(),
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        let (sockets, nps, cpn, tpc, gib) = shape;
+        let host = Host::synthetic(sockets, nps, cpn, tpc, gib * GIB);
+        let policy = Policy::parse(
+            "version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: none\ndefaults:\n  memory_mode: strict\n",
+            Path::new("strict.yaml"),
+        )
+        .unwrap();
+        let mut sim = Simulator::new(&host, &policy, Placer::Kvmtune);
+        let mut running: Vec<String> = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                Op::Arrive { vcpus, gib, dedicated } => {
+                    let pool = if *dedicated { Pool::Dedicated } else { Pool::Shared };
+                    let free_before: Vec<(u32, u64)> = sim
+                        .host()
+                        .nodes
+                        .values()
+                        .map(|n| (n.id, n.mem_free_kib.unwrap_or(0)))
+                        .collect();
+                    let name = format!("g{i}");
+                    if let Ok(d) = sim.arrive(&name, *vcpus, gib * GIB, Some(pool)) {
+                        let free_on_nodes: u64 = free_before
+                            .iter()
+                            .filter(|(id, _)| d.claim.nodes.contains(*id))
+                            .map(|(_, free)| free)
+                            .sum();
+                        prop_assert!(
+                            free_on_nodes >= gib * GIB,
+                            "{name} ({gib} GiB) placed on nodes {} with {free_on_nodes} KiB free",
+                            d.claim.nodes
+                        );
+                        running.push(name);
+                    }
+                }
+                Op::Depart(k) if !running.is_empty() => {
+                    let name = running.remove(k % running.len());
+                    sim.depart(&name);
+                }
+                Op::Depart(_) => {}
+            }
         }
     }
 }

@@ -28,7 +28,9 @@ fn cpus(list: &str) -> CpuSet {
 fn libvirt<'a, 'i>(node: roxmltree::Node<'a, 'i>, name: &str) -> Vec<roxmltree::Node<'a, 'i>> {
     node.children()
         .filter(|n| {
-            n.is_element() && n.tag_name().namespace().is_none() && n.tag_name().name() == name
+            n.is_element()
+                && n.tag_name().namespace().is_none_or(str::is_empty)
+                && n.tag_name().name() == name
         })
         .collect()
 }

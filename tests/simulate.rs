@@ -388,3 +388,69 @@ fn write_placement_table() {
     let updated = format!("{}{generated}{}", &doc[..start], &doc[stop..]);
     std::fs::write(&path, updated).unwrap();
 }
+
+fn policy_with(defaults: &str) -> Policy {
+    Policy::parse(
+        &format!(
+            "version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: none\ndefaults:\n{defaults}"
+        ),
+        Path::new("test.yaml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn vcpu_sets(d: &kvmtune::simulate::Decision) -> Vec<String> {
+    d.claim.vcpus.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn thread_policy_isolate_gives_each_vcpu_a_core_and_keeps_siblings_empty() {
+    // small_host: siblings N and N+16; node 0 = cores 0-3 = CPUs 0-3,16-19.
+    let host = small_host();
+    let policy = policy_with("  pool: dedicated\n  thread_policy: isolate\n");
+    let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
+    let a = sim.arrive("a", 2, GIB, None).unwrap();
+    assert_eq!(vcpu_sets(&a), ["1,17", "2,18"]);
+    // The next isolate guest: core 3, then CPU0's core with its usable thread
+    // alone (CPU0 stays empty); a shared guest gets none of the held siblings.
+    let b = sim.arrive("b", 2, GIB, None).unwrap();
+    assert_eq!(
+        vcpu_sets(&b),
+        ["3,19", "16"],
+        "CPU0's core: its usable thread alone"
+    );
+    let shared = sim.arrive("s", 2, GIB, Some(Pool::Shared)).unwrap();
+    assert!(
+        !shared
+            .claim
+            .cpus()
+            .intersects(&a.claim.cpus().union(&b.claim.cpus()))
+    );
+}
+
+#[test]
+fn thread_policy_require_takes_whole_cores_only() {
+    let host = small_host();
+    let policy = policy_with("  pool: dedicated\n  thread_policy: require\n");
+    let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
+    let a = sim.arrive("a", 3, GIB, None).unwrap();
+    // Cores 1 and 2 whole; the odd vCPU holds its core's other thread.
+    assert_eq!(vcpu_sets(&a), ["1", "17", "2,18"]);
+    // CPU0's core is never whole for a guest: 1 vCPU goes to core 3.
+    let b = sim.arrive("b", 1, GIB, None).unwrap();
+    assert_eq!(vcpu_sets(&b), ["3,19"]);
+    // Without SMT, require refuses with the reason.
+    let flat = Host::synthetic(1, 1, 4, 1, 16 * GIB);
+    let mut sim = Simulator::new(&flat, &policy, Strategy::Kvmtune);
+    let err = sim.arrive("c", 1, GIB, None).unwrap_err();
+    assert!(err.contains("thread_policy: require needs SMT"), "{err}");
+}
+
+#[test]
+fn thread_policy_prefer_pairs_siblings() {
+    let host = small_host();
+    let policy = policy_with("  pool: dedicated\n  thread_policy: prefer\n");
+    let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
+    let a = sim.arrive("a", 2, GIB, None).unwrap();
+    assert_eq!(vcpu_sets(&a), ["1", "17"]);
+}

@@ -130,6 +130,7 @@ fn built_in_defaults_are_the_documented_ones() {
         nodes: None,
         pool: crate::placement::Pool::Shared,
         cpu_allocation_ratio: 16,
+        thread_policy: crate::placement::ThreadPolicy::Prefer,
     };
     assert_eq!(Settings::default(), expected);
     let host = HostSettings {
@@ -173,6 +174,7 @@ defaults:
   vhost_net: false
   max_net_queues: 0
   cpu_mode: refuse
+  thread_policy: isolate
   nodes: 0-1
 ";
     let policy = parse(text).unwrap();
@@ -205,6 +207,7 @@ defaults:
         nodes: Some(set("0-1")),
         pool: crate::placement::Pool::Shared,
         cpu_allocation_ratio: 16,
+        thread_policy: crate::placement::ThreadPolicy::Isolate,
     };
     assert_eq!(policy.defaults, expected);
 }
@@ -311,7 +314,7 @@ fn validation_errors() {
             invalid(
                 19,
                 7,
-                "rules[0].set: unknown field `cpu_mdoe`, expected one of `pin_vcpus`, `memory_mode`, `emulator`, `existing_pins`, `disk_cache`, `disk_io`, `nosharepages`, `hugepages`, `hugepage_size`, `vhost_net`, `max_net_queues`, `cpu_mode`, `pool`, `cpu_allocation_ratio`, `nodes`",
+                "rules[0].set: unknown field `cpu_mdoe`, expected one of `pin_vcpus`, `memory_mode`, `emulator`, `existing_pins`, `disk_cache`, `disk_io`, `nosharepages`, `hugepages`, `hugepage_size`, `vhost_net`, `max_net_queues`, `cpu_mode`, `pool`, `cpu_allocation_ratio`, `thread_policy`, `nodes`",
             ),
         ),
         (

@@ -103,13 +103,15 @@ pub(super) fn children<'a, 'i>(
 
 /// Whether `node` is an element named `name` in no namespace.
 pub(super) fn is_libvirt(node: Node<'_, '_>, name: &str) -> bool {
-    node.is_element() && node.tag_name().namespace().is_none() && node.tag_name().name() == name
+    node.is_element()
+        && node.tag_name().namespace().is_none_or(str::is_empty)
+        && node.tag_name().name() == name
 }
 
 /// The unprefixed attribute `name` of `node`.
 pub(super) fn attribute<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Attribute<'a, 'i>> {
     node.attributes()
-        .find(|a| a.namespace().is_none() && a.name() == name)
+        .find(|a| a.namespace().is_none_or(str::is_empty) && a.name() == name)
 }
 
 /// Where a new element named `name` goes among `parent`'s children, given the
@@ -124,7 +126,7 @@ pub(super) fn anchor_in<'a, 'i>(
     skip: impl Fn(Node<'a, 'i>) -> bool,
 ) -> Anchor<'a, 'i> {
     let rank = |n: Node<'_, '_>| {
-        if n.tag_name().namespace().is_some() {
+        if n.tag_name().namespace().is_some_and(|ns| !ns.is_empty()) {
             return None;
         }
         order.iter().position(|o| *o == n.tag_name().name())
