@@ -170,10 +170,17 @@ impl Workload {
                     .unwrap_or((1, 1));
                 let message = e.to_string();
                 // serde_yaml_ng appends " at line L column C"; the prefix says it.
-                let message = match message.find(" at line ") {
+                let mut message = match message.find(" at line ") {
                     Some(i) => message[..i].to_string(),
                     None => message,
                 };
+                // serde_yaml_ng names the item as `.[N]: `; say `event N+1: `.
+                if let Some(rest) = message.strip_prefix(".[")
+                    && let Some((index, tail)) = rest.split_once("]: ")
+                    && let Ok(index) = index.parse::<usize>()
+                {
+                    message = format!("event {}: {tail}", index + 1);
+                }
                 return Err(invalid(line, column, message));
             }
         };

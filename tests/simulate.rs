@@ -97,7 +97,7 @@ fn errors_name_file_and_line() {
         (
             "- {arrive: a, vcpus: 1, memory: 1G}\n- {arrive: b, vcpus: 1, memory: 1G, color: red}\n",
             "w.yaml:2:",
-            "unknown field `color`",
+            "event 2: unknown field `color`",
         ),
         (
             "- {arrive: a, vcpus: 1, memory: 1G}\n\n- {arrive: b, memory: 1G}\n",
