@@ -54,6 +54,23 @@ pub enum Change {
     /// `<vendor>`, and `<cache>`/`<maxphysaddr>` in `passthrough` mode. Kept:
     /// `<topology>`, `<numa>`, `<feature>`, other `<cache>`/`<maxphysaddr>` modes.
     CpuHostModel,
+    /// A guest NUMA topology mirroring the host nodes the vCPUs span: in `<cpu>`,
+    /// `<numa>` with one `<cell id cpus memory unit='KiB'/>` per cell, and in
+    /// `<numatune>` one `<memnode cellid mode nodeset/>` per cell (both created
+    /// when missing; existing cells and memnodes with these ids are updated).
+    GuestNuma { cells: Vec<GuestCell> },
+}
+
+/// One guest NUMA cell and the host node its memory comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuestCell {
+    pub id: u32,
+    /// Guest vCPU ids in the cell.
+    pub vcpus: CpuSet,
+    pub memory_kib: u64,
+    /// The host NUMA node the cell's vCPUs run on and its memory comes from.
+    pub host_node: u32,
+    pub mode: MemoryMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -120,7 +137,9 @@ impl Change {
             | Change::NoSharePages
             | Change::HugePages { .. }
             | Change::InterfaceDriver { .. }
-            | Change::CpuHostModel => Enforcement::XmlOnly,
+            | Change::CpuHostModel
+            // The guest sees NUMA nodes: a guest ABI change.
+            | Change::GuestNuma { .. } => Enforcement::XmlOnly,
         }
     }
 
@@ -315,6 +334,7 @@ pub fn plan(
     planner.placement(occupancy);
     planner.disks();
     planner.memory_backing();
+    planner.guest_numa();
     planner.interfaces();
     planner.cpu_mode();
     Ok(plan)
@@ -612,6 +632,117 @@ impl Planner<'_> {
                 text,
             );
         }
+    }
+
+    /// A guest whose vCPUs span several host nodes gets guest NUMA cells mirroring
+    /// them (one per node, in node order) and a `<memnode>` binding each cell's
+    /// memory to its node, so the guest OS keeps its memory next to its vCPUs.
+    fn guest_numa(&mut self) {
+        let mode = self.settings.memory_mode;
+        let Some(placement) = self.plan.placement.as_ref() else {
+            return;
+        };
+        if mode == MemoryMode::Off
+            || placement.nodes.len() < 2
+            || self.plan.kept_existing_pins
+            || self.domain.guest_numa_cells > 0
+            || self.domain.numa_memnodes > 0
+        {
+            return;
+        }
+        // Each vCPU in the cell of the node its first CPU is on.
+        let mut by_node: std::collections::BTreeMap<u32, CpuSet> = Default::default();
+        for (vcpu, set) in placement.vcpus.iter().enumerate() {
+            let node = set.first().and_then(|cpu| {
+                self.host
+                    .nodes
+                    .values()
+                    .find(|n| n.cpus.contains(cpu))
+                    .map(|n| n.id)
+            });
+            if let Some(node) = node {
+                by_node.entry(node).or_default().insert(vcpu as u32);
+            }
+        }
+        let total_vcpus: u64 = by_node.values().map(|s| s.len() as u64).sum();
+        if by_node.len() < 2 || total_vcpus != placement.vcpus.len() as u64 {
+            return;
+        }
+        // Whole MiB per cell (whole huge pages when huge pages back the guest:
+        // QEMU refuses a backend that is not a multiple of its page size), in
+        // proportion to the cell's vCPUs; the last cell takes the remainder.
+        let granule = self.memory_granule_kib();
+        let total = self.domain.memory_kib;
+        let granules = total / granule;
+        let count = by_node.len();
+        let mut cells = Vec::with_capacity(count);
+        let mut given = 0u64;
+        for (i, (node, vcpus)) in by_node.into_iter().enumerate() {
+            let memory_kib = if i + 1 == count {
+                total - given
+            } else {
+                let share = u128::from(granules) * vcpus.len() as u128 / u128::from(total_vcpus);
+                u64::try_from(share).unwrap_or(0) * granule
+            };
+            given += memory_kib;
+            cells.push(GuestCell {
+                id: i as u32,
+                vcpus,
+                memory_kib,
+                host_node: node,
+                mode,
+            });
+        }
+        if cells.iter().any(|c| c.memory_kib == 0) {
+            self.note(
+                "1.2",
+                format!(
+                    "no guest NUMA cells: {} KiB of memory is too little to split over nodes {}",
+                    total, placement.nodes
+                ),
+            );
+            return;
+        }
+        let nodes: Vec<String> = cells.iter().map(|c| c.host_node.to_string()).collect();
+        let layout: Vec<String> = cells
+            .iter()
+            .map(|c| {
+                format!(
+                    "cell {} = vCPUs {} + {} MiB on node {}",
+                    c.id,
+                    c.vcpus,
+                    c.memory_kib / 1024,
+                    c.host_node
+                )
+            })
+            .collect();
+        let text = format!(
+            "guest NUMA topology mirrors host nodes {}: {}; each cell's memory bound to its node (mode {})",
+            nodes.join(","),
+            layout.join(", "),
+            mode_name(mode)
+        );
+        self.edit("1.2", Change::GuestNuma { cells }, text);
+    }
+
+    /// The unit guest NUMA cell sizes are multiples of: the huge page size when
+    /// huge pages back the guest (already, or planned), else 1 MiB.
+    fn memory_granule_kib(&self) -> u64 {
+        let planned = self.plan.edits.iter().find_map(|e| match e.change {
+            Change::HugePages { size_kib } => Some(size_kib),
+            _ => None,
+        });
+        let mb = &self.domain.memory_backing;
+        let existing = mb
+            .hugepages
+            .then(|| {
+                mb.hugepage_sizes_kib
+                    .iter()
+                    .copied()
+                    .max()
+                    .unwrap_or(self.settings.hugepage_size_kib)
+            });
+        planned.or(existing).unwrap_or(1024).max(1024)
     }
 
     fn disks(&mut self) {

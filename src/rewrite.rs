@@ -74,6 +74,12 @@
 //!   `<cache mode='passthrough'>` / `<maxphysaddr mode='passthrough'>` (only valid
 //!   for host-passthrough). `<topology>`, `<feature>`, `<numa>` and other
 //!   `<cache>`/`<maxphysaddr>` are kept.
+//! - `GuestNuma`: a missing `<cpu>` is created holding only `<numa>` (valid:
+//!   libvirt keeps the default CPU model); `<numa>` goes after `<feature>`. A
+//!   `<cell>` / `<memnode>` with the cell's id is updated in place (`cpus`,
+//!   `memory` — with `unit='KiB'` when it has a unit —, `mode`, `nodeset`), a
+//!   missing one is added in id order; cells and memnodes of other ids are
+//!   kept. A `<cell>` without `id` counts by position, as libvirt numbers it.
 
 mod order;
 mod splice;
@@ -84,7 +90,7 @@ use roxmltree::{Document, Node};
 
 use self::splice::{Anchor, Editor, Elem, anchor_in, attribute, child, children};
 use crate::cpuset::CpuSet;
-use crate::plan::Change;
+use crate::plan::{Change, GuestCell};
 use crate::policy::{DiskCache, DiskIo, MemoryMode};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -189,6 +195,11 @@ fn scopes(root: Node<'_, '_>, change: &Change) -> Vec<Scope> {
             container("memoryBacking", Scope::MemoryBacking)
         }
         Change::CpuHostModel => vec![Scope::Cpu],
+        Change::GuestNuma { .. } => {
+            let mut s = container("numatune", Scope::Numatune);
+            s.extend(container("cpu", Scope::Cpu));
+            s
+        }
         Change::DiskDriver { index, .. } => vec![Scope::Disk(*index)],
         Change::InterfaceDriver { index, .. } => vec![Scope::Interface(*index)],
     }
@@ -243,6 +254,7 @@ fn apply_change(
             queues,
         } => interface_driver(ed, root, *index, target, *vhost, *queues)?,
         Change::CpuHostModel => cpu_host_model(ed, root)?,
+        Change::GuestNuma { cells } => guest_numa(ed, root, cells)?,
     }
     Ok(())
 }
@@ -745,6 +757,192 @@ fn cpu_host_model(ed: &mut Editor<'_>, root: Node<'_, '_>) -> Result<(), Rewrite
         for node in drop {
             ed.remove_element(node);
         }
+    }
+    Ok(())
+}
+
+// ---- guest NUMA -------------------------------------------------------------------
+
+fn guest_numa(
+    ed: &mut Editor<'_>,
+    root: Node<'_, '_>,
+    cells: &[GuestCell],
+) -> Result<(), RewriteError> {
+    let mut by_id: BTreeMap<u32, (&GuestCell, String, &'static str)> = BTreeMap::new();
+    for cell in cells {
+        let cpus = nonempty(&cell.vcpus, &format!("guest NUMA cell {}", cell.id))?;
+        if cell.memory_kib == 0 {
+            return Err(RewriteError::Invalid(format!(
+                "guest NUMA cell {} has no memory",
+                cell.id
+            )));
+        }
+        let mode = memory_mode_value(cell.mode).ok_or_else(|| {
+            RewriteError::Invalid(format!("guest NUMA cell {}: memory mode off", cell.id))
+        })?;
+        if by_id.insert(cell.id, (cell, cpus, mode)).is_some() {
+            return Err(RewriteError::Invalid(format!(
+                "guest NUMA cell {} named twice",
+                cell.id
+            )));
+        }
+    }
+    if by_id.is_empty() {
+        return Ok(());
+    }
+    let cell_elem = |id: u32| {
+        let (cell, cpus, _) = &by_id[&id];
+        Elem::new("cell")
+            .attr("id", id.to_string())
+            .attr("cpus", cpus.clone())
+            .attr("memory", cell.memory_kib.to_string())
+            .attr("unit", "KiB")
+    };
+    let memnode_elem = |id: u32| {
+        let (cell, _, mode) = &by_id[&id];
+        Elem::new("memnode")
+            .attr("cellid", id.to_string())
+            .attr("mode", *mode)
+            .attr("nodeset", cell.host_node.to_string())
+    };
+    let ids: Vec<u32> = by_id.keys().copied().collect();
+
+    // New containers, numatune first: when both go to the same place (a bare
+    // domain), one insertion keeps libvirt's order.
+    let mut new_children = Vec::new();
+    match child(root, "numatune") {
+        None => new_children.push((
+            anchor_in(root, order::DOMAIN, "numatune", |_| false),
+            Elem::new("numatune").children(ids.iter().map(|id| memnode_elem(*id))),
+        )),
+        Some(numatune) => {
+            let memnodes = children(numatune, "memnode").map(|n| {
+                let id = attribute(n, "cellid").and_then(|a| a.value().trim().parse().ok());
+                (n, id)
+            });
+            sync_by_id(
+                ed,
+                numatune,
+                order::NUMATUNE,
+                "memnode",
+                memnodes.collect(),
+                &ids,
+                &memnode_elem,
+                |ed, node, id| {
+                    let (cell, _, mode) = &by_id[&id];
+                    match attribute(node, "mode") {
+                        // An absent mode means strict.
+                        None if *mode == "strict" => {}
+                        _ => ed.set_attr(node, "mode", mode, same_text(mode))?,
+                    }
+                    let node_set = CpuSet::single(cell.host_node);
+                    ed.set_attr(
+                        node,
+                        "nodeset",
+                        &node_set.to_string(),
+                        same_cpuset(&node_set),
+                    )
+                },
+            )?;
+        }
+    }
+    let numa = || Elem::new("numa").children(ids.iter().map(|id| cell_elem(*id)));
+    match child(root, "cpu") {
+        None => new_children.push((
+            anchor_in(root, order::DOMAIN, "cpu", |_| false),
+            Elem::new("cpu").children([numa()]),
+        )),
+        Some(cpu) => match child(cpu, "numa") {
+            None => ed.insert(anchor_in(cpu, order::CPU, "numa", |_| false), &[numa()]),
+            Some(existing) => {
+                let cells = children(existing, "cell").enumerate().map(|(i, n)| {
+                    let id = match attribute(n, "id") {
+                        Some(a) => a.value().trim().parse().ok(),
+                        None => u32::try_from(i).ok(),
+                    };
+                    (n, id)
+                });
+                sync_by_id(
+                    ed,
+                    existing,
+                    order::NUMA,
+                    "cell",
+                    cells.collect(),
+                    &ids,
+                    &cell_elem,
+                    |ed, node, id| {
+                        let (cell, cpus, _) = &by_id[&id];
+                        ed.set_attr(node, "cpus", cpus, same_cpuset(&cell.vcpus))?;
+                        let unit = attribute(node, "unit").map(|u| u.value());
+                        let current = attribute(node, "memory")
+                            .and_then(|m| size_in_kib(m.value(), unit));
+                        if current != Some(cell.memory_kib) {
+                            ed.set_attr(node, "memory", &cell.memory_kib.to_string(), |_| {
+                                false
+                            })?;
+                            if unit.is_some() {
+                                ed.set_attr(node, "unit", "KiB", same_text("KiB"))?;
+                            }
+                        }
+                        Ok(())
+                    },
+                )?;
+            }
+        },
+    }
+    let mut groups: Vec<(Anchor<'_, '_>, Vec<Elem>)> = Vec::new();
+    for (anchor, elem) in new_children {
+        match groups.iter_mut().find(|(a, _)| a.key() == anchor.key()) {
+            Some((_, elems)) => elems.push(elem),
+            None => groups.push((anchor, vec![elem])),
+        }
+    }
+    for (anchor, elems) in groups {
+        ed.insert(anchor, &elems);
+    }
+    Ok(())
+}
+
+/// Makes the children `name` of `parent` (each with its id, `None` when
+/// unreadable) hold one element per id in `ids`: the first with an id is
+/// updated by `update`, a missing one is made by `make` and inserted next to
+/// its neighbours in id order. Others are kept.
+#[allow(clippy::too_many_arguments)]
+fn sync_by_id<'a, 'i>(
+    ed: &mut Editor<'_>,
+    parent: Node<'a, 'i>,
+    order: &[&str],
+    name: &str,
+    existing: Vec<(Node<'a, 'i>, Option<u32>)>,
+    ids: &[u32],
+    make: &dyn Fn(u32) -> Elem,
+    update: impl Fn(&mut Editor<'_>, Node<'a, 'i>, u32) -> Result<(), RewriteError>,
+) -> Result<(), RewriteError> {
+    let mut seen = BTreeSet::new();
+    let mut kept: Vec<(Node<'a, 'i>, u32)> = Vec::new();
+    for (node, id) in existing {
+        let Some(id) = id else { continue };
+        if ids.contains(&id) && seen.insert(id) {
+            update(ed, node, id)?;
+        }
+        kept.push((node, id));
+    }
+    let mut groups: Vec<(Anchor<'a, 'i>, Vec<Elem>)> = Vec::new();
+    for id in ids.iter().filter(|id| !seen.contains(*id)) {
+        let anchor = match kept.iter().rev().find(|(_, k)| k < id) {
+            Some((node, _)) => Anchor::After(*node),
+            None => match kept.iter().find(|(_, k)| k > id) {
+                Some((node, _)) => Anchor::Before(*node),
+                None => anchor_in(parent, order, name, |_| false),
+            },
+        };
+        match groups.iter_mut().find(|(a, _)| a.key() == anchor.key()) {
+            Some((_, elems)) => elems.push(make(*id)),
+            None => groups.push((anchor, vec![make(*id)])),
+        }
+    }
+    for (anchor, elems) in groups {
+        ed.insert(anchor, &elems);
     }
     Ok(())
 }

@@ -247,7 +247,7 @@ const ASPECTS: [(&str, &str); 8] = [
 fn aspect_of(change: &Change) -> usize {
     match change {
         Change::VcpuPins { .. } => 0,
-        Change::NumaMemory { .. } => 1,
+        Change::NumaMemory { .. } | Change::GuestNuma { .. } => 1,
         Change::EmulatorPin { .. } | Change::IothreadPins { .. } => 2,
         Change::DiskDriver { .. } => 3,
         Change::NoSharePages => 4,

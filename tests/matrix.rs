@@ -18,7 +18,10 @@ fn manifest() -> PathBuf {
 }
 
 fn domains() -> Vec<PathBuf> {
-    let mut dirs = vec![manifest().join("tests/data/domains")];
+    let mut dirs = vec![
+        manifest().join("tests/data/domains"),
+        manifest().join("config/examples"),
+    ];
     let shared = manifest().join("../shared/fixtures/domains");
     if shared.is_dir() {
         dirs.push(shared);
@@ -69,6 +72,10 @@ const EDITABLE: &[&str] = &[
     "<memory mode",
     "<memory placement",
     "<memory nodeset",
+    "<memnode",
+    "<numa",
+    "</numa",
+    "<cell",
     "<memoryBacking",
     "</memoryBacking",
     "<nosharepages",
@@ -141,7 +148,7 @@ fn every_domain_on_every_host_plans_idempotently_and_touches_only_edited_element
     let policy = Policy::shipped();
     let hosts = hosts();
     let domains = domains();
-    assert!(domains.len() >= 10, "too few domains: {}", domains.len());
+    assert!(domains.len() >= 13, "too few domains: {}", domains.len());
     let mut planned = 0;
     let mut outputs = Vec::new();
     for path in &domains {
@@ -175,7 +182,17 @@ fn every_domain_on_every_host_plans_idempotently_and_touches_only_edited_element
             outputs.push((path.clone(), once));
         }
     }
-    eprintln!("planned {planned} domain×host pairs");
+    // Big guests on small hosts span nodes and get guest NUMA cells (rule 1.2);
+    // the schema check below covers those outputs too.
+    let given_cells = outputs
+        .iter()
+        .filter(|(path, out)| {
+            out.contains("<memnode")
+                && !std::fs::read_to_string(path).unwrap().contains("<memnode")
+        })
+        .count();
+    eprintln!("planned {planned} domain×host pairs; {given_cells} got guest NUMA cells");
+    assert!(given_cells > 0, "no spanning guest got guest NUMA cells");
     validate(&outputs);
 }
 

@@ -189,6 +189,96 @@ fn a_guest_larger_than_any_node_spans_the_fewest_nodes_and_says_so() {
 }
 
 #[test]
+fn a_spanning_guest_gets_guest_numa_cells_mirroring_the_host_nodes() {
+    use kvmtune::plan::{Enforcement, GuestCell};
+    use kvmtune::policy::MemoryMode;
+    let h = host("intel-xeon-silver4108-2s8c2t-2node");
+    // 24 GiB + 1 KiB: not a whole number of MiB, so the last cell takes the rest.
+    let xml = guest("big", 24, 24 * 1024).replace(
+        "<memory unit='MiB'>24576</memory>",
+        "<memory unit='KiB'>25165825</memory>",
+    );
+    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &xml);
+    let placement = p.placement.as_ref().unwrap();
+    assert_eq!(placement.nodes, CpuSet::parse("0-1").unwrap());
+    let edit = p
+        .edits
+        .iter()
+        .find(|e| matches!(e.change, Change::GuestNuma { .. }))
+        .expect("a guest NUMA topology");
+    let Change::GuestNuma { cells } = &edit.change else {
+        unreachable!()
+    };
+    assert_eq!(edit.reason.rule, "1.2");
+    assert!(
+        edit.reason.text.contains("mirrors host nodes 0,1"),
+        "{}",
+        edit.reason.text
+    );
+    // One cell per host node, in node order, memory bound to it.
+    let ids: Vec<(u32, u32)> = cells.iter().map(|c| (c.id, c.host_node)).collect();
+    assert_eq!(ids, [(0, 0), (1, 1)]);
+    assert!(cells.iter().all(|c| c.mode == MemoryMode::Preferred));
+    // Each vCPU in exactly one cell: the cell of the node it is pinned on.
+    let mut all = CpuSet::new();
+    for cell in cells {
+        assert!(!cell.vcpus.intersects(&all), "cells overlap");
+        all = all.union(&cell.vcpus);
+        let node_cpus = h.nodes[&cell.host_node].cpus.clone();
+        for v in cell.vcpus.iter() {
+            assert!(
+                placement.vcpus[v as usize].is_subset(&node_cpus),
+                "vCPU {v} is not on node {}",
+                cell.host_node
+            );
+        }
+    }
+    assert_eq!(all, (0..24).collect::<CpuSet>());
+    // Memory in proportion to the vCPUs, whole MiB, summing to <memory>.
+    let total: u64 = cells.iter().map(|c| c.memory_kib).sum();
+    assert_eq!(total, 25_165_825);
+    let first = &cells[0];
+    assert_eq!(first.memory_kib % 1024, 0);
+    assert_eq!(
+        first.memory_kib / 1024,
+        24 * 1024 * first.vcpus.len() as u64 / 24
+    );
+    // It changes what the guest sees: only a new definition brings it.
+    assert_eq!(edit.change.enforcement(), Enforcement::XmlOnly);
+    assert!(!edit.change.is_guest_abi_safe());
+    assert!(!p.abi_safe_changes().contains(&edit.change));
+    assert!(p.violations.iter().any(|v| v.rule == "1.2"));
+    let _: &GuestCell = first;
+
+    // Applied, the guest has its cells: planned again, nothing more to do.
+    let (_, once) =
+        kvmtune::cli::plan_and_rewrite(&policy(BASE), &h, &Occupancy::default(), &xml).unwrap();
+    let again = plan_for(&policy(BASE), &h, &Occupancy::default(), &once);
+    assert!(again.edits.is_empty(), "{:?}", again.edits);
+}
+
+#[test]
+fn no_guest_numa_cells_within_one_node_with_memory_off_or_own_cells() {
+    let h = host("intel-xeon-silver4108-2s8c2t-2node");
+    let has_cells = |p: &Plan| {
+        p.edits
+            .iter()
+            .any(|e| matches!(e.change, Change::GuestNuma { .. }))
+    };
+    let small = plan_for(&policy(BASE), &h, &Occupancy::default(), &guest("s", 8, 4096));
+    assert!(!has_cells(&small));
+    let off = policy(&format!("{BASE}defaults:\n  memory_mode: off\n"));
+    let big = plan_for(&off, &h, &Occupancy::default(), &guest("big", 24, 4096));
+    assert!(!has_cells(&big));
+    let own = guest("big", 24, 4096).replace(
+        "</os>",
+        "</os>\n  <cpu>\n    <numa>\n      <cell id='0' cpus='0-23' memory='4194304' unit='KiB'/>\n    </numa>\n  </cpu>",
+    );
+    let big = plan_for(&policy(BASE), &h, &Occupancy::default(), &own);
+    assert!(!has_cells(&big));
+}
+
+#[test]
 fn on_epyc_a_twelve_vcpu_guest_spans_two_nodes_of_one_socket() {
     let h = host("amd-epyc7451-2s24c2t-8node");
     // 12 threads per node on EPYC 7451; node0 loses CPU0, so 13+ needs two nodes.

@@ -9,7 +9,7 @@ mod rewrite_support;
 use std::path::PathBuf;
 
 use kvmtune::CpuSet;
-use kvmtune::plan::{Change, IothreadPin, VcpuPin};
+use kvmtune::plan::{Change, GuestCell, IothreadPin, VcpuPin};
 use kvmtune::policy::{DiskCache, DiskIo, MemoryMode};
 use kvmtune::rewrite::{RewriteError, apply};
 use rewrite_support::{allowed_tags, assert_only_touches};
@@ -983,6 +983,233 @@ fn cpu_host_model_collapses_an_emptied_cpu_and_ignores_other_modes() {
         "<domain>\n  <vcpu>1</vcpu>\n</domain>\n",
     ] {
         assert_eq!(apply(xml, &[Change::CpuHostModel]).unwrap(), xml);
+    }
+}
+
+// ---- guest NUMA ------------------------------------------------------------------
+
+fn two_cells(mode: MemoryMode) -> Change {
+    Change::GuestNuma {
+        cells: vec![
+            GuestCell {
+                id: 0,
+                vcpus: cpus("0-5"),
+                memory_kib: 3 * 1024 * 1024,
+                host_node: 0,
+                mode,
+            },
+            GuestCell {
+                id: 1,
+                vcpus: cpus("6-11"),
+                memory_kib: 3 * 1024 * 1024,
+                host_node: 1,
+                mode,
+            },
+        ],
+    }
+}
+
+#[test]
+fn guest_numa_creates_cpu_numa_and_memnodes() {
+    check(
+        "<domain type='kvm'>
+  <name>big</name>
+  <memory unit='KiB'>6291456</memory>
+  <vcpu placement='static'>12</vcpu>
+  <numatune>
+    <memory mode='interleave' nodeset='0-1'/>
+  </numatune>
+  <os>
+    <type arch='x86_64'>hvm</type>
+  </os>
+  <clock offset='utc'/>
+</domain>
+",
+        &[two_cells(MemoryMode::Preferred)],
+        "<domain type='kvm'>
+  <name>big</name>
+  <memory unit='KiB'>6291456</memory>
+  <vcpu placement='static'>12</vcpu>
+  <numatune>
+    <memory mode='interleave' nodeset='0-1'/>
+    <memnode cellid='0' mode='preferred' nodeset='0'/>
+    <memnode cellid='1' mode='preferred' nodeset='1'/>
+  </numatune>
+  <os>
+    <type arch='x86_64'>hvm</type>
+  </os>
+  <cpu>
+    <numa>
+      <cell id='0' cpus='0-5' memory='3145728' unit='KiB'/>
+      <cell id='1' cpus='6-11' memory='3145728' unit='KiB'/>
+    </numa>
+  </cpu>
+  <clock offset='utc'/>
+</domain>
+",
+    );
+}
+
+#[test]
+fn guest_numa_goes_after_cpu_features_and_creates_numatune() {
+    check(
+        "<domain>
+  <vcpu>12</vcpu>
+  <cputune>
+    <shares>1024</shares>
+  </cputune>
+  <cpu mode='custom' match='exact'>
+    <model fallback='forbid'>Skylake-Server</model>
+    <topology sockets='2' cores='6' threads='1'/>
+    <feature policy='require' name='pcid'/>
+  </cpu>
+</domain>
+",
+        &[two_cells(MemoryMode::Strict)],
+        "<domain>
+  <vcpu>12</vcpu>
+  <cputune>
+    <shares>1024</shares>
+  </cputune>
+  <numatune>
+    <memnode cellid='0' mode='strict' nodeset='0'/>
+    <memnode cellid='1' mode='strict' nodeset='1'/>
+  </numatune>
+  <cpu mode='custom' match='exact'>
+    <model fallback='forbid'>Skylake-Server</model>
+    <topology sockets='2' cores='6' threads='1'/>
+    <feature policy='require' name='pcid'/>
+    <numa>
+      <cell id='0' cpus='0-5' memory='3145728' unit='KiB'/>
+      <cell id='1' cpus='6-11' memory='3145728' unit='KiB'/>
+    </numa>
+  </cpu>
+</domain>
+",
+    );
+    // A self-closed <cpu> is expanded; a bare domain gets both, in order.
+    check(
+        "<domain>
+  <cpu mode='host-model'/>
+</domain>
+",
+        &[two_cells(MemoryMode::Interleave)],
+        "<domain>
+  <numatune>
+    <memnode cellid='0' mode='interleave' nodeset='0'/>
+    \
+<memnode cellid='1' mode='interleave' nodeset='1'/>
+  </numatune>
+  <cpu mode='host-model'>
+    \
+<numa>
+      <cell id='0' cpus='0-5' memory='3145728' unit='KiB'/>
+      \
+<cell id='1' cpus='6-11' memory='3145728' unit='KiB'/>
+    </numa>
+  </cpu>
+</domain>
+",
+    );
+    check(
+        "<domain><name>x</name></domain>",
+        &[two_cells(MemoryMode::Preferred)],
+        "<domain><name>x</name><numatune><memnode cellid='0' mode='preferred' nodeset='0'/>\
+<memnode cellid='1' mode='preferred' nodeset='1'/></numatune><cpu><numa>\
+<cell id='0' cpus='0-5' memory='3145728' unit='KiB'/><cell id='1' cpus='6-11' memory='3145728' unit='KiB'/>\
+</numa></cpu></domain>",
+    );
+}
+
+#[test]
+fn guest_numa_updates_cells_and_memnodes_by_id() {
+    check(
+        "<domain>
+  <numatune>
+    <memnode cellid='1' mode='strict' nodeset='3'/>
+  </numatune>
+  <cpu>
+    <numa>
+      <cell cpus='0-5' memory='3' unit='GiB'/>
+      <cell id='1' cpus='6-9' memory='1048576'/>
+    </numa>
+  </cpu>
+</domain>
+",
+        &[two_cells(MemoryMode::Preferred)],
+        "<domain>
+  <numatune>
+    <memnode cellid='0' mode='preferred' nodeset='0'/>
+    <memnode cellid='1' mode='preferred' nodeset='1'/>
+  </numatune>
+  <cpu>
+    <numa>
+      <cell cpus='0-5' memory='3' unit='GiB'/>
+      <cell id='1' cpus='6-11' memory='3145728'/>
+    </numa>
+  </cpu>
+</domain>
+",
+    );
+}
+
+/// With the full plan, in any order, on every test domain (CRLF too): batched
+/// equals one at a time, a fixed point, and alone it touches only its elements.
+#[test]
+fn guest_numa_with_the_full_plan_on_every_domain() {
+    let mut plan = full_plan();
+    plan.insert(4, two_cells(MemoryMode::Preferred));
+    let mut reversed = plan.clone();
+    reversed.reverse();
+    let numa = two_cells(MemoryMode::Preferred);
+    for name in DOMAINS {
+        for xml in [domain(name), domain(name).replace('\n', "\r\n")] {
+            for order in [&plan, &reversed] {
+                let once = apply(&xml, order).unwrap();
+                let one_by_one = order.iter().fold(xml.clone(), |text, change| {
+                    apply(&text, std::slice::from_ref(change)).unwrap()
+                });
+                assert_eq!(once, one_by_one, "{name}");
+                assert_eq!(apply(&once, order).unwrap(), once, "{name}");
+                let doc = roxmltree::Document::parse(&once).unwrap();
+                let named = |tag: &str| {
+                    doc.descendants()
+                        .filter(|n| n.has_tag_name(tag))
+                        .count()
+                };
+                assert_eq!((named("memnode"), named("cell")), (2, 2), "{name}");
+            }
+            let alone = apply(&xml, std::slice::from_ref(&numa)).unwrap();
+            assert_eq!(apply(&alone, std::slice::from_ref(&numa)).unwrap(), alone);
+            if name != "oneline" {
+                assert_only_touches(&xml, &alone, allowed_tags(&numa), name);
+            }
+        }
+    }
+}
+
+#[test]
+fn guest_numa_refuses_what_libvirt_would() {
+    let cell = |vcpus: &str, memory_kib: u64, mode: MemoryMode| GuestCell {
+        id: 0,
+        vcpus: cpus(vcpus),
+        memory_kib,
+        host_node: 0,
+        mode,
+    };
+    for cells in [
+        vec![cell("", 1024, MemoryMode::Strict)],
+        vec![cell("0", 0, MemoryMode::Strict)],
+        vec![cell("0", 1024, MemoryMode::Off)],
+        vec![
+            cell("0", 1024, MemoryMode::Strict),
+            cell("1", 1024, MemoryMode::Strict),
+        ],
+    ] {
+        assert!(matches!(
+            apply("<domain/>", &[Change::GuestNuma { cells }]),
+            Err(RewriteError::Invalid(_))
+        ));
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kvmtune::CpuSet;
-use kvmtune::plan::{Change, IothreadPin, VcpuPin};
+use kvmtune::plan::{Change, GuestCell, IothreadPin, VcpuPin};
 use kvmtune::policy::{DiskCache, DiskIo, MemoryMode};
 use kvmtune::rewrite::apply;
 use rewrite_support::{allowed_tags, assert_only_touches};
@@ -89,6 +89,35 @@ fn plan_for(xml: &str) -> Vec<Change> {
         Change::HugePages { size_kib: 2048 },
         Change::CpuHostModel,
     ];
+    // A guest spanning two host nodes, as the planner asks of guests without
+    // their own NUMA cells or memnodes.
+    let has_cells = libvirt(root, "cpu")
+        .iter()
+        .any(|cpu| !libvirt(*cpu, "numa").is_empty());
+    let has_memnodes = libvirt(root, "numatune")
+        .iter()
+        .any(|n| !libvirt(*n, "memnode").is_empty());
+    if vcpus >= 2 && !has_cells && !has_memnodes {
+        let half = vcpus / 2;
+        plan.push(Change::GuestNuma {
+            cells: vec![
+                GuestCell {
+                    id: 0,
+                    vcpus: (0..half).collect(),
+                    memory_kib: 1024 * 1024,
+                    host_node: 0,
+                    mode: MemoryMode::Preferred,
+                },
+                GuestCell {
+                    id: 1,
+                    vcpus: (half..vcpus).collect(),
+                    memory_kib: 1024 * 1024,
+                    host_node: 1,
+                    mode: MemoryMode::Preferred,
+                },
+            ],
+        });
+    }
     let devices = libvirt(root, "devices");
     if let Some(devices) = devices.first() {
         for (index, disk) in libvirt(*devices, "disk").into_iter().enumerate() {

@@ -70,6 +70,20 @@ pub(super) const CPUTUNE: &[&str] = &[
 /// Children of `<numatune>`.
 pub(super) const NUMATUNE: &[&str] = &["memory", "memnode"];
 
+/// Children of `<cpu>` (virCPUDefFormatBuf, then the guest NUMA topology).
+pub(super) const CPU: &[&str] = &[
+    "model",
+    "vendor",
+    "topology",
+    "cache",
+    "maxphysaddr",
+    "feature",
+    "numa",
+];
+
+/// Children of `<cpu><numa>`.
+pub(super) const NUMA: &[&str] = &["cell", "interconnects"];
+
 /// Children of `<memoryBacking>`.
 pub(super) const MEMORY_BACKING: &[&str] = &[
     "hugepages",
@@ -121,10 +135,15 @@ mod tests {
 
     #[test]
     fn tables_have_no_duplicates_and_hold_what_kvmtune_inserts() {
-        let tables: [(&[&str], &[&str]); 5] = [
-            (DOMAIN, &["vcpu", "cputune", "numatune", "memoryBacking"]),
+        let tables: [(&[&str], &[&str]); 7] = [
+            (
+                DOMAIN,
+                &["vcpu", "cputune", "numatune", "memoryBacking", "cpu"],
+            ),
             (CPUTUNE, &["vcpupin", "emulatorpin", "iothreadpin"]),
-            (NUMATUNE, &["memory"]),
+            (NUMATUNE, &["memory", "memnode"]),
+            (CPU, &["numa"]),
+            (NUMA, &["cell"]),
             (MEMORY_BACKING, &["hugepages", "nosharepages"]),
             (INTERFACE, &["driver"]),
         ];

@@ -22,6 +22,7 @@ pub fn allowed_tags(change: &Change) -> &'static [&'static str] {
         Change::HugePages { .. } => &["memoryBacking", "hugepages", "page"],
         Change::InterfaceDriver { .. } => &["interface", "driver"],
         Change::CpuHostModel => &["cpu", "model", "vendor", "cache", "maxphysaddr"],
+        Change::GuestNuma { .. } => &["cpu", "numa", "cell", "numatune", "memnode"],
     }
 }
 
