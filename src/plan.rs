@@ -733,15 +733,13 @@ impl Planner<'_> {
             _ => None,
         });
         let mb = &self.domain.memory_backing;
-        let existing = mb
-            .hugepages
-            .then(|| {
-                mb.hugepage_sizes_kib
-                    .iter()
-                    .copied()
-                    .max()
-                    .unwrap_or(self.settings.hugepage_size_kib)
-            });
+        let existing = mb.hugepages.then(|| {
+            mb.hugepage_sizes_kib
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(self.settings.hugepage_size_kib)
+        });
         planned.or(existing).unwrap_or(1024).max(1024)
     }
 

@@ -874,12 +874,10 @@ fn guest_numa(
                         let (cell, cpus, _) = &by_id[&id];
                         ed.set_attr(node, "cpus", cpus, same_cpuset(&cell.vcpus))?;
                         let unit = attribute(node, "unit").map(|u| u.value());
-                        let current = attribute(node, "memory")
-                            .and_then(|m| size_in_kib(m.value(), unit));
+                        let current =
+                            attribute(node, "memory").and_then(|m| size_in_kib(m.value(), unit));
                         if current != Some(cell.memory_kib) {
-                            ed.set_attr(node, "memory", &cell.memory_kib.to_string(), |_| {
-                                false
-                            })?;
+                            ed.set_attr(node, "memory", &cell.memory_kib.to_string(), |_| false)?;
                             if unit.is_some() {
                                 ed.set_attr(node, "unit", "KiB", same_text("KiB"))?;
                             }

@@ -187,8 +187,7 @@ fn every_domain_on_every_host_plans_idempotently_and_touches_only_edited_element
     let given_cells = outputs
         .iter()
         .filter(|(path, out)| {
-            out.contains("<memnode")
-                && !std::fs::read_to_string(path).unwrap().contains("<memnode")
+            out.contains("<memnode") && !std::fs::read_to_string(path).unwrap().contains("<memnode")
         })
         .count();
     eprintln!("planned {planned} domain×host pairs; {given_cells} got guest NUMA cells");

@@ -190,7 +190,7 @@ fn a_guest_larger_than_any_node_spans_the_fewest_nodes_and_says_so() {
 
 #[test]
 fn a_spanning_guest_gets_guest_numa_cells_mirroring_the_host_nodes() {
-    use kvmtune::plan::{Enforcement, GuestCell};
+    use kvmtune::plan::Enforcement;
     use kvmtune::policy::MemoryMode;
     let h = host("intel-xeon-silver4108-2s8c2t-2node");
     // 24 GiB + 1 KiB: not a whole number of MiB, so the last cell takes the rest.
@@ -248,7 +248,6 @@ fn a_spanning_guest_gets_guest_numa_cells_mirroring_the_host_nodes() {
     assert!(!edit.change.is_guest_abi_safe());
     assert!(!p.abi_safe_changes().contains(&edit.change));
     assert!(p.violations.iter().any(|v| v.rule == "1.2"));
-    let _: &GuestCell = first;
 
     // Applied, the guest has its cells: planned again, nothing more to do.
     let (_, once) =
@@ -265,7 +264,12 @@ fn no_guest_numa_cells_within_one_node_with_memory_off_or_own_cells() {
             .iter()
             .any(|e| matches!(e.change, Change::GuestNuma { .. }))
     };
-    let small = plan_for(&policy(BASE), &h, &Occupancy::default(), &guest("s", 8, 4096));
+    let small = plan_for(
+        &policy(BASE),
+        &h,
+        &Occupancy::default(),
+        &guest("s", 8, 4096),
+    );
     assert!(!has_cells(&small));
     let off = policy(&format!("{BASE}defaults:\n  memory_mode: off\n"));
     let big = plan_for(&off, &h, &Occupancy::default(), &guest("big", 24, 4096));
@@ -276,6 +280,27 @@ fn no_guest_numa_cells_within_one_node_with_memory_off_or_own_cells() {
     );
     let big = plan_for(&policy(BASE), &h, &Occupancy::default(), &own);
     assert!(!has_cells(&big));
+}
+
+#[test]
+fn guest_numa_cells_are_whole_huge_pages_when_huge_pages_back_the_guest() {
+    let h = host("intel-xeon-silver4108-2s8c2t-2node");
+    let xml = guest("big", 24, 10 * 1024).replace(
+        "<vcpu",
+        "<memoryBacking>\n    <hugepages>\n      <page size='1' unit='G'/>\n    </hugepages>\n  </memoryBacking>\n  <vcpu",
+    );
+    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &xml);
+    let cells = p
+        .edits
+        .iter()
+        .find_map(|e| match &e.change {
+            Change::GuestNuma { cells } => Some(cells.clone()),
+            _ => None,
+        })
+        .expect("guest NUMA cells");
+    let gib = 1024 * 1024;
+    assert!(cells.iter().all(|c| c.memory_kib % gib == 0), "{cells:?}");
+    assert_eq!(cells.iter().map(|c| c.memory_kib).sum::<u64>(), 10 * gib);
 }
 
 #[test]

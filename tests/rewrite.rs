@@ -1172,11 +1172,7 @@ fn guest_numa_with_the_full_plan_on_every_domain() {
                 assert_eq!(once, one_by_one, "{name}");
                 assert_eq!(apply(&once, order).unwrap(), once, "{name}");
                 let doc = roxmltree::Document::parse(&once).unwrap();
-                let named = |tag: &str| {
-                    doc.descendants()
-                        .filter(|n| n.has_tag_name(tag))
-                        .count()
-                };
+                let named = |tag: &str| doc.descendants().filter(|n| n.has_tag_name(tag)).count();
                 assert_eq!((named("memnode"), named("cell")), (2, 2), "{name}");
             }
             let alone = apply(&xml, std::slice::from_ref(&numa)).unwrap();
