@@ -69,20 +69,62 @@ fn main() {
         ("KVMTUNE_SYSLOG_SOCKET", dir.path().join("nosyslog")),
         ("KVMTUNE_ALLOW_INSECURE_POLICY", PathBuf::from("1")),
     ];
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_kvmtune"));
+    // Invoked as libvirt does: through a link named `qemu` (no CLI parsing).
+    let hooks = dir.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let bin = hooks.join("qemu");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kvmtune"), &bin).unwrap();
     let xml = guest("bench", 5).replace("<cputune>\n    <vcpupin vcpu='0' cpuset='5'/>\n    <vcpupin vcpu='1' cpuset='53'/>\n  </cputune>\n", "");
     let floor = time(Path::new("/bin/true"), &[], &[], &xml);
     println!(
         "host: EPYC 7451 fixture (96 threads, 8 nodes), 100 running guests' status files; median of {RUNS} runs"
     );
     println!("/bin/true:              {floor:8.0} µs");
-    for (op, subop) in [
+    let stages = [
         ("prepare", "begin"),
         ("release", "end"),
         ("restore", "begin"),
         ("stopped", "end"),
-    ] {
-        let t = time(&bin, &["hook", "bench", op, subop, "-"], &envs, &xml);
+    ];
+    println!(
+        "A. the 100 guests are unknown to kvmtune (first starts after installing it: every status file is parsed)"
+    );
+    for (op, subop) in stages {
+        let t = time(&bin, &["bench", op, subop, "-"], &envs, &xml);
+        println!(
+            "hook {op:>8} {subop:<5}   {t:8.0} µs  ({:.1}x /bin/true)",
+            t / floor
+        );
+    }
+    // B: the usual state: kvmtune placed the running guests, the ledger holds them.
+    {
+        let mut locked =
+            kvmtune::ledger::Locked::acquire(&envs[2].1, kvmtune::ledger::LOCK_TIMEOUT).unwrap();
+        for i in 0..100u32 {
+            let cpus = kvmtune::CpuSet::parse(&format!("{},{}", 1 + i % 47, 49 + i % 47)).unwrap();
+            locked.ledger.guests.insert(
+                format!("running{i:03}"),
+                kvmtune::ledger::Entry {
+                    uuid: None,
+                    vcpus: cpus.iter().map(kvmtune::CpuSet::single).collect(),
+                    cpus,
+                    nodes: kvmtune::CpuSet::single(0),
+                    emulator: None,
+                    memory_kib: 1 << 20,
+                    pool: kvmtune::placement::Pool::Shared,
+                    claimed_at: kvmtune::ledger::now(),
+                    state: kvmtune::ledger::EntryState::Running,
+                    rule: "defaults".into(),
+                },
+            );
+        }
+        locked.save().unwrap();
+    }
+    println!(
+        "B. the 100 guests were placed by kvmtune (the ledger holds them: no status file is parsed)"
+    );
+    for (op, subop) in stages {
+        let t = time(&bin, &["bench", op, subop, "-"], &envs, &xml);
         println!(
             "hook {op:>8} {subop:<5}   {t:8.0} µs  ({:.1}x /bin/true)",
             t / floor

@@ -13,8 +13,6 @@ use std::str::FromStr;
 /// The kernel's largest `NR_CPUS` (x86_64 `MAXSMP`). A number at or above this is no CPU.
 pub const MAX_CPUS: u32 = 8192;
 
-const WORDS: usize = (MAX_CPUS as usize) / 64;
-
 /// Why a cpulist string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CpuListError {
@@ -29,8 +27,8 @@ pub enum CpuListError {
 /// A set of CPU or NUMA node numbers below [`MAX_CPUS`].
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CpuSet {
-    // Boxed so that moving a CpuSet around stays cheap (1 KiB bitmap).
-    bits: Box<[u64; WORDS]>,
+    // Invariant: no trailing zero word (see `trim`).
+    bits: Vec<u64>,
 }
 
 impl Default for CpuSet {
@@ -42,9 +40,7 @@ impl Default for CpuSet {
 impl CpuSet {
     /// The empty set.
     pub fn new() -> Self {
-        CpuSet {
-            bits: Box::new([0; WORDS]),
-        }
+        CpuSet { bits: Vec::new() }
     }
 
     /// A set holding one number.
@@ -108,7 +104,11 @@ impl CpuSet {
                 n += stride;
             }
         }
-        Ok(set.difference(&excluded))
+        if excluded.is_empty() {
+            Ok(set)
+        } else {
+            Ok(set.difference(&excluded))
+        }
     }
 
     /// Parses the kernel's hex bitmap format (`cpumap`, `smp_affinity`): comma-separated
@@ -140,17 +140,24 @@ impl CpuSet {
 
     pub fn insert(&mut self, cpu: u32) {
         assert!(cpu < MAX_CPUS, "cpu {cpu} out of range");
-        self.bits[(cpu / 64) as usize] |= 1 << (cpu % 64);
+        let word = (cpu / 64) as usize;
+        if self.bits.len() <= word {
+            self.bits.resize(word + 1, 0);
+        }
+        self.bits[word] |= 1 << (cpu % 64);
     }
 
     pub fn remove(&mut self, cpu: u32) {
-        if cpu < MAX_CPUS {
-            self.bits[(cpu / 64) as usize] &= !(1 << (cpu % 64));
+        if let Some(word) = self.bits.get_mut((cpu / 64) as usize) {
+            *word &= !(1 << (cpu % 64));
+            self.trim();
         }
     }
 
     pub fn contains(&self, cpu: u32) -> bool {
-        cpu < MAX_CPUS && self.bits[(cpu / 64) as usize] & (1 << (cpu % 64)) != 0
+        self.bits
+            .get((cpu / 64) as usize)
+            .is_some_and(|w| w & (1 << (cpu % 64)) != 0)
     }
 
     pub fn len(&self) -> usize {
@@ -158,7 +165,7 @@ impl CpuSet {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bits.iter().all(|w| *w == 0)
+        self.bits.is_empty()
     }
 
     /// The lowest number in the set.
@@ -196,8 +203,8 @@ impl CpuSet {
     pub fn is_subset(&self, other: &CpuSet) -> bool {
         self.bits
             .iter()
-            .zip(other.bits.iter())
-            .all(|(a, b)| a & !b == 0)
+            .enumerate()
+            .all(|(i, a)| a & !other.word(i) == 0)
     }
 
     pub fn intersects(&self, other: &CpuSet) -> bool {
@@ -207,12 +214,25 @@ impl CpuSet {
             .any(|(a, b)| a & b != 0)
     }
 
+    /// Word `i` of the bitmap, zero beyond its end.
+    fn word(&self, i: usize) -> u64 {
+        self.bits.get(i).copied().unwrap_or(0)
+    }
+
     fn zip_with(&self, other: &CpuSet, f: impl Fn(u64, u64) -> u64) -> CpuSet {
-        let mut out = CpuSet::new();
-        for (i, word) in out.bits.iter_mut().enumerate() {
-            *word = f(self.bits[i], other.bits[i]);
-        }
+        let len = self.bits.len().max(other.bits.len());
+        let mut out = CpuSet {
+            bits: (0..len).map(|i| f(self.word(i), other.word(i))).collect(),
+        };
+        out.trim();
         out
+    }
+
+    /// Restores the invariant: no trailing zero words.
+    fn trim(&mut self) {
+        while self.bits.last() == Some(&0) {
+            self.bits.pop();
+        }
     }
 }
 
@@ -369,6 +389,25 @@ mod tests {
             CpuSet::parse_mask("1,00000001").unwrap().to_string(),
             "0,32"
         );
+    }
+
+    #[test]
+    fn equal_sets_are_equal_however_they_were_built() {
+        let mut a = CpuSet::parse("0,700").unwrap();
+        a.remove(700);
+        assert_eq!(a, CpuSet::single(0));
+        let b = CpuSet::parse("0-1000")
+            .unwrap()
+            .intersection(&CpuSet::parse("0").unwrap());
+        assert_eq!(b, CpuSet::single(0));
+        assert_eq!(
+            CpuSet::parse("900")
+                .unwrap()
+                .difference(&CpuSet::single(900)),
+            CpuSet::new()
+        );
+        assert!(CpuSet::single(3).is_subset(&CpuSet::parse("0-900").unwrap()));
+        assert!(!CpuSet::single(900).is_subset(&CpuSet::single(3)));
     }
 
     #[test]

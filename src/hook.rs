@@ -318,7 +318,6 @@ fn stage_dispatch(
 /// Takes the ledger lock and reconciles it with libvirt's status files.
 fn locked_ledger(ctx: &Stage<'_>) -> Result<(Locked, Occupancy, Vec<String>)> {
     let mut locked = Locked::acquire(&ctx.env.paths.run_dir, LOCK_TIMEOUT)?;
-    let live = runstate::running(&ctx.env.paths.libvirt_run_dir);
     // A guest is running while its status file exists, even when that file does not
     // parse (or is too large): freeing its claim would hand its CPUs out twice.
     let running = ledger::running_guests(&ctx.env.paths.libvirt_run_dir);
@@ -338,6 +337,8 @@ fn locked_ledger(ctx: &Stage<'_>) -> Result<(Locked, Occupancy, Vec<String>)> {
         ));
     }
     let claimed = locked.ledger.occupancy();
+    // Only guests kvmtune holds no claim for need their status file parsed.
+    let live = runstate::running_except(&ctx.env.paths.libvirt_run_dir, &claimed);
     let mut occupancy = claimed.clone();
     occupancy
         .guests
