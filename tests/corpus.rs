@@ -20,6 +20,8 @@
 //! libvirt's RelaxNG schema (xmllint, one process per batch): every output whose
 //! input validated must validate. Figures are printed (docs/robustness.md).
 
+mod rewrite_support;
+
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -561,58 +563,6 @@ fn variants(base: &str) -> Vec<(String, String)> {
 
 // ---------------------------------------------------------------- checks
 
-/// Elements a plan may edit (their whole subtree is excluded from the outline).
-const EDITED: &[&str] = &[
-    "vcpu",
-    "cputune",
-    "numatune",
-    "memoryBacking",
-    "driver",
-    "cpu",
-];
-
-/// Everything outside edited elements in document order (whitespace-only text
-/// left out: new elements bring their own indentation).
-fn untouched_outline(xml: &str) -> Vec<String> {
-    let d = roxmltree::Document::parse(xml).unwrap();
-    let mut out = Vec::new();
-    let mut skip_until = 0usize;
-    for node in d.root().descendants() {
-        if node.range().start < skip_until {
-            continue;
-        }
-        if node.is_element()
-            && node.tag_name().namespace().is_none_or(str::is_empty)
-            && EDITED.contains(&node.tag_name().name())
-            && node.parent_element().is_some_and(|p| {
-                p == d.root_element()
-                    || p.tag_name().name() == "disk"
-                    || p.tag_name().name() == "interface"
-            })
-        {
-            skip_until = node.range().end;
-            continue;
-        }
-        if node.is_element() {
-            let attrs: Vec<String> = node
-                .attributes()
-                .map(|a| format!("{}={}", a.name(), &xml[a.range_value()]))
-                .collect();
-            out.push(format!("<{}> {}", node.tag_name().name(), attrs.join(" ")));
-        } else if node.is_text() {
-            let t = node.text().unwrap_or("");
-            if !t.trim().is_empty() {
-                out.push(format!("text {t:?}"));
-            }
-        } else if node.is_comment() {
-            out.push(format!("comment {:?}", node.text()));
-        } else if node.is_pi() {
-            out.push(format!("pi {:?}", node.pi()));
-        }
-    }
-    out
-}
-
 #[derive(Default)]
 struct Tally {
     variants: usize,
@@ -708,7 +658,8 @@ fn check_base(
                     .failures
                     .push(format!("{what}: second pass failed: {e:#}")),
             }
-            if untouched_outline(&xml) != untouched_outline(&once) {
+            if rewrite_support::untouched_outline(&xml) != rewrite_support::untouched_outline(&once)
+            {
                 tally
                     .failures
                     .push(format!("{what}: content outside edited elements changed"));

@@ -5,6 +5,8 @@
 //! elements change, and — when `xmllint` and libvirt's schemas are installed — the
 //! output validates whenever the input did.
 
+mod rewrite_support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -93,51 +95,6 @@ const EDITABLE: &[&str] = &[
     "<maxphysaddr",
 ];
 
-/// Elements a plan may edit (their whole subtree is excluded from the outline).
-const EDITED_ELEMENTS: &[&str] = &[
-    "vcpu",
-    "cputune",
-    "numatune",
-    "memoryBacking",
-    "driver",
-    "cpu",
-];
-
-/// Everything outside edited elements, as a list of (kind, name, attributes with raw
-/// values, text) in document order; whitespace-only text is left out because new
-/// elements bring their own indentation.
-fn untouched_outline(xml: &str) -> Vec<String> {
-    let doc = roxmltree::Document::parse(xml).unwrap();
-    let mut out = Vec::new();
-    let mut skip_until = 0usize;
-    for node in doc.root().descendants() {
-        if node.range().start < skip_until {
-            continue;
-        }
-        if node.is_element() && EDITED_ELEMENTS.contains(&node.tag_name().name()) {
-            skip_until = node.range().end;
-            continue;
-        }
-        if node.is_element() {
-            let attrs: Vec<String> = node
-                .attributes()
-                .map(|a| format!("{}={}", a.name(), &xml[a.range_value()]))
-                .collect();
-            out.push(format!("<{}> {}", node.tag_name().name(), attrs.join(" ")));
-        } else if node.is_text() {
-            let t = node.text().unwrap_or("");
-            if !t.trim().is_empty() {
-                out.push(format!("text {t:?}"));
-            }
-        } else if node.is_comment() {
-            out.push(format!("comment {:?}", node.text()));
-        } else if node.is_pi() {
-            out.push(format!("pi {:?}", node.pi()));
-        }
-    }
-    out
-}
-
 fn line_is_editable(line: &str) -> bool {
     let t = line.trim_start();
     EDITABLE.iter().any(|tag| t.starts_with(tag))
@@ -161,8 +118,8 @@ fn every_domain_on_every_host_plans_idempotently_and_touches_only_edited_element
                 .unwrap_or_else(|e| panic!("{what} (second pass): {e:#}"));
             assert_eq!(once, twice, "{what}: not idempotent");
             assert_eq!(
-                untouched_outline(&xml),
-                untouched_outline(&once),
+                rewrite_support::untouched_outline(&xml),
+                rewrite_support::untouched_outline(&once),
                 "{what}: content outside the edited elements changed"
             );
             // Line-level check for normal (multi-line) documents: every removed line

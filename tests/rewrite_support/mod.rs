@@ -59,3 +59,55 @@ pub fn assert_only_touches(before: &str, after: &str, allowed: &[&str], what: &s
         );
     }
 }
+
+/// Elements a plan may edit (their whole subtree is excluded from the outline).
+pub const EDITED: &[&str] = &[
+    "vcpu",
+    "cputune",
+    "numatune",
+    "memoryBacking",
+    "driver",
+    "cpu",
+];
+
+/// Everything outside edited elements in document order (whitespace-only text
+/// left out: new elements bring their own indentation).
+pub fn untouched_outline(xml: &str) -> Vec<String> {
+    let d = roxmltree::Document::parse(xml).unwrap();
+    let mut out = Vec::new();
+    let mut skip_until = 0usize;
+    for node in d.root().descendants() {
+        if node.range().start < skip_until {
+            continue;
+        }
+        if node.is_element()
+            && node.tag_name().namespace().is_none_or(str::is_empty)
+            && EDITED.contains(&node.tag_name().name())
+            && node.parent_element().is_some_and(|p| {
+                p == d.root_element()
+                    || p.tag_name().name() == "disk"
+                    || p.tag_name().name() == "interface"
+            })
+        {
+            skip_until = node.range().end;
+            continue;
+        }
+        if node.is_element() {
+            let attrs: Vec<String> = node
+                .attributes()
+                .map(|a| format!("{}={}", a.name(), &xml[a.range_value()]))
+                .collect();
+            out.push(format!("<{}> {}", node.tag_name().name(), attrs.join(" ")));
+        } else if node.is_text() {
+            let t = node.text().unwrap_or("");
+            if !t.trim().is_empty() {
+                out.push(format!("text {t:?}"));
+            }
+        } else if node.is_comment() {
+            out.push(format!("comment {:?}", node.text()));
+        } else if node.is_pi() {
+            out.push(format!("pi {:?}", node.pi()));
+        }
+    }
+    out
+}
