@@ -261,14 +261,22 @@ impl Plan {
         if self.edits.is_empty() {
             let _ = writeln!(out, "  changes: none, the XML already conforms");
         }
+        // How each change reaches a guest started from the current XML: the hook
+        // applies placement at start; the rest needs the definition changed
+        // (`kvmtune apply`), and until then is a violation at start.
         for edit in &self.edits {
-            let _ = writeln!(out, "  change: {}", edit.reason);
+            let how = match edit.change.enforcement() {
+                Enforcement::Runtime => "hook applies at start",
+                Enforcement::XmlOnly => "needs kvmtune apply",
+            };
+            let _ = writeln!(out, "  change: {} ({how})", edit.reason);
         }
         for note in &self.notes {
             let _ = writeln!(out, "  note: [rule {}] {}", note.rule, note.text);
         }
-        for v in &self.violations {
-            let _ = writeln!(out, "  violation: [rule {}] {}", v.rule, v.what);
+        // Violations without a change of their own (the policy refuses the guest).
+        for v in self.violations.iter().filter(|v| v.refuse_always) {
+            let _ = writeln!(out, "  refused: [rule {}] {}", v.rule, v.what);
         }
         out
     }
