@@ -36,10 +36,17 @@ kvmtune makes every KVM guest libvirt starts follow the host's tuning policy
 the IRQ CPUs, memory on the vCPUs' node, no KSM, huge pages, disk cache='none',
 vhost-net with multiqueue, no host-passthrough.
 
+libvirt ignores hook output when a guest starts, so the hook (installed as
+/etc/libvirt/hooks/qemu) places vCPUs at start and warns about or refuses what only a
+new definition can fix; `kvmtune apply` writes that definition.
+
 Examples:
   kvmtune plan --explain guest.xml          what kvmtune would change, and why
   virsh dumpxml web01 | kvmtune plan --diff -
   kvmtune check                             validate the policy against this host
+  kvmtune apply --dry-run --all             what apply would change in every definition
+  kvmtune apply web01                       conform web01's definition (backup kept)
+  kvmtune status                            what runs where, and does it conform
 
 Exit codes: 0 ok, 1 findings (violations, differences, refusal), 2 usage or policy
 error, 3 bad input (domain XML, host), 4 libvirt error.";
