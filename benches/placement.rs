@@ -59,6 +59,7 @@ fn main() {
         cpu_allocation_ratio: 16.0,
         thread_policy: ThreadPolicy::Prefer,
         memory_strict: false,
+        hugepage_kib: None,
     };
     let iterations = 500;
     let baseline = time_per_iter(iterations, || {

@@ -136,6 +136,9 @@ pub struct Request {
     /// Memory bound strictly to the chosen nodes (`memory_mode: strict` or
     /// `restrictive`): never placed on nodes without the guest's memory free.
     pub memory_strict: bool,
+    /// The guest's memory is backed by huge pages of this size (KiB): a node must
+    /// have that many free pages, not just MemFree.
+    pub hugepage_kib: Option<u64>,
 }
 
 /// Where a guest goes.
@@ -328,7 +331,9 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
             // CPUs at the ratio got no vCPU: the placement is what was used.
             let cpus = vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
             let nodes = nodes_of(host, &cpus);
-            if request.memory_strict && !memory_fits(host, &nodes, request.memory_kib) {
+            if request.memory_strict
+                && !memory_fits(host, &nodes, request.memory_kib, request.hugepage_kib)
+            {
                 return Err(NoRoom(format!(
                     "nodes {nodes} do not have the guest's {} MiB free, and strict memory binding never overcommits a node",
                     request.memory_kib / 1024
@@ -362,7 +367,9 @@ fn search(
     check_memory: bool,
 ) -> Option<Placement> {
     let wanted = request.vcpus.max(1) as usize;
-    let node_fits = |nodes: &CpuSet| !check_memory || memory_fits(host, nodes, request.memory_kib);
+    let node_fits = |nodes: &CpuSet| {
+        !check_memory || memory_fits(host, nodes, request.memory_kib, request.hugepage_kib)
+    };
     let unit_load =
         |unit: &CpuSet| unit.iter().map(load_of).sum::<f64>() / unit.len().max(1) as f64;
 
@@ -556,7 +563,20 @@ pub fn nodes_of(host: &Host, cpus: &CpuSet) -> CpuSet {
         .collect()
 }
 
-fn memory_fits(host: &Host, nodes: &CpuSet, memory_kib: u64) -> bool {
+fn memory_fits(host: &Host, nodes: &CpuSet, memory_kib: u64, hugepage_kib: Option<u64>) -> bool {
+    if let Some(size) = hugepage_kib {
+        // Huge-page-backed memory comes only from free pages of that size.
+        let pools: Vec<u64> = nodes
+            .iter()
+            .filter_map(|id| host.nodes.get(&id)?.hugepages.get(&size))
+            .map(|h| h.free.saturating_mul(size))
+            .collect();
+        if !pools.is_empty() {
+            return pools.iter().sum::<u64>() >= memory_kib;
+        }
+        // No huge page information for these nodes: does not block placement.
+        return true;
+    }
     let mut free = 0u64;
     for id in nodes.iter() {
         match host.nodes.get(&id).and_then(|n| n.mem_free_kib) {

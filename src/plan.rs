@@ -451,6 +451,17 @@ impl Planner<'_> {
                     self.settings.memory_mode,
                     MemoryMode::Strict | MemoryMode::Restrictive
                 ),
+                // A guest already backed by huge pages needs free pages of its
+                // size on the node (one that only may get them is decided later,
+                // from the chosen node's free pages: rule 3.2).
+                hugepage_kib: self.domain.memory_backing.hugepages.then(|| {
+                    self.domain
+                        .memory_backing
+                        .hugepage_sizes_kib
+                        .first()
+                        .copied()
+                        .unwrap_or(self.settings.hugepage_size_kib)
+                }),
             };
             let others = occupancy.without(&self.domain.name);
             match place(self.host, &others, &request) {

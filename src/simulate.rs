@@ -516,6 +516,7 @@ impl<'a> Simulator<'a> {
                         settings.memory_mode,
                         MemoryMode::Strict | MemoryMode::Restrictive
                     ),
+                    hugepage_kib: None,
                 };
                 let p = place(&self.host, &self.occupancy, &request).map_err(|e| e.0)?;
                 Claim {

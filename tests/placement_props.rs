@@ -292,6 +292,7 @@ proptest! {
             cpu_allocation_ratio: f64::from(ratio),
             thread_policy: ThreadPolicy::Prefer,
             memory_strict: false,
+            hugepage_kib: None,
         };
         if let Ok(p) = place(sim.host(), sim.occupancy(), &request) {
             let union = p.vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));

@@ -432,3 +432,34 @@ fn hugepages_only_when_the_node_has_enough_free_pages() {
             .any(|n| n.rule == "3.2" && n.text.contains("skipped"))
     );
 }
+
+#[test]
+fn a_huge_page_backed_guest_goes_to_the_node_with_free_pages_of_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/hosts/intel-xeon-silver4108-2s8c2t-2node");
+    copy_tree(&src, dir.path());
+    // Node 0 has only 100 free 2 MiB pages left (200 MiB); node 1 keeps 2048 (4 GiB).
+    std::fs::write(
+        dir.path()
+            .join("sys/devices/system/node/node0/hugepages/hugepages-2048kB/free_hugepages"),
+        "100\n",
+    )
+    .unwrap();
+    let h = Host::read(dir.path()).unwrap();
+    let xml = guest("hp", 2, 1024).replace(
+        "<vcpu",
+        "<memoryBacking>\n    <hugepages/>\n  </memoryBacking>\n  <vcpu",
+    );
+    let p = plan_for(&policy(BASE), &h, &Occupancy::default(), &xml);
+    let placement = p.placement.unwrap();
+    assert_eq!(placement.nodes.to_string(), "1", "{}", placement.why);
+    // Without huge pages the same guest takes node 0 (its MemFree suffices).
+    let p = plan_for(
+        &policy(BASE),
+        &h,
+        &Occupancy::default(),
+        &guest("plain", 2, 1024),
+    );
+    assert_eq!(p.placement.unwrap().nodes.to_string(), "0");
+}
