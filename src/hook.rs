@@ -359,9 +359,23 @@ fn status_path(ctx: &Stage<'_>) -> Result<PathBuf> {
     Ok(ctx.env.paths.libvirt_run_dir.join(format!("{name}.xml")))
 }
 
+/// The host, its static topology from `/run/kvmtune/host-topology.json` when that
+/// is still valid (see [`Host::read_cached`]). Called only under the ledger lock,
+/// so the cache's temp file, like the ledger's, is stale whenever the lock is free.
 fn read_host(ctx: &Stage<'_>) -> Result<Host> {
-    Host::read(&ctx.env.host_root).with_context(|| format!("host {}", ctx.env.host_root.display()))
+    let run_dir = &ctx.env.paths.run_dir;
+    // Only a run directory the ledger would accept (root's, no symlink) holds the
+    // cache; otherwise read everything and write nothing.
+    let read = if ledger::ensure_safe_dir(run_dir).is_ok() {
+        Host::read_cached(&ctx.env.host_root, &run_dir.join(HOST_CACHE_FILE))
+    } else {
+        Host::read(&ctx.env.host_root)
+    };
+    read.with_context(|| format!("host {}", ctx.env.host_root.display()))
 }
+
+/// The host topology cache, next to the ledger.
+pub const HOST_CACHE_FILE: &str = "host-topology.json";
 
 fn entry_from_plan(ctx: &Stage<'_>, plan: &Plan) -> Option<Entry> {
     let placement = plan.placement.as_ref()?;
@@ -380,8 +394,8 @@ fn entry_from_plan(ctx: &Stage<'_>, plan: &Plan) -> Option<Entry> {
 }
 
 fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
-    let host = read_host(ctx)?;
     let (mut locked, occupancy, mut notes) = locked_ledger(ctx)?;
+    let host = read_host(ctx)?;
     let plan = plan(&ctx.policy, &host, &occupancy, &ctx.domain)?;
     let name = sanitize(&ctx.domain.name);
     if !plan.enabled {
@@ -560,8 +574,8 @@ fn started(ctx: &Stage<'_>) -> Result<Outcome> {
 }
 
 fn restore_or_migrate(ctx: &Stage<'_>, migrate: bool) -> Result<Outcome> {
-    let host = read_host(ctx)?;
     let (_locked, occupancy, _) = locked_ledger(ctx)?;
+    let host = read_host(ctx)?;
     let mut domain = ctx.domain.clone();
     let mut policy = ctx.policy.clone();
     if migrate {

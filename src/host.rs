@@ -31,7 +31,7 @@ const NODE_DIR: &str = "sys/devices/system/node";
 const GLOBAL_HUGEPAGES_DIR: &str = "sys/kernel/mm/hugepages";
 
 /// One online logical CPU.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cpu {
     pub id: u32,
     /// Index into [`Host::cores`].
@@ -48,7 +48,7 @@ pub struct Cpu {
 
 /// A physical core: the SMT sibling threads that share L1/L2 (`thread_siblings_list`,
 /// which is right even where core_id is not unique, see fixtures README).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Core {
     pub cpus: CpuSet,
     pub socket: u32,
@@ -56,14 +56,14 @@ pub struct Core {
 }
 
 /// Huge pages of one size on one node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct HugePages {
     pub total: u64,
     pub free: u64,
 }
 
 /// A NUMA node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Node {
     pub id: u32,
     /// Online CPUs of the node (may be empty: memory-only nodes).
@@ -77,7 +77,7 @@ pub struct Node {
 }
 
 /// One IRQ line and the CPUs it may be delivered to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Irq {
     pub number: u32,
     pub affinity: CpuSet,
@@ -87,7 +87,7 @@ pub struct Irq {
 }
 
 /// Everything read from one host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Host {
     pub root: PathBuf,
     /// Online CPUs by number.
@@ -157,6 +157,25 @@ impl Host {
             isolated,
             irqs,
         ))
+    }
+
+    /// Like [`Host::read`], but takes the static topology (CPUs, cores, caches,
+    /// sockets, node CPU lists, distances) from `cache` when it was written for the
+    /// same online CPUs and nodes since the last boot, and reads only what changes
+    /// at run time (memory, huge pages, isolated CPUs, IRQ affinities). The hook
+    /// reads the host on every guest start; the topology is most of those reads
+    /// (~300 files on a 96-thread host, thousands on a 512-thread one). Any problem
+    /// with the cache (missing, stale, unreadable, not writable) falls back to a
+    /// full read: the cache can make a call faster, never wrong.
+    pub fn read_cached(root: &Path, cache: &Path) -> Result<Host, HostError> {
+        let key = topology_key(root)?;
+        if let Some(mut host) = load_cache(cache, &key, root) {
+            refresh_dynamic(&mut host, root)?;
+            return Ok(host);
+        }
+        let host = Host::read(root)?;
+        store_cache(cache, &key, &host);
+        Ok(host)
     }
 
     /// A made-up host for tests and benchmarks, numbered like Linux numbers a real
@@ -467,6 +486,97 @@ fn read_l3_shared(cpu_dir: &Path, cpu: u32) -> Result<Option<CpuSet>, HostError>
         }
     }
     Ok(None)
+}
+
+/// What the static topology depends on: the online CPUs and nodes, the boot (a
+/// reboot may bring other hardware), and kvmtune's version (the cache's format).
+fn topology_key(root: &Path) -> Result<String, HostError> {
+    let part = |rel: &str| -> Result<String, HostError> {
+        Ok(read_optional(&root.join(rel))?
+            .map(|t| trim_sysfs(&t).to_string())
+            .unwrap_or_default())
+    };
+    Ok(format!(
+        "v{} cpus={} nodes={} possible={} boot={}",
+        env!("CARGO_PKG_VERSION"),
+        part("sys/devices/system/cpu/online")?,
+        part("sys/devices/system/node/online")?,
+        part("sys/devices/system/node/possible")?,
+        part("proc/sys/kernel/random/boot_id")?,
+    ))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TopologyCache {
+    key: String,
+    host: Host,
+}
+
+/// The cached host, if the cache is there, readable, for this key and this root.
+fn load_cache(cache: &Path, key: &str, root: &Path) -> Option<Host> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(cache)
+        .ok()?;
+    let mut text = String::new();
+    file.take(16 * 1024 * 1024).read_to_string(&mut text).ok()?;
+    let cached: TopologyCache = serde_json::from_str(&text).ok()?;
+    (cached.key == key && cached.host.root == root).then_some(cached.host)
+}
+
+/// Writes the cache atomically (temp + rename); failures are ignored.
+fn store_cache(cache: &Path, key: &str, host: &Host) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(dir) = cache.parent() else { return };
+    if !dir.is_dir() {
+        return;
+    }
+    let Ok(text) = serde_json::to_string(&TopologyCache {
+        key: key.to_string(),
+        host: host.clone(),
+    }) else {
+        return;
+    };
+    let tmp = dir.join(format!(".host-topology.{}.tmp", std::process::id()));
+    let written = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if written.is_err() || fs::rename(&tmp, cache).is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+}
+
+/// Re-reads what changes while the host runs: free memory and huge pages per
+/// node, isolated CPUs, IRQ affinities.
+fn refresh_dynamic(host: &mut Host, root: &Path) -> Result<(), HostError> {
+    let node_dir = root.join(NODE_DIR);
+    if node_dir.is_dir() {
+        for node in host.nodes.values_mut() {
+            let dir = node_dir.join(format!("node{}", node.id));
+            let meminfo = read_optional(&dir.join("meminfo"))?;
+            node.mem_total_kib = meminfo.as_deref().and_then(|t| meminfo_kib(t, "MemTotal:"));
+            node.mem_free_kib = meminfo.as_deref().and_then(|t| meminfo_kib(t, "MemFree:"));
+            node.hugepages = read_hugepages(&dir.join("hugepages"))?;
+        }
+    } else if let Some(fresh) = uma_node(root, &host.online)?.remove(&0)
+        && let Some(node) = host.nodes.get_mut(&0)
+    {
+        node.mem_total_kib = fresh.mem_total_kib;
+        node.mem_free_kib = fresh.mem_free_kib;
+        node.hugepages = fresh.hugepages;
+    }
+    host.isolated = read_cpus(&root.join(CPU_DIR).join("isolated"))?.unwrap_or_default();
+    host.irqs = read_irqs(root)?;
+    Ok(())
 }
 
 /// NUMA nodes, each online CPU in exactly one of them.

@@ -296,13 +296,15 @@ fn remove_stale_temp_files(run_dir: &Path) {
     let Ok(entries) = fs::read_dir(run_dir) else {
         return;
     };
-    let prefix = format!(".{LEDGER_FILE}.");
+    // The host topology cache (hook::HOST_CACHE_FILE) is also written only under
+    // the lock.
+    let prefixes = [format!(".{LEDGER_FILE}."), ".host-topology.".to_string()];
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
             continue;
         };
-        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+        if prefixes.iter().any(|p| name.starts_with(p.as_str())) && name.ends_with(".tmp") {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -334,7 +336,7 @@ fn read_no_follow(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 
 /// Creates the run directory (0755) if missing; refuses a symlink, a non-directory,
 /// or (when we are root) a directory not owned by root or writable by others.
-fn ensure_safe_dir(dir: &Path) -> Result<(), LedgerError> {
+pub fn ensure_safe_dir(dir: &Path) -> Result<(), LedgerError> {
     match fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             fs::create_dir_all(dir).map_err(|source| LedgerError::Io {

@@ -437,3 +437,64 @@ fn hyperv_irqs_all_unbound_and_no_node_directory() {
     // Every IRQ may go to every online CPU: none is bound anywhere.
     assert!(host.irq_bound_cpus().is_empty());
 }
+
+/// The hook's cached read gives exactly the full read, on every fixture host, and
+/// refreshes what changes at run time.
+#[test]
+fn cached_reads_equal_full_reads_and_refresh_memory_and_huge_pages() {
+    let hosts = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/hosts");
+    for entry in std::fs::read_dir(&hosts).unwrap().flatten() {
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let root = entry.path();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("host-topology.json");
+        let full = kvmtune::host::Host::read(&root).unwrap();
+        let first = kvmtune::host::Host::read_cached(&root, &cache).unwrap();
+        assert!(cache.exists(), "{}: cache not written", root.display());
+        let second = kvmtune::host::Host::read_cached(&root, &cache).unwrap();
+        assert_eq!(first, full, "{}", root.display());
+        assert_eq!(second, full, "{} (from the cache)", root.display());
+    }
+}
+
+#[test]
+fn the_cache_is_refreshed_or_ignored_when_the_host_changed() {
+    let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/hosts/intel-xeon-silver4108-2s8c2t-2node");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("host");
+    copy_tree(&src, &root);
+    let cache = dir.path().join("host-topology.json");
+    let before = kvmtune::host::Host::read_cached(&root, &cache).unwrap();
+    assert_eq!(before.nodes[&0].hugepages[&2048].free, 2048);
+    // Run-time state changes: read fresh although the topology comes from the cache.
+    let free = root.join("sys/devices/system/node/node0/hugepages/hugepages-2048kB/free_hugepages");
+    std::fs::write(&free, "7\n").unwrap();
+    let after = kvmtune::host::Host::read_cached(&root, &cache).unwrap();
+    assert_eq!(after.nodes[&0].hugepages[&2048].free, 7);
+    // CPU hot-unplug changes the online list: the cache no longer applies.
+    std::fs::write(root.join("sys/devices/system/cpu/online"), "0-30\n").unwrap();
+    let unplugged = kvmtune::host::Host::read_cached(&root, &cache).unwrap();
+    assert_eq!(unplugged, kvmtune::host::Host::read(&root).unwrap());
+    assert!(!unplugged.online.contains(31));
+    // A garbage cache is ignored.
+    std::fs::write(&cache, "{not json").unwrap();
+    let again = kvmtune::host::Host::read_cached(&root, &cache).unwrap();
+    assert_eq!(again, kvmtune::host::Host::read(&root).unwrap());
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

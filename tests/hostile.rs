@@ -462,7 +462,10 @@ fn hostile_guest_names_keep_log_lines_one_line_and_write_no_paths() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert_eq!(files, vec!["ledger.json", "ledger.lock"]);
+    assert_eq!(
+        files,
+        vec!["host-topology.json", "ledger.json", "ledger.lock"]
+    );
     let top: Vec<String> = std::fs::read_dir(f.dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -479,7 +479,7 @@ fn hooks_killed_with_sigkill_at_any_moment_leave_the_ledger_usable() {
     files.sort();
     assert_eq!(
         files,
-        vec!["ledger.json", "ledger.lock"],
+        vec!["host-topology.json", "ledger.json", "ledger.lock"],
         "stale temp files of killed hooks are removed"
     );
     eprintln!("sigkill: killed {killed} hook processes mid-run; ledger usable after each round");
