@@ -303,14 +303,36 @@ impl Host {
 
     /// Online CPUs that some IRQ is bound to. An IRQ whose affinity covers every
     /// online CPU is unbound (the kernel default) and says nothing about which CPUs
-    /// the admin set aside for interrupts, so it is left out.
+    /// the admin set aside for interrupts, so it is left out. So are per-queue IRQs
+    /// spread one per CPU over the whole host (NVMe `nvme0q1..N`, a NIC's
+    /// `mlx5_comp0..N`, kernel-managed affinity): together they cover every CPU,
+    /// and counting them would leave guests no CPU at all. They are grouped by
+    /// their name without digits.
     pub fn irq_bound_cpus(&self) -> CpuSet {
-        self.irqs
+        let mut groups: BTreeMap<String, CpuSet> = BTreeMap::new();
+        for irq in self
+            .irqs
             .iter()
             .filter(|irq| !self.online.is_subset(&irq.affinity))
-            .fold(CpuSet::new(), |acc, irq| {
-                acc.union(&irq.affinity.intersection(&self.online))
-            })
+        {
+            let stem: String = irq
+                .actions
+                .chars()
+                .filter(|c| !c.is_ascii_digit())
+                .collect();
+            // An IRQ without a name is a group of its own.
+            let key = if stem.trim().is_empty() {
+                format!("irq {}", irq.number)
+            } else {
+                stem
+            };
+            let cpus = groups.entry(key).or_default();
+            *cpus = cpus.union(&irq.affinity.intersection(&self.online));
+        }
+        groups
+            .values()
+            .filter(|cpus| !self.online.is_subset(cpus))
+            .fold(CpuSet::new(), |acc, cpus| acc.union(cpus))
     }
 
     /// One line for logs and `kvmtune check`: "2 sockets, 2 nodes, 16 cores, 32 threads".
@@ -1030,6 +1052,37 @@ mod tests {
         assert_eq!(host.irqs[1].actions, "eth0-TxRx-0");
         assert_eq!(host.irqs[2].actions, "");
         assert_eq!(host.irqs[2].affinity, set("0-3"));
+    }
+
+    #[test]
+    fn per_queue_irqs_spread_over_every_cpu_bind_nothing() {
+        let mut files = four_cpu_files();
+        let mut interrupts = String::from("           CPU0       CPU1       CPU2       CPU3\n");
+        // NVMe: one managed queue IRQ per CPU; the NIC: bound by the admin to CPU 2-3.
+        for (irq, cpu) in [(40, 0), (41, 1), (42, 2), (43, 3)] {
+            interrupts.push_str(&format!(
+                "{irq}:          1          1          1          1   PCI-MSI 1-edge      nvme0q{}\n",
+                cpu + 1
+            ));
+            files.push((
+                format!("proc/irq/{irq}/smp_affinity_list"),
+                format!("{cpu}\n"),
+            ));
+        }
+        for (irq, queue) in [(50, 0), (51, 1)] {
+            interrupts.push_str(&format!(
+                "{irq}:          1          1          1          1   PCI-MSI 2-edge      eth0-TxRx-{queue}\n"
+            ));
+            files.push((
+                format!("proc/irq/{irq}/smp_affinity_list"),
+                "2-3\n".to_string(),
+            ));
+        }
+        files.push(("proc/interrupts".to_string(), interrupts));
+        let dir = tree_owned(&files);
+        let host = Host::read(dir.path()).expect("host");
+        assert_eq!(host.irqs.len(), 6);
+        assert_eq!(host.irq_bound_cpus(), set("2-3"));
     }
 
     #[test]
