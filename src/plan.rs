@@ -440,11 +440,16 @@ impl Planner<'_> {
                 cpus,
             }
         } else {
+            // Nova-style pool CPU sets (host.shared_cpus / host.dedicated_cpus).
+            let pool_eligible = |pool: Pool| match host_settings.pool_cpus(pool) {
+                Some(set) => eligible.intersection(set),
+                None => eligible.clone(),
+            };
             let request = Request {
                 vcpus: self.domain.vcpus_max,
                 memory_kib: self.domain.memory_kib,
                 pool: self.settings.pool,
-                eligible: eligible.clone(),
+                eligible: pool_eligible(self.settings.pool),
                 cpu_allocation_ratio: f64::from(self.settings.cpu_allocation_ratio),
                 thread_policy: self.settings.thread_policy,
                 memory_strict: matches!(
@@ -472,6 +477,7 @@ impl Planner<'_> {
                     // the hook refuses instead under on_violation: refuse.
                     let shared = Request {
                         pool: Pool::Shared,
+                        eligible: pool_eligible(Pool::Shared),
                         ..request
                     };
                     match (self.settings.pool, place(self.host, &others, &shared)) {

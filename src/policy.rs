@@ -91,8 +91,27 @@ pub struct HostSettings {
     pub irq_cpus: IrqCpus,
     /// CPU0 carries many interrupts and kernel work; guests only get it when allowed.
     pub allow_cpu0: bool,
+    /// Host CPUs for the shared pool (Nova's `cpu_shared_set`); empty = every
+    /// eligible CPU.
+    pub shared_cpus: CpuSet,
+    /// Host CPUs for the dedicated pool (Nova's `cpu_dedicated_set`); empty = every
+    /// eligible CPU. Splitting the two keeps shared guests from taking the idle
+    /// CPUs a later dedicated guest needs.
+    pub dedicated_cpus: CpuSet,
     /// `host.tuning:` the host-side rules `kvmtune host check|apply` enforce.
     pub tuning: crate::hosttune::HostTuning,
+}
+
+impl HostSettings {
+    /// The CPUs a pool may use at all (before reserved/IRQ/CPU0 are removed):
+    /// `None` = no restriction.
+    pub fn pool_cpus(&self, pool: Pool) -> Option<&CpuSet> {
+        let set = match pool {
+            Pool::Shared => &self.shared_cpus,
+            Pool::Dedicated => &self.dedicated_cpus,
+        };
+        (!set.is_empty()).then_some(set)
+    }
 }
 
 /// `<numatune><memory mode=...>`; `Off` leaves numatune alone.
@@ -528,6 +547,8 @@ impl Policy {
                 reserved_cpus: host.reserved_cpus.map(|c| c.0).unwrap_or_default(),
                 irq_cpus: host.irq_cpus.map(|i| i.0).unwrap_or_default(),
                 allow_cpu0: host.allow_cpu0.unwrap_or(false),
+                shared_cpus: host.shared_cpus.map(|c| c.0).unwrap_or_default(),
+                dedicated_cpus: host.dedicated_cpus.map(|c| c.0).unwrap_or_default(),
                 tuning,
             },
             defaults,
@@ -581,6 +602,11 @@ impl Policy {
         if let IrqCpus::List(irq) = &self.host.irq_cpus {
             check(&[key("host"), key("irq_cpus")], irq, host_cpus, Thing::Cpu);
         }
+        let shared = &self.host.shared_cpus;
+        let dedicated = &self.host.dedicated_cpus;
+        check(&[key("host"), key("shared_cpus")], shared, host_cpus, Thing::Cpu);
+        check(&[key("host"), key("dedicated_cpus")], dedicated, host_cpus, Thing::Cpu);
+
         if let Some(nodes) = &self.defaults.nodes {
             check(
                 &[key("defaults"), key("nodes")],
@@ -598,6 +624,15 @@ impl Policy {
                 let path = [key("rules"), Seg::Index(index), key("set"), key("nodes")];
                 check(&path, nodes, host_nodes, Thing::Node);
             }
+        }
+        let both = self.host.shared_cpus.intersection(&self.host.dedicated_cpus);
+        if !both.is_empty() {
+            errors.push(doc.invalid(
+                &[key("host"), key("dedicated_cpus")],
+                &format!(
+                    "CPUs {both} are in both shared_cpus and dedicated_cpus: a CPU serves one pool"
+                ),
+            ));
         }
         errors
     }
@@ -750,6 +785,8 @@ struct RawHost {
     reserved_cpus: Option<ReservedCpus>,
     irq_cpus: Option<RawIrqCpus>,
     allow_cpu0: Option<bool>,
+    shared_cpus: Option<ReservedCpus>,
+    dedicated_cpus: Option<ReservedCpus>,
     tuning: Option<crate::hosttune::HostTuning>,
 }
 

@@ -498,13 +498,16 @@ impl<'a> Simulator<'a> {
         let start = Instant::now();
         let claim = match (self.strategy, &settings) {
             (Strategy::Kvmtune, Some(settings)) => {
-                let eligible = eligible_cpus(
+                let mut eligible = eligible_cpus(
                     &self.host,
                     &self.policy.host.reserved_cpus,
                     &irq_cpus(self.base, self.policy),
                     self.policy.host.allow_cpu0,
                     settings.nodes.as_ref(),
                 );
+                if let Some(set) = self.policy.host.pool_cpus(pool) {
+                    eligible = eligible.intersection(set);
+                }
                 let request = Request {
                     vcpus,
                     memory_kib,

@@ -463,3 +463,34 @@ fn a_huge_page_backed_guest_goes_to_the_node_with_free_pages_of_its_size() {
     );
     assert_eq!(p.placement.unwrap().nodes.to_string(), "0");
 }
+
+#[test]
+fn shared_and_dedicated_guests_stay_in_their_pool_cpu_sets() {
+    let h = host("intel-xeon-silver4108-2s8c2t-2node");
+    let pol = policy(
+        "version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: none\n  shared_cpus: 1-7,16-23\n  dedicated_cpus: 8-15,24-31\nrules:\n  - name: nfv\n    match:\n      name: 'nfv-*'\n    set:\n      pool: dedicated\n",
+    );
+    let shared_set = CpuSet::parse("1-7,16-23").unwrap();
+    let dedicated_set = CpuSet::parse("8-15,24-31").unwrap();
+    let mut occupancy = Occupancy::default();
+    for i in 0..12 {
+        let name = if i % 3 == 0 {
+            format!("nfv-{i}")
+        } else {
+            format!("web-{i}")
+        };
+        let p = plan_for(&pol, &h, &occupancy, &guest(&name, 2, 512));
+        let placement = p.placement.as_ref().unwrap();
+        let allowed = if name.starts_with("nfv") {
+            &dedicated_set
+        } else {
+            &shared_set
+        };
+        assert!(
+            placement.cpus.is_subset(allowed),
+            "{name} got {} outside {allowed}",
+            placement.cpus
+        );
+        occupancy.guests.insert(name, claim_of(&p, 512 * 1024));
+    }
+}

@@ -65,6 +65,8 @@ fn valid_policy() -> Policy {
             reserved_cpus: set("0-1"),
             irq_cpus: IrqCpus::Auto,
             allow_cpu0: false,
+            shared_cpus: CpuSet::new(),
+            dedicated_cpus: CpuSet::new(),
             tuning: Default::default(),
         },
         defaults: defaults.clone(),
@@ -137,6 +139,8 @@ fn built_in_defaults_are_the_documented_ones() {
         reserved_cpus: CpuSet::new(),
         irq_cpus: IrqCpus::Auto,
         allow_cpu0: false,
+        shared_cpus: CpuSet::new(),
+        dedicated_cpus: CpuSet::new(),
         tuning: Default::default(),
     };
     assert_eq!(HostSettings::default(), host);
@@ -184,6 +188,8 @@ defaults:
             reserved_cpus: set("0-3,8"),
             irq_cpus: IrqCpus::List(set("4-5")),
             allow_cpu0: true,
+            shared_cpus: CpuSet::new(),
+            dedicated_cpus: CpuSet::new(),
             tuning: Default::default(),
         }
     );
@@ -305,7 +311,7 @@ fn validation_errors() {
             invalid(
                 8,
                 3,
-                "host: unknown field `alow_cpu0`, expected one of `reserved_cpus`, `irq_cpus`, `allow_cpu0`, `tuning`",
+                "host: unknown field `alow_cpu0`, expected one of `reserved_cpus`, `irq_cpus`, `allow_cpu0`, `shared_cpus`, `dedicated_cpus`, `tuning`",
             ),
         ),
         (
@@ -1198,5 +1204,45 @@ fn host_tuning_is_read_from_the_policy_and_checked() {
     assert!(
         err.contains(":4:5: host.tuning: unknown field `kms`"),
         "{err}"
+    );
+}
+
+#[test]
+fn pool_cpu_sets_are_read_checked_against_the_host_and_must_not_overlap() {
+    let policy = parse("version: 1\nhost:\n  shared_cpus: 1-7\n  dedicated_cpus: 8-15\n").unwrap();
+    assert_eq!(
+        policy.host.pool_cpus(crate::placement::Pool::Shared),
+        Some(&set("1-7"))
+    );
+    assert_eq!(
+        policy.host.pool_cpus(crate::placement::Pool::Dedicated),
+        Some(&set("8-15"))
+    );
+    assert!(policy.check_against(&set("0-15"), &set("0")).is_empty());
+    let errors = policy.check_against(&set("0-11"), &set("0"));
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0]
+            .to_string()
+            .contains(":4:19: host.dedicated_cpus: CPUs 12-15 are not on this host"),
+        "{}",
+        errors[0]
+    );
+    let overlap = parse("version: 1\nhost:\n  shared_cpus: 1-8\n  dedicated_cpus: 8-15\n").unwrap();
+    let errors = overlap.check_against(&set("0-15"), &set("0"));
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].to_string().ends_with(
+            "host.dedicated_cpus: CPUs 8 are in both shared_cpus and dedicated_cpus: a CPU serves one pool"
+        ),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(
+        parse("version: 1\n")
+            .unwrap()
+            .host
+            .pool_cpus(crate::placement::Pool::Shared),
+        None
     );
 }
