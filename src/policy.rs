@@ -604,8 +604,18 @@ impl Policy {
         }
         let shared = &self.host.shared_cpus;
         let dedicated = &self.host.dedicated_cpus;
-        check(&[key("host"), key("shared_cpus")], shared, host_cpus, Thing::Cpu);
-        check(&[key("host"), key("dedicated_cpus")], dedicated, host_cpus, Thing::Cpu);
+        check(
+            &[key("host"), key("shared_cpus")],
+            shared,
+            host_cpus,
+            Thing::Cpu,
+        );
+        check(
+            &[key("host"), key("dedicated_cpus")],
+            dedicated,
+            host_cpus,
+            Thing::Cpu,
+        );
 
         if let Some(nodes) = &self.defaults.nodes {
             check(
@@ -625,7 +635,10 @@ impl Policy {
                 check(&path, nodes, host_nodes, Thing::Node);
             }
         }
-        let both = self.host.shared_cpus.intersection(&self.host.dedicated_cpus);
+        let both = self
+            .host
+            .shared_cpus
+            .intersection(&self.host.dedicated_cpus);
         if !both.is_empty() {
             errors.push(doc.invalid(
                 &[key("host"), key("dedicated_cpus")],
