@@ -85,6 +85,13 @@ impl Occupancy {
             .fold(CpuSet::new(), |acc, c| acc.union(&c.cpus()))
     }
 
+    /// Every CPU any guest's vCPUs may use.
+    pub fn all_cpus(&self) -> CpuSet {
+        self.guests
+            .values()
+            .fold(CpuSet::new(), |acc, c| acc.union(&c.cpus()))
+    }
+
     /// The occupancy without one guest (a guest being re-planned does not compete
     /// with itself).
     pub fn without(&self, guest: &str) -> Occupancy {
@@ -723,4 +730,35 @@ fn assign_overcommitted(
         out.push(CpuSet::single(order[pick]));
     }
     out
+}
+
+/// The placement a guest already has (its running claim), described like a fresh
+/// one: the smallest level that holds its CPUs.
+pub fn describe(host: &Host, vcpus: Vec<CpuSet>, why: String) -> Placement {
+    let cpus = vcpus.iter().fold(CpuSet::new(), |acc, s| acc.union(s));
+    let nodes = nodes_of(host, &cpus);
+    let within = |group: &CpuSet| !cpus.is_empty() && cpus.is_subset(group);
+    let l3_groups: Vec<&CpuSet> = if host.l3_groups.is_empty() {
+        host.sockets.values().collect()
+    } else {
+        host.l3_groups.iter().collect()
+    };
+    let level = if host.cores.iter().any(|c| within(&c.cpus)) {
+        Level::Core
+    } else if nodes.len() == 1 && l3_groups.iter().any(|g| within(g)) {
+        Level::L3
+    } else if nodes.len() == 1 {
+        Level::Node
+    } else if host.sockets.values().any(within) {
+        Level::Socket
+    } else {
+        Level::Nodes
+    };
+    Placement {
+        level,
+        vcpus,
+        cpus,
+        nodes,
+        why,
+    }
 }

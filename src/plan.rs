@@ -469,7 +469,27 @@ impl Planner<'_> {
                 }),
             };
             let others = occupancy.without(&self.domain.name);
-            match place(self.host, &others, &request) {
+            // A running guest keeps the CPUs it runs on (its own claim), while they
+            // still suit the policy: `apply` then writes where it already is, and a
+            // restart lands there again. No one else may hold them exclusively.
+            let own = occupancy.guests.get(&self.domain.name).filter(|claim| {
+                let cpus = claim.cpus();
+                claim.vcpus.len() == self.domain.vcpus_max as usize
+                    && claim.pool == self.settings.pool
+                    && claim.vcpus.iter().all(|s| !s.is_empty())
+                    && cpus.is_subset(&request.eligible)
+                    && !cpus.intersects(&others.dedicated_cpus())
+                    && (claim.pool == Pool::Shared || !cpus.intersects(&others.all_cpus()))
+            });
+            let fresh = match own {
+                Some(claim) => Ok(crate::placement::describe(
+                    self.host,
+                    claim.vcpus.clone(),
+                    "kept where the running guest already is".into(),
+                )),
+                None => place(self.host, &others, &request),
+            };
+            match fresh {
                 Ok(p) => p,
                 Err(NoRoom(why)) => {
                     self.plan.no_room = Some(why.clone());

@@ -494,3 +494,25 @@ fn shared_and_dedicated_guests_stay_in_their_pool_cpu_sets() {
         occupancy.guests.insert(name, claim_of(&p, 512 * 1024));
     }
 }
+
+#[test]
+fn a_running_guest_keeps_its_cpus_while_they_still_suit_the_policy() {
+    let h = host("intel-xeon-silver4108-2s8c2t-2node");
+    let own = |cpus: [u32; 2]| Claim {
+        vcpus: cpus.iter().map(|c| CpuSet::single(*c)).collect(),
+        nodes: CpuSet::single(0),
+        memory_kib: 512 * 1024,
+        pool: Pool::Shared,
+    };
+    let mut occupancy = Occupancy::default();
+    occupancy.guests.insert("web".into(), own([5, 21]));
+    let p = plan_for(&policy(BASE), &h, &occupancy, &guest("web", 2, 512));
+    let placement = p.placement.unwrap();
+    assert_eq!(placement.cpus.to_string(), "5,21", "{}", placement.why);
+    assert_eq!(placement.level, Level::Core);
+    // Once its CPUs are reserved, it is placed afresh, away from them.
+    let reserved = policy("version: 1\nhost:\n  reserved_cpus: 5,21\n  irq_cpus: none\n");
+    let p = plan_for(&reserved, &h, &occupancy, &guest("web", 2, 512));
+    let cpus = p.placement.unwrap().cpus;
+    assert!(!cpus.contains(5) && !cpus.contains(21), "{cpus}");
+}
