@@ -551,8 +551,6 @@ fn load_cache(cache: &Path, key: &str, root: &Path) -> Option<Host> {
 
 /// Writes the cache atomically (temp + rename); failures are ignored.
 fn store_cache(cache: &Path, key: &str, host: &Host) {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let Some(dir) = cache.parent() else { return };
     if !dir.is_dir() {
         return;
@@ -563,18 +561,8 @@ fn store_cache(cache: &Path, key: &str, host: &Host) {
     }) else {
         return;
     };
-    let tmp = dir.join(format!(".host-topology.{}.tmp", std::process::id()));
-    let written = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .mode(0o644)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()));
-    if written.is_err() || fs::rename(&tmp, cache).is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
+    // Not fsynced: a cache lost in a crash is simply rebuilt.
+    let _ = crate::atomicfile::write(cache, "host-topology", text.as_bytes(), 0o644, false);
 }
 
 /// Re-reads what changes while the host runs: free memory and huge pages per

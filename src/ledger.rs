@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -258,34 +257,17 @@ impl Locked {
     /// Writes the ledger atomically: a reader (or a crash) sees the old or the new
     /// file, never a half-written one.
     pub fn save(&self) -> Result<(), LedgerError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(".{LEDGER_FILE}.{}.tmp", std::process::id()));
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| LedgerError::Io { path, source }
-        };
         let mut text = serde_json::to_string_pretty(&self.ledger).map_err(|e| LedgerError::Io {
             path: self.path.clone(),
             source: std::io::Error::other(e),
         })?;
         text.push('\n');
-        {
-            let mut file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .mode(0o644)
-                .open(&tmp)
-                .map_err(io(&tmp))?;
-            file.write_all(text.as_bytes()).map_err(io(&tmp))?;
-            file.sync_all().map_err(io(&tmp))?;
-        }
-        fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::atomicfile::write(&self.path, LEDGER_FILE, text.as_bytes(), 0o644, true).map_err(
+            |source| LedgerError::Io {
+                path: self.path.clone(),
+                source,
+            },
+        )
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod affinity;
 pub mod apply;
+pub mod atomicfile;
 pub mod cli;
 pub mod command;
 pub mod cpuset;
