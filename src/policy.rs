@@ -685,6 +685,20 @@ impl Policy {
                 warnings.push(doc.warning(&path, &message));
             }
         }
+        let pools: Vec<Pool> = std::iter::once(&self.defaults)
+            .chain(self.rules.iter().filter(|r| r.enabled).map(|r| &r.settings))
+            .filter(|s| s.pin_vcpus)
+            .map(|s| s.pool)
+            .collect();
+        let split = !self.host.shared_cpus.is_empty() || !self.host.dedicated_cpus.is_empty();
+        if pools.contains(&Pool::Shared) && pools.contains(&Pool::Dedicated) && !split {
+            warnings.push(doc.warning(
+                &[key("host")],
+                "host: both shared and dedicated guests, but no shared_cpus/dedicated_cpus: \
+                 shared guests spread over idle CPUs and can leave none for a dedicated guest \
+                 that starts later; consider splitting the CPUs between the pools",
+            ));
+        }
         warnings
     }
 }

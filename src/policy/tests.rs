@@ -1246,3 +1246,35 @@ fn pool_cpu_sets_are_read_checked_against_the_host_and_must_not_overlap() {
         None
     );
 }
+
+#[test]
+fn mixing_pools_without_split_cpu_sets_is_a_warning() {
+    let mixed = "version: 1\nrules:\n  - name: nfv\n    match:\n      name: 'nfv-*'\n    set:\n      pool: dedicated\n";
+    let warnings = parse(mixed)
+        .unwrap()
+        .warnings_against(&set("0-7"), &set("0"));
+    assert_eq!(warnings.len(), 1);
+    assert!(
+        warnings[0]
+            .to_string()
+            .contains("no shared_cpus/dedicated_cpus"),
+        "{}",
+        warnings[0]
+    );
+    let split = mixed.replace(
+        "version: 1\n",
+        "version: 1\nhost:\n  shared_cpus: 1-3\n  dedicated_cpus: 4-7\n",
+    );
+    assert!(
+        parse(&split)
+            .unwrap()
+            .warnings_against(&set("0-7"), &set("0"))
+            .is_empty()
+    );
+    assert!(
+        parse("version: 1\n")
+            .unwrap()
+            .warnings_against(&set("0-7"), &set("0"))
+            .is_empty()
+    );
+}
