@@ -323,3 +323,23 @@ case_f() { # broken policy + on_error default (allow): guest starts, error logge
     note "started; syslog: $line"
     write_policy warn allow with-vcpus
 }
+
+# ---------------------------------------------------------------- g
+
+case_g() { # the shipped policy, as a package installs it: a typical guest is tuned
+    local g=${E2E_PREFIX}g mark line
+    mkdir -p "$(dirname "$POLICY")"
+    install -m 0644 -o root -g root "$E2E_DIR/../../config/policy.yaml" "$POLICY" ||
+        die "cannot install the shipped policy"
+    mark=$(syslog_mark)
+    define_guest "$g" --vcpus 2 --cache writeback
+    start_guest "$g"
+    expect_eq "$(V domstate "$g")" "running" "state of $g"
+    # irq_cpus: auto on this machine (every IRQ on 0-1: none bound), CPU0 kept:
+    # both vCPUs and the emulator threads (emulator: with-vcpus) on CPU 1.
+    expect_affinity "$g" 1 1
+    check_vcpuinfo "$g" "-y"
+    line=$(wait_log "$mark" 5 "$(guest_re "$g")" 'stage=prepare' 'violation') ||
+        die "no kvmtune line with guest=$g, stage=prepare and 'violation'"
+    note "shipped policy: vCPUs + emulator on CPU 1; warned: $line"
+}

@@ -46,6 +46,7 @@ CASES=(
     "e1|120|no|libvirtd killed + started under running guests: ledger still right"
     "e2|120|yes|libvirtd stopped + started under a running guest: placement kept"
     "f|90|no|broken policy with on_error allow: guest starts, error logged"
+    "g|90|yes|the shipped policy as installed: a typical guest runs on CPU 1 and its violations are logged"
     "apply0|90|no|apply --dry-run shows reasons and a diff, defines nothing; no tty without --yes is refused"
     "apply1|120|no|apply --yes conforms dumpxml --inactive; the next start runs conforming (mem-merge=off, direct cache, host-model CPU)"
     "apply2|120|no|apply on a running guest says 'next cold boot'; the live guest changes only after destroy + start"
