@@ -3,7 +3,6 @@
 //! `started`, when QEMU exists but the guest has not run its first instruction.
 //! Every path is under a root directory so tests run on fake `/proc` trees.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::cpuset::CpuSet;
@@ -178,15 +177,6 @@ pub fn guest_cgroup_dir(process_dir: &Path) -> PathBuf {
     } else {
         process_dir.to_path_buf()
     }
-}
-
-/// What was applied to each thread and what the kernel reports afterwards.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Applied {
-    /// tid → effective CPUs read back.
-    pub vcpus: BTreeMap<u32, CpuSet>,
-    pub others: BTreeMap<u32, CpuSet>,
-    pub errors: Vec<String>,
 }
 
 #[cfg(test)]

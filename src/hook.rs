@@ -320,7 +320,7 @@ fn locked_ledger(ctx: &Stage<'_>) -> Result<(Locked, Occupancy, Vec<String>)> {
     let mut locked = Locked::acquire(&ctx.env.paths.run_dir, LOCK_TIMEOUT)?;
     // A guest is running while its status file exists, even when that file does not
     // parse (or is too large): freeing its claim would hand its CPUs out twice.
-    let running = ledger::running_guests(&ctx.env.paths.libvirt_run_dir);
+    let running = runstate::status_files(&ctx.env.paths.libvirt_run_dir);
     let mut notes = Vec::new();
     if let Some(recovered) = locked.recovered_from.take() {
         notes.push(format!("ledger recovered: {recovered}"));
@@ -338,7 +338,7 @@ fn locked_ledger(ctx: &Stage<'_>) -> Result<(Locked, Occupancy, Vec<String>)> {
     }
     let claimed = locked.ledger.occupancy();
     // Only guests kvmtune holds no claim for need their status file parsed.
-    let live = runstate::running_except(&ctx.env.paths.libvirt_run_dir, &claimed);
+    let live = runstate::parse_except(&running, &claimed);
     let mut occupancy = claimed.clone();
     occupancy
         .guests
@@ -360,18 +360,16 @@ fn status_path(ctx: &Stage<'_>) -> Result<PathBuf> {
 }
 
 /// The host, its static topology from `/run/kvmtune/host-topology.json` when that
-/// is still valid (see [`Host::read_cached`]). Called only under the ledger lock,
-/// so the cache's temp file, like the ledger's, is stale whenever the lock is free.
-fn read_host(ctx: &Stage<'_>) -> Result<Host> {
-    let run_dir = &ctx.env.paths.run_dir;
-    // Only a run directory the ledger would accept (root's, no symlink) holds the
-    // cache; otherwise read everything and write nothing.
-    let read = if ledger::ensure_safe_dir(run_dir).is_ok() {
-        Host::read_cached(&ctx.env.host_root, &run_dir.join(HOST_CACHE_FILE))
-    } else {
-        Host::read(&ctx.env.host_root)
-    };
-    read.with_context(|| format!("host {}", ctx.env.host_root.display()))
+/// is still valid (see [`Host::read_cached`]). Takes the ledger lock as a witness:
+/// holding it means the run directory passed the ledger's checks (root's, no
+/// symlink), and the cache's temp file, like the ledger's, is stale whenever the
+/// lock is free.
+fn read_host(ctx: &Stage<'_>, _held: &Locked) -> Result<Host> {
+    Host::read_cached(
+        &ctx.env.host_root,
+        &ctx.env.paths.run_dir.join(HOST_CACHE_FILE),
+    )
+    .with_context(|| format!("host {}", ctx.env.host_root.display()))
 }
 
 /// The host topology cache, next to the ledger.
@@ -395,7 +393,7 @@ fn entry_from_plan(ctx: &Stage<'_>, plan: &Plan) -> Option<Entry> {
 
 fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
     let (mut locked, occupancy, mut notes) = locked_ledger(ctx)?;
-    let host = read_host(ctx)?;
+    let host = read_host(ctx, &locked)?;
     let plan = plan(&ctx.policy, &host, &occupancy, &ctx.domain)?;
     let name = sanitize(&ctx.domain.name);
     if !plan.enabled {
@@ -485,7 +483,7 @@ fn started(ctx: &Stage<'_>) -> Result<Outcome> {
         None => {
             // No claim from prepare (hook installed while the guest was starting,
             // or the policy just changed): plan now.
-            let host = read_host(ctx)?;
+            let host = read_host(ctx, &locked)?;
             let plan = plan(&ctx.policy, &host, &occupancy, &ctx.domain)?;
             match entry_from_plan(ctx, &plan) {
                 Some(e) if plan.enabled => e,
@@ -574,8 +572,8 @@ fn started(ctx: &Stage<'_>) -> Result<Outcome> {
 }
 
 fn restore_or_migrate(ctx: &Stage<'_>, migrate: bool) -> Result<Outcome> {
-    let (_locked, occupancy, _) = locked_ledger(ctx)?;
-    let host = read_host(ctx)?;
+    let (locked, occupancy, _) = locked_ledger(ctx)?;
+    let host = read_host(ctx, &locked)?;
     let mut domain = ctx.domain.clone();
     let mut policy = ctx.policy.clone();
     if migrate {
@@ -641,7 +639,7 @@ fn reconnect(ctx: &Stage<'_>) -> Result<Outcome> {
         return Ok(Outcome::allow("no placement to record"));
     }
     let cpus = vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
-    let host = read_host(ctx).ok();
+    let host = read_host(ctx, &locked).ok();
     let nodes = host
         .as_ref()
         .map(|h| crate::placement::nodes_of(h, &cpus))

@@ -30,6 +30,10 @@ const NODE_DIR: &str = "sys/devices/system/node";
 /// Host-wide huge pages, used only when there are no per-node ones (no NUMA info).
 const GLOBAL_HUGEPAGES_DIR: &str = "sys/kernel/mm/hugepages";
 
+/// The temp-file prefix of the topology cache (see `atomicfile`); the ledger
+/// removes temp files a killed hook left behind.
+pub const CACHE_TEMP_PREFIX: &str = "host-topology";
+
 /// One online logical CPU.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cpu {
@@ -562,7 +566,7 @@ fn store_cache(cache: &Path, key: &str, host: &Host) {
         return;
     };
     // Not fsynced: a cache lost in a crash is simply rebuilt.
-    let _ = crate::atomicfile::write(cache, "host-topology", text.as_bytes(), 0o644, false);
+    let _ = crate::atomicfile::write(cache, CACHE_TEMP_PREFIX, text.as_bytes(), 0o644, false);
 }
 
 /// Re-reads what changes while the host runs: free memory and huge pages per

@@ -149,24 +149,6 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Running guests by name → status file, from libvirt's run directory.
-pub fn running_guests(libvirt_run_dir: &Path) -> BTreeMap<String, PathBuf> {
-    let mut out = BTreeMap::new();
-    let Ok(entries) = fs::read_dir(libvirt_run_dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("xml") {
-            continue;
-        }
-        if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
-            out.insert(name.to_string(), path);
-        }
-    }
-    out
-}
-
 /// An exclusive hold on the ledger. Dropping it releases the lock.
 pub struct Locked {
     _lock: Flock<File>,
@@ -278,9 +260,8 @@ fn remove_stale_temp_files(run_dir: &Path) {
     let Ok(entries) = fs::read_dir(run_dir) else {
         return;
     };
-    // The host topology cache (hook::HOST_CACHE_FILE) is also written only under
-    // the lock.
-    let prefixes = [format!(".{LEDGER_FILE}."), ".host-topology.".to_string()];
+    // The host topology cache is also written only under the lock.
+    let prefixes = [LEDGER_FILE, crate::host::CACHE_TEMP_PREFIX].map(|p| format!(".{p}."));
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
@@ -318,7 +299,7 @@ fn read_no_follow(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 
 /// Creates the run directory (0755) if missing; refuses a symlink, a non-directory,
 /// or (when we are root) a directory not owned by root or writable by others.
-pub fn ensure_safe_dir(dir: &Path) -> Result<(), LedgerError> {
+fn ensure_safe_dir(dir: &Path) -> Result<(), LedgerError> {
     match fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             fs::create_dir_all(dir).map_err(|source| LedgerError::Io {

@@ -133,20 +133,42 @@ pub fn parse_status(text: &str) -> Result<LiveGuest, String> {
     })
 }
 
+/// Running guests by name → status file, from libvirt's run directory (a guest
+/// runs while its status file exists, whether or not the file parses).
+pub fn status_files(libvirt_run_dir: &Path) -> BTreeMap<String, PathBuf> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(libvirt_run_dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("xml") {
+            continue;
+        }
+        if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+            out.insert(name.to_string(), path);
+        }
+    }
+    out
+}
+
 /// Running guests by name, from every status file under `dir` (unreadable files
 /// are skipped: one broken file must not stop every guest start).
 pub fn running(dir: &Path) -> BTreeMap<String, LiveGuest> {
-    running_except(dir, &Occupancy::default())
+    parse_except(&status_files(dir), &Occupancy::default())
 }
 
-/// Like [`running`], but does not read the status files of guests `claimed` already
-/// holds: their placement is known, and parsing a status file (libvirt's are
-/// 10-30 KB) is most of a hook call's cost on a busy host.
-pub fn running_except(dir: &Path, claimed: &Occupancy) -> BTreeMap<String, LiveGuest> {
-    crate::ledger::running_guests(dir)
-        .into_iter()
-        .filter(|(name, _)| !claimed.guests.contains_key(name))
-        .filter_map(|(name, path)| read_status(&path).ok().map(|g| (name, g)))
+/// Parses the `status_files` of guests `claimed` does not hold: their placement is
+/// known, and parsing a status file (libvirt's are 10-30 KB) is most of a hook
+/// call's cost on a busy host.
+pub fn parse_except(
+    status_files: &BTreeMap<String, PathBuf>,
+    claimed: &Occupancy,
+) -> BTreeMap<String, LiveGuest> {
+    status_files
+        .iter()
+        .filter(|(name, _)| !claimed.guests.contains_key(*name))
+        .filter_map(|(name, path)| read_status(path).ok().map(|g| (name.clone(), g)))
         .collect()
 }
 

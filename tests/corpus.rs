@@ -62,21 +62,6 @@ fn bases() -> Vec<(String, String)> {
     out
 }
 
-fn hosts() -> Vec<(String, Host)> {
-    let dir = manifest().join("tests/data/hosts");
-    let mut out: Vec<(String, Host)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            (name, Host::read(&e.path()).unwrap())
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
 // ---------------------------------------------------------------- text surgery
 
 fn doc(xml: &str) -> roxmltree::Document<'_> {
@@ -703,7 +688,7 @@ fn invalid(schema: &Path, files: &[PathBuf]) -> Vec<PathBuf> {
 fn generated_corpus_plans_without_panics_idempotently_and_stays_schema_valid() {
     let started = Instant::now();
     let policy = Policy::shipped();
-    let hosts = hosts();
+    let hosts = rewrite_support::fixture_hosts();
     let bases = bases();
     assert!(!bases.is_empty());
     let workers = std::thread::available_parallelism()

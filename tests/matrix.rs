@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kvmtune::cli::plan_and_rewrite;
-use kvmtune::host::Host;
 use kvmtune::placement::Occupancy;
 use kvmtune::policy::Policy;
 
@@ -44,21 +43,6 @@ fn domains() -> Vec<PathBuf> {
     }
     files.sort();
     files
-}
-
-fn hosts() -> Vec<(String, Host)> {
-    let dir = manifest().join("tests/data/hosts");
-    let mut out: Vec<(String, Host)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            (name.clone(), Host::read(&e.path()).unwrap())
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
 }
 
 /// Opening tags of the elements a plan may edit: a changed line must be one of them.
@@ -103,7 +87,7 @@ fn line_is_editable(line: &str) -> bool {
 #[test]
 fn every_domain_on_every_host_plans_idempotently_and_touches_only_edited_elements() {
     let policy = Policy::shipped();
-    let hosts = hosts();
+    let hosts = rewrite_support::fixture_hosts();
     let domains = domains();
     assert!(domains.len() >= 13, "too few domains: {}", domains.len());
     let mut planned = 0;

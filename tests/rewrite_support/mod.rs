@@ -111,3 +111,19 @@ pub fn untouched_outline(xml: &str) -> Vec<String> {
     }
     out
 }
+
+/// Every fixture host in tests/data/hosts, read, by directory name.
+pub fn fixture_hosts() -> Vec<(String, kvmtune::host::Host)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hosts");
+    let mut out: Vec<(String, kvmtune::host::Host)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            (name, kvmtune::host::Host::read(&e.path()).unwrap())
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
