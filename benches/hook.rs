@@ -2,6 +2,7 @@
 //! host (EPYC 7451, 96 threads) with 100 running guests' status files, against
 //! `/bin/true` started the same way in the same run (the floor of any hook).
 //! Run: `cargo bench --bench hook`. Results: docs/benchmarks.md.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -57,7 +58,7 @@ fn main() {
         std::fs::write(libvirt.join(format!("{name}.xml")), status).unwrap();
     }
     let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, kvmtune::policy::SHIPPED_POLICY).unwrap();
+    std::fs::write(&policy, kvmtune_core::policy::SHIPPED_POLICY).unwrap();
     let envs = [
         ("KVMTUNE_POLICY", policy),
         (
@@ -101,22 +102,26 @@ fn main() {
     }
     // B: the usual state: kvmtune placed the running guests, the ledger holds them.
     {
-        let mut locked =
-            kvmtune::ledger::Locked::acquire(&envs[2].1, kvmtune::ledger::LOCK_TIMEOUT).unwrap();
+        let mut locked = kvmtune_sys::ledger_store::Locked::acquire(
+            &envs[2].1,
+            kvmtune_sys::ledger_store::LOCK_TIMEOUT,
+        )
+        .unwrap();
         for i in 0..100u32 {
-            let cpus = kvmtune::CpuSet::parse(&format!("{},{}", 1 + i % 47, 49 + i % 47)).unwrap();
+            let cpus =
+                kvmtune_core::CpuSet::parse(&format!("{},{}", 1 + i % 47, 49 + i % 47)).unwrap();
             locked.ledger.guests.insert(
                 format!("running{i:03}"),
-                kvmtune::ledger::Entry {
+                kvmtune_core::ledger::Entry {
                     uuid: None,
-                    vcpus: cpus.iter().map(kvmtune::CpuSet::single).collect(),
+                    vcpus: cpus.iter().map(kvmtune_core::CpuSet::single).collect(),
                     cpus,
-                    nodes: kvmtune::CpuSet::single(0),
+                    nodes: kvmtune_core::CpuSet::single(0),
                     emulator: None,
                     memory_kib: 1 << 20,
-                    pool: kvmtune::placement::Pool::Shared,
-                    claimed_at: kvmtune::ledger::now(),
-                    state: kvmtune::ledger::EntryState::Running,
+                    pool: kvmtune_core::placement::Pool::Shared,
+                    claimed_at: kvmtune_sys::ledger_store::now(),
+                    state: kvmtune_core::ledger::EntryState::Running,
                     rule: "defaults".into(),
                 },
             );

@@ -3,14 +3,15 @@
 //! same run: cloning the occupancy (what any caller that re-plans a guest does with
 //! `Occupancy::without`). Run: `cargo bench --bench placement`. The figure is
 //! written down in docs/placement.md.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use kvmtune::host::Host;
-use kvmtune::placement::{Occupancy, Pool, Request, ThreadPolicy, eligible_cpus, place};
-use kvmtune::policy::Policy;
-use kvmtune::simulate::{Simulator, Strategy};
+use kvmtune_core::host::Host;
+use kvmtune_core::placement::{Occupancy, Pool, Request, ThreadPolicy, eligible_cpus, place};
+use kvmtune_core::policy::Policy;
+use kvmtune_core::simulate::{Simulator, Strategy};
 
 const GIB: u64 = 1024 * 1024;
 

@@ -2,15 +2,15 @@
 //! fixture host (AMD EPYC 7451, 96 threads, 8 nodes), against a baseline measured in
 //! the same run: parsing the same XML with roxmltree, the least any XML tool does.
 //! Run: `cargo bench --bench plan`. Results are written down in docs/benchmarks.md.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use kvmtune::cli::plan_and_rewrite;
-use kvmtune::host::Host;
-use kvmtune::placement::Occupancy;
-use kvmtune::policy::Policy;
+use kvmtune::inputs::plan_and_rewrite;
+use kvmtune_core::placement::Occupancy;
+use kvmtune_core::policy::Policy;
 
 fn big_domain() -> String {
     let mut xml = String::from(
@@ -47,7 +47,7 @@ fn time_per_iter(iterations: u32, mut f: impl FnMut()) -> f64 {
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/hosts/amd-epyc7451-2s24c2t-8node");
-    let host = Host::read(&root).expect("fixture host");
+    let host = kvmtune_sys::sysfs::read_host(&root).expect("fixture host");
     let policy = Policy::shipped();
     let xml = big_domain();
     let occupancy = Occupancy::default();
@@ -58,18 +58,18 @@ fn main() {
     let planned = time_per_iter(iterations, || {
         black_box(plan_and_rewrite(&policy, &host, &occupancy, black_box(&xml)).unwrap());
     });
-    let nodes: kvmtune::CpuSet = host.nodes.keys().copied().collect();
+    let nodes: kvmtune_core::CpuSet = host.nodes.keys().copied().collect();
     let check = time_per_iter(200, || {
         black_box(policy.check_against(&host.online, &nodes));
     });
     println!("check_against: {check:.1} µs");
-    let domain = kvmtune::domain::Domain::parse(&xml).unwrap();
+    let domain = kvmtune_core::domain::Domain::parse(&xml).unwrap();
     let pl = time_per_iter(200, || {
-        black_box(kvmtune::plan::plan(&policy, &host, &occupancy, &domain).unwrap());
+        black_box(kvmtune_core::plan::plan(&policy, &host, &occupancy, &domain).unwrap());
     });
     println!("plan only: {pl:.1} µs");
     let host_read = time_per_iter(200, || {
-        black_box(Host::read(&root).unwrap());
+        black_box(kvmtune_sys::sysfs::read_host(&root).unwrap());
     });
     println!("domain: {} bytes; host: {}", xml.len(), host.summary());
     println!("baseline roxmltree parse: {baseline:.1} µs");

@@ -21,17 +21,19 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow};
 use clap::Args;
 
-use crate::affinity;
-use crate::cpuset::CpuSet;
-use crate::domain::{Domain, MAX_XML_BYTES};
-use crate::host::Host;
-use crate::ledger::{self, Entry, EntryState, LOCK_TIMEOUT, Locked, Paths};
-use crate::logging::{Log, one_line, sanitize};
-use crate::placement::{Occupancy, Pool};
-use crate::plan::{Plan, plan};
-use crate::policy::{DEFAULT_POLICY_PATH, ExistingPins, MemoryMode, OnError, OnViolation, Policy};
-use crate::rewrite;
-use crate::runstate;
+use kvmtune_core::cpuset::CpuSet;
+use kvmtune_core::domain::{Domain, MAX_XML_BYTES};
+use kvmtune_core::host::Host;
+use kvmtune_core::ledger::{Entry, EntryState};
+use kvmtune_core::placement::{Occupancy, Pool};
+use kvmtune_core::plan::{Plan, plan};
+use kvmtune_core::policy::{ExistingPins, MemoryMode, OnError, OnViolation, Policy};
+use kvmtune_core::rewrite;
+use kvmtune_sys::affinity;
+use kvmtune_sys::ledger_store::{self as ledger, LOCK_TIMEOUT, Locked};
+use kvmtune_sys::libvirt_run as runstate;
+use kvmtune_sys::logging::{Log, one_line, sanitize};
+use kvmtune_sys::roots::Roots;
 
 /// `kvmtune hook GUEST OP SUBOP [EXTRA...]`, the same arguments libvirt passes.
 #[derive(Debug, Args)]
@@ -45,45 +47,6 @@ pub struct HookArgs {
     /// Extra arguments libvirt passes (ignored)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub extra: Vec<String>,
-}
-
-/// Where the hook reads and writes. libvirt runs hooks with an almost empty
-/// environment, so production always gets the defaults; tests and the e2e suite
-/// point these at fixture trees through `KVMTUNE_*` variables.
-#[derive(Debug, Clone)]
-pub struct Environment {
-    pub policy: PathBuf,
-    pub host_root: PathBuf,
-    pub proc_root: PathBuf,
-    pub paths: Paths,
-    pub syslog_socket: PathBuf,
-    /// Accept a policy file writable by others (tests only).
-    pub allow_insecure_policy: bool,
-    /// Apply thread affinity at `started` (off in unit tests on fake pids).
-    pub apply_runtime: bool,
-}
-
-impl Environment {
-    pub fn from_process_env() -> Environment {
-        let var = |name: &str, default: &str| {
-            std::env::var_os(name)
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(default))
-        };
-        Environment {
-            policy: var("KVMTUNE_POLICY", DEFAULT_POLICY_PATH),
-            host_root: var("KVMTUNE_HOST_ROOT", "/"),
-            proc_root: var("KVMTUNE_PROC_ROOT", "/proc"),
-            paths: Paths {
-                run_dir: var("KVMTUNE_RUN_DIR", ledger::DEFAULT_RUN_DIR),
-                libvirt_run_dir: var("KVMTUNE_LIBVIRT_RUN_DIR", ledger::DEFAULT_LIBVIRT_RUN_DIR),
-            },
-            syslog_socket: var("KVMTUNE_SYSLOG_SOCKET", crate::logging::DEFAULT_SOCKET),
-            allow_insecure_policy: std::env::var_os("KVMTUNE_ALLOW_INSECURE_POLICY")
-                .is_some_and(|v| v == "1"),
-            apply_runtime: true,
-        }
-    }
 }
 
 /// What the hook process does on exit.
@@ -122,13 +85,13 @@ pub fn run_as_libvirt_hook(args: &[String]) -> ExitCode {
                 "kvmtune: invoked as a libvirt hook with {} argument(s); expected GUEST OP SUBOP EXTRA",
                 args.len()
             );
-            ExitCode::from(crate::cli::exit::USAGE)
+            ExitCode::from(crate::exit::USAGE)
         }
     }
 }
 
 fn run_process(guest: &str, op: &str, subop: &str) -> ExitCode {
-    let env = Environment::from_process_env();
+    let env = Roots::from_process_env();
     let mut log = Log::open(&env.syslog_socket);
     // Read all of stdin (bounded): libvirt writes the XML and expects it consumed.
     let mut input = Vec::new();
@@ -158,7 +121,7 @@ fn run_process(guest: &str, op: &str, subop: &str) -> ExitCode {
 /// Runs one hook call: never panics, never returns an error; every path logs one
 /// line with the duration.
 pub fn run(
-    env: &Environment,
+    env: &Roots,
     guest: &str,
     op: &str,
     subop: &str,
@@ -256,14 +219,14 @@ fn on_error(guest: &str, stage: &str, error: &anyhow::Error, mode: OnError) -> O
 
 /// Everything a stage needs, loaded once.
 struct Stage<'a> {
-    env: &'a Environment,
+    env: &'a Roots,
     policy: Policy,
     xml: &'a str,
     domain: Domain,
 }
 
 fn stage_dispatch(
-    env: &Environment,
+    env: &Roots,
     guest: &str,
     op: &str,
     input: &[u8],
@@ -274,19 +237,20 @@ fn stage_dispatch(
         error,
         on_error: OnError::Allow,
     };
-    let policy = match Policy::load_checked(&env.policy, env.allow_insecure_policy) {
-        Ok(policy) => policy,
-        // Freeing a claim needs no policy: a broken policy must not leave the CPUs
-        // of a stopped guest claimed.
-        Err(e) if op == "release" => {
-            log.error(format!(
-                "guest={} stage=release-end policy: {e}; freeing the claim anyway",
-                sanitize(guest)
-            ));
-            Policy::default()
-        }
-        Err(e) => return Err(fail_allow(anyhow!("policy: {e}"))),
-    };
+    let policy =
+        match kvmtune_sys::policy_file::load_checked(&env.policy, env.allow_insecure_policy) {
+            Ok(policy) => policy,
+            // Freeing a claim needs no policy: a broken policy must not leave the CPUs
+            // of a stopped guest claimed.
+            Err(e) if op == "release" => {
+                log.error(format!(
+                    "guest={} stage=release-end policy: {e}; freeing the claim anyway",
+                    sanitize(guest)
+                ));
+                Policy::default()
+            }
+            Err(e) => return Err(fail_allow(anyhow!("policy: {e}"))),
+        };
     let on_error = policy.on_error;
     let fail = |error: anyhow::Error| Failure { error, on_error };
     let (domain, xml) =
@@ -342,7 +306,7 @@ fn locked_ledger(ctx: &Stage<'_>) -> Result<(Locked, Occupancy, Vec<String>)> {
     let mut occupancy = claimed.clone();
     occupancy
         .guests
-        .extend(runstate::pinned_by_others(&live, &claimed).guests);
+        .extend(kvmtune_core::runstate::pinned_by_others(&live, &claimed).guests);
     Ok((locked, occupancy, notes))
 }
 
@@ -365,7 +329,7 @@ fn status_path(ctx: &Stage<'_>) -> Result<PathBuf> {
 /// symlink), and the cache's temp file, like the ledger's, is stale whenever the
 /// lock is free.
 fn read_host(ctx: &Stage<'_>, _held: &Locked) -> Result<Host> {
-    Host::read_cached(
+    kvmtune_sys::sysfs::read_host_cached(
         &ctx.env.host_root,
         &ctx.env.paths.run_dir.join(HOST_CACHE_FILE),
     )
@@ -531,7 +495,7 @@ fn started(ctx: &Stage<'_>) -> Result<Outcome> {
         // the pinned vCPUs by first touch.
         let settings_mode = ctx
             .policy
-            .select(&crate::plan::guest_facts(&ctx.domain))
+            .select(&kvmtune_core::plan::guest_facts(&ctx.domain))
             .settings
             .map(|s| s.memory_mode);
         if ctx.domain.numa_memory.is_none()
@@ -642,7 +606,7 @@ fn reconnect(ctx: &Stage<'_>) -> Result<Outcome> {
     let host = read_host(ctx, &locked).ok();
     let nodes = host
         .as_ref()
-        .map(|h| crate::placement::nodes_of(h, &cpus))
+        .map(|h| kvmtune_core::placement::nodes_of(h, &cpus))
         .unwrap_or_default();
     locked.ledger.guests.insert(
         ctx.domain.name.clone(),

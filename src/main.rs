@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kvmtune::cli::{self, Cli, Failure};
+use kvmtune::cli::{self, Cli};
 
 fn main() -> ExitCode {
     // Lossy: `std::env::args` panics on a non-UTF-8 argument, and a panic here
@@ -24,11 +24,7 @@ fn main() -> ExitCode {
         Err(err) => {
             // One line, naming the file/guest/element; the exit code says what kind.
             eprintln!("kvmtune: {err:#}");
-            let code = err
-                .downcast_ref::<Failure>()
-                .map(|f| f.code)
-                .unwrap_or(cli::exit::INPUT);
-            ExitCode::from(code)
+            ExitCode::from(kvmtune::exit::code_of(&err))
         }
     }
 }

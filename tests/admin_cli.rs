@@ -1,6 +1,7 @@
 //! The admin commands through the real binary: argument wiring, exit codes and
 //! messages. libvirt is a fake `virsh` shell script keeping definitions in a
 //! directory; the host is a sysfs fixture; run directories are temp dirs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

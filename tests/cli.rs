@@ -1,6 +1,7 @@
 //! The binary as an admin meets it: `kvmtune plan` / `kvmtune check` on good and bad
 //! input. Every failure is one line on stderr starting with `kvmtune:` and a
 //! documented exit code (README: 2 policy/usage, 3 bad input); never a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -19,6 +19,7 @@
 //! itself would reject. A sample of inputs and outputs is validated against
 //! libvirt's RelaxNG schema (xmllint, one process per batch): every output whose
 //! input validated must validate. Figures are printed (docs/robustness.md).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod rewrite_support;
 
@@ -28,10 +29,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use kvmtune::cli::plan_and_rewrite;
-use kvmtune::host::Host;
-use kvmtune::placement::Occupancy;
-use kvmtune::policy::Policy;
+use kvmtune::inputs::plan_and_rewrite;
+use kvmtune_core::host::Host;
+use kvmtune_core::placement::Occupancy;
+use kvmtune_core::policy::Policy;
 
 fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -630,7 +631,7 @@ fn check_base(
             if once != xml {
                 tally.changed += 1;
             }
-            if let Err(e) = kvmtune::domain::Domain::parse(&once) {
+            if let Err(e) = kvmtune_core::domain::Domain::parse(&once) {
                 tally
                     .failures
                     .push(format!("{what}: output does not re-parse: {e}"));

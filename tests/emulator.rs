@@ -1,14 +1,15 @@
 //! `emulator: node-shared` and `thread_policy` through the planner: where the
 //! emulator threads of dedicated and shared guests go, on a synthetic host.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::Path;
 
-use kvmtune::CpuSet;
-use kvmtune::domain::Domain;
-use kvmtune::host::Host;
-use kvmtune::placement::{Claim, Occupancy, Pool};
-use kvmtune::plan::{Plan, plan};
-use kvmtune::policy::Policy;
+use kvmtune_core::CpuSet;
+use kvmtune_core::domain::Domain;
+use kvmtune_core::host::Host;
+use kvmtune_core::placement::{Claim, Occupancy, Pool};
+use kvmtune_core::plan::{Plan, plan};
+use kvmtune_core::policy::Policy;
 
 const GIB: u64 = 1024 * 1024;
 

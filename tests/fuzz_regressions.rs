@@ -3,14 +3,15 @@
 //! mutates the real test domains and policies, through the same checks as the
 //! fuzz/ targets: never a panic; a rewrite re-parses and is idempotent.
 //! The long-running libFuzzer runs are fuzz/run.sh (nightly, not in `cargo test`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use kvmtune::domain::Domain;
-use kvmtune::host::Host;
-use kvmtune::placement::Occupancy;
-use kvmtune::policy::Policy;
+use kvmtune_core::domain::Domain;
+use kvmtune_core::host::Host;
+use kvmtune_core::placement::Occupancy;
+use kvmtune_core::policy::Policy;
 use proptest::prelude::*;
 
 fn manifest() -> PathBuf {
@@ -27,7 +28,7 @@ fn setup() -> &'static (Policy, Vec<Host>, Vec<String>) {
             "amd-opteron-magnycours-4s-8node-sparse-ids",
         ]
         .iter()
-        .map(|h| Host::read(&dir.join(h)).unwrap())
+        .map(|h| kvmtune_sys::sysfs::read_host(&dir.join(h)).unwrap())
         .collect();
         let mut domains = Vec::new();
         for d in [
@@ -69,12 +70,12 @@ fn check_rewrite(data: &[u8]) {
     };
     let (policy, hosts, _) = setup();
     let host = &hosts[selector as usize % hosts.len()];
-    let Ok((_, once)) = kvmtune::cli::plan_and_rewrite(policy, host, &Occupancy::default(), xml)
+    let Ok((_, once)) = kvmtune::inputs::plan_and_rewrite(policy, host, &Occupancy::default(), xml)
     else {
         return;
     };
     Domain::parse(&once).expect("rewritten XML re-parses");
-    let (_, twice) = kvmtune::cli::plan_and_rewrite(policy, host, &Occupancy::default(), &once)
+    let (_, twice) = kvmtune::inputs::plan_and_rewrite(policy, host, &Occupancy::default(), &once)
         .expect("rewritten XML plans again");
     assert_eq!(once, twice, "rewrite is not idempotent");
 }
@@ -89,13 +90,13 @@ fn check_policy(data: &[u8]) {
             "<domain type='kvm'><name>web-1</name><memory unit='GiB'>4</memory><vcpu>4</vcpu></domain>",
         )
         .unwrap();
-        let _ = policy.select(&kvmtune::plan::guest_facts(&domain));
+        let _ = policy.select(&kvmtune_core::plan::guest_facts(&domain));
     }
 }
 
 fn check_status(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = kvmtune::runstate::parse_status(text);
+        let _ = kvmtune_core::runstate::parse_status(text);
     }
 }
 
@@ -232,7 +233,7 @@ proptest! {
         muts in proptest::collection::vec(mutation(), 1..6),
         extra in "[a-z_:{}\\[\\]0-9 ,\\-\n'*.]{0,40}",
     ) {
-        let base = kvmtune::policy::SHIPPED_POLICY.as_bytes();
+        let base = kvmtune_core::policy::SHIPPED_POLICY.as_bytes();
         let mut data = mutate(base, &muts);
         data.extend_from_slice(extra.as_bytes());
         check_policy(&data);

@@ -1,11 +1,14 @@
 //! The hook's stages on fixture trees: a fixture host, a temporary ledger directory
 //! and a fake libvirt run directory with status files.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::{Path, PathBuf};
 
-use kvmtune::hook::{Environment, run};
-use kvmtune::ledger::{self, Paths};
-use kvmtune::logging::Log;
+use kvmtune::hook::run;
+use kvmtune_core::ledger::{self as ledger_data};
+use kvmtune_sys::ledger_store::{self as ledger, Paths};
+use kvmtune_sys::logging::Log;
+use kvmtune_sys::roots::Roots as Environment;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -69,7 +72,7 @@ fn mark_running(f: &Fixture, name: &str, xml: &str) {
     .unwrap();
 }
 
-fn ledger(f: &Fixture) -> ledger::Ledger {
+fn ledger(f: &Fixture) -> ledger_data::Ledger {
     ledger::read_unlocked(&f.env.paths.run_dir).unwrap_or_default()
 }
 
@@ -83,7 +86,7 @@ fn prepare_claims_and_release_frees() {
     let entry = &l.guests["web"];
     assert_eq!(entry.cpus.len(), 2);
     assert!(!entry.cpus.contains(0));
-    assert_eq!(entry.state, ledger::EntryState::Prepared);
+    assert_eq!(entry.state, ledger_data::EntryState::Prepared);
     let out = hook(&f, "web", "release", "end", &xml);
     assert_eq!(out.exit, 0);
     assert!(ledger(&f).guests.is_empty());
@@ -92,7 +95,7 @@ fn prepare_claims_and_release_frees() {
 #[test]
 fn concurrent_claims_do_not_overlap_in_dedicated_sense() {
     let f = fixture("intel-xeon-silver4108-2s8c2t-2node", POLICY);
-    let mut seen = kvmtune::CpuSet::new();
+    let mut seen = kvmtune_core::CpuSet::new();
     for i in 0..10 {
         let name = format!("g{i}");
         assert_eq!(
@@ -163,7 +166,7 @@ fn a_broken_policy_allows_the_guest_by_default_and_logs_the_error() {
     );
     assert_eq!(out.exit, 0);
     let (severity, line) = log.lines.last().unwrap();
-    assert_eq!(*severity, kvmtune::logging::Severity::Error);
+    assert_eq!(*severity, kvmtune_sys::logging::Severity::Error);
     assert!(line.contains("policy"), "{line}");
 }
 
@@ -248,7 +251,7 @@ fn stale_claims_are_reconciled_away() {
     );
     assert_eq!(
         ledger(&f).guests["crashed"].state,
-        ledger::EntryState::Running
+        ledger_data::EntryState::Running
     );
     // QEMU died without release: the status file disappears.
     std::fs::remove_file(f.env.paths.libvirt_run_dir.join("crashed.xml")).unwrap();
@@ -272,7 +275,7 @@ fn reconnect_re_records_a_guest_missing_from_the_ledger() {
     assert_eq!(hook(&f, "pinned", "reconnect", "begin", &xml).exit, 0);
     let l = ledger(&f);
     assert_eq!(l.guests["pinned"].cpus.to_string(), "5,21");
-    assert_eq!(l.guests["pinned"].state, ledger::EntryState::Running);
+    assert_eq!(l.guests["pinned"].state, ledger_data::EntryState::Running);
 }
 
 #[test]
@@ -306,7 +309,7 @@ fn no_dedicated_room_falls_back_to_shared_or_refuses() {
     );
     assert_eq!(
         ledger(&f).guests["big"].pool,
-        kvmtune::placement::Pool::Shared
+        kvmtune_core::placement::Pool::Shared
     );
 
     let refuse = format!("{dedicated}on_violation: refuse\n");
@@ -363,7 +366,7 @@ fn started_pins_the_vcpu_thread_and_other_threads_of_a_real_process() {
     );
     std::fs::write(f.env.paths.libvirt_run_dir.join("rt.xml"), status).unwrap();
     let out = hook(&f, "rt", "started", "begin", &xml);
-    let effective = kvmtune::affinity::allowed_cpus(Path::new("/proc"), pid, pid);
+    let effective = kvmtune_sys::affinity::allowed_cpus(Path::new("/proc"), pid, pid);
     let _ = qemu.kill();
     let _ = qemu.wait();
     assert_eq!(out.exit, 0, "{out:?}");
@@ -373,7 +376,10 @@ fn started_pins_the_vcpu_thread_and_other_threads_of_a_real_process() {
         "vCPU thread moved off CPU0"
     );
     assert!(out.summary.contains("effective vcpu0=1"), "{}", out.summary);
-    assert_eq!(ledger(&f).guests["rt"].state, ledger::EntryState::Running);
+    assert_eq!(
+        ledger(&f).guests["rt"].state,
+        ledger_data::EntryState::Running
+    );
 }
 
 #[test]

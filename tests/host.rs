@@ -1,16 +1,17 @@
 //! The host reader against the real sysfs/procfs snapshots in tests/data/hosts
 //! (provenance and the quirks of each in tests/data/hosts/README.md).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::PathBuf;
 
-use kvmtune::CpuSet;
-use kvmtune::host::Host;
+use kvmtune_core::CpuSet;
+use kvmtune_core::host::Host;
 
 fn fixture(name: &str) -> Host {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/hosts")
         .join(name);
-    match Host::read(&root) {
+    match kvmtune_sys::sysfs::read_host(&root) {
         Ok(host) => host,
         Err(e) => panic!("{name}: {e}"),
     }
@@ -450,10 +451,10 @@ fn cached_reads_equal_full_reads_and_refresh_memory_and_huge_pages() {
         let root = entry.path();
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("host-topology.json");
-        let full = kvmtune::host::Host::read(&root).unwrap();
-        let first = kvmtune::host::Host::read_cached(&root, &cache).unwrap();
+        let full = kvmtune_sys::sysfs::read_host(&root).unwrap();
+        let first = kvmtune_sys::sysfs::read_host_cached(&root, &cache).unwrap();
         assert!(cache.exists(), "{}: cache not written", root.display());
-        let second = kvmtune::host::Host::read_cached(&root, &cache).unwrap();
+        let second = kvmtune_sys::sysfs::read_host_cached(&root, &cache).unwrap();
         assert_eq!(first, full, "{}", root.display());
         assert_eq!(second, full, "{} (from the cache)", root.display());
     }
@@ -467,22 +468,22 @@ fn the_cache_is_refreshed_or_ignored_when_the_host_changed() {
     let root = dir.path().join("host");
     copy_tree(&src, &root);
     let cache = dir.path().join("host-topology.json");
-    let before = kvmtune::host::Host::read_cached(&root, &cache).unwrap();
+    let before = kvmtune_sys::sysfs::read_host_cached(&root, &cache).unwrap();
     assert_eq!(before.nodes[&0].hugepages[&2048].free, 2048);
     // Run-time state changes: read fresh although the topology comes from the cache.
     let free = root.join("sys/devices/system/node/node0/hugepages/hugepages-2048kB/free_hugepages");
     std::fs::write(&free, "7\n").unwrap();
-    let after = kvmtune::host::Host::read_cached(&root, &cache).unwrap();
+    let after = kvmtune_sys::sysfs::read_host_cached(&root, &cache).unwrap();
     assert_eq!(after.nodes[&0].hugepages[&2048].free, 7);
     // CPU hot-unplug changes the online list: the cache no longer applies.
     std::fs::write(root.join("sys/devices/system/cpu/online"), "0-30\n").unwrap();
-    let unplugged = kvmtune::host::Host::read_cached(&root, &cache).unwrap();
-    assert_eq!(unplugged, kvmtune::host::Host::read(&root).unwrap());
+    let unplugged = kvmtune_sys::sysfs::read_host_cached(&root, &cache).unwrap();
+    assert_eq!(unplugged, kvmtune_sys::sysfs::read_host(&root).unwrap());
     assert!(!unplugged.online.contains(31));
     // A garbage cache is ignored.
     std::fs::write(&cache, "{not json").unwrap();
-    let again = kvmtune::host::Host::read_cached(&root, &cache).unwrap();
-    assert_eq!(again, kvmtune::host::Host::read(&root).unwrap());
+    let again = kvmtune_sys::sysfs::read_host_cached(&root, &cache).unwrap();
+    assert_eq!(again, kvmtune_sys::sysfs::read_host(&root).unwrap());
 }
 
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {

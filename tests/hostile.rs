@@ -7,6 +7,7 @@
 //! Through `Domain::parse`/`parse_bytes`, `hook::run` on fixture trees (as
 //! tests/hook.rs), and the real binary where process behaviour matters (stdin,
 //! argv, exit codes, memory), with a fixture syslog socket to read its log lines.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -15,11 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kvmtune::domain::{Domain, DomainError, MAX_XML_BYTES};
-use kvmtune::hook::{Environment, Outcome, run};
-use kvmtune::ledger::{self, Paths};
-use kvmtune::logging::{Log, sanitize};
-use kvmtune::policy::Policy;
+use kvmtune::hook::{Outcome, run};
+use kvmtune_core::domain::{Domain, DomainError, MAX_XML_BYTES};
+use kvmtune_core::ledger::{self as ledger_data};
+use kvmtune_sys::ledger_store::{self as ledger, Paths};
+use kvmtune_sys::logging::{Log, sanitize};
+use kvmtune_sys::roots::Roots as Environment;
 
 const HOST: &str = "intel-xeon-silver4108-2s8c2t-2node";
 const POLICY: &str = "version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: none\n";
@@ -69,7 +71,7 @@ fn hook(f: &Fixture, guest: &str, op: &str, subop: &str, input: &[u8]) -> (Outco
     (out, log)
 }
 
-fn ledger_of(f: &Fixture) -> ledger::Ledger {
+fn ledger_of(f: &Fixture) -> ledger_data::Ledger {
     ledger::read_unlocked(&f.env.paths.run_dir).unwrap_or_default()
 }
 
@@ -192,7 +194,7 @@ impl Bin {
         self.run(&args, stdin, Duration::from_secs(20))
     }
 
-    fn ledger(&self) -> ledger::Ledger {
+    fn ledger(&self) -> ledger_data::Ledger {
         ledger::read_unlocked(&self.dir.path().join("run")).unwrap_or_default()
     }
 }
@@ -203,6 +205,7 @@ impl Bin {
 /// cannot measure this: a spawned child inherits the test process's peak.)
 const HOOK_DATA_LIMIT: u64 = 48 * 1024 * 1024;
 
+#[allow(unsafe_code)]
 fn limit_memory(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
@@ -282,7 +285,7 @@ fn doctype_entities_and_external_references_are_refused_without_expansion() {
             "{what}: {msg}"
         );
         // Same through the byte entry point the hook uses.
-        assert!(Domain::parse_bytes(xml.as_bytes()).is_err());
+        let _ = Domain::parse_bytes(xml.as_bytes()).unwrap_err();
     }
 }
 
@@ -295,7 +298,7 @@ fn the_hook_allows_a_dtd_guest_by_default_and_refuses_it_in_one_line_under_on_er
         assert_eq!(out.exit, 0, "{what}: {out:?}");
         assert_log_clean(&log);
         let (severity, line) = log.lines.last().unwrap();
-        assert_eq!(*severity, kvmtune::logging::Severity::Error, "{what}");
+        assert_eq!(*severity, kvmtune_sys::logging::Severity::Error, "{what}");
         assert!(line.contains("DTD"), "{what}: {line}");
         assert!(ledger_of(&allow).guests.is_empty(), "{what}: claimed");
 
@@ -398,14 +401,14 @@ fn nesting_ten_thousand_deep_neither_overflows_the_stack_nor_hangs() {
     assert_eq!(out.exit, 0, "{out:?}");
     assert_log_clean(&log);
     if !out.stdout.is_empty() {
-        assert!(Domain::parse(&out.stdout).is_ok());
+        let _ = Domain::parse(&out.stdout).unwrap();
     }
     // And as a libvirt status file of another guest.
     let status = format!(
         "<domstatus state='running' pid='1'>{}</domstatus>",
         nested(10_000, "deepstatus")
     );
-    assert!(kvmtune::runstate::parse_status(&status).is_ok());
+    let _ = kvmtune_core::runstate::parse_status(&status).unwrap();
 }
 
 // ---------------------------------------------------------------- guest names
@@ -658,35 +661,41 @@ fn a_world_writable_or_foreign_owned_policy_is_refused_with_a_clear_message() {
     std::fs::write(&path, POLICY).unwrap();
 
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let msg = Policy::load_checked(&path, false).unwrap_err().to_string();
+    let msg = kvmtune_sys::policy_file::load_checked(&path, false)
+        .unwrap_err()
+        .to_string();
     assert_one_line("policy", &msg);
     assert!(msg.contains("writable by group or others"), "{msg}");
     assert!(msg.contains("chmod go-w"), "{msg}");
     assert!(msg.contains("KVMTUNE_ALLOW_INSECURE_POLICY"), "{msg}");
     // The override (tests only) accepts it.
-    assert!(Policy::load_checked(&path, true).is_ok());
+    let _ = kvmtune_sys::policy_file::load_checked(&path, true).unwrap();
 
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let we_are_root = nix::unistd::geteuid().is_root();
     if we_are_root {
         assert!(
-            Policy::load_checked(&path, false).is_ok(),
+            kvmtune_sys::policy_file::load_checked(&path, false).is_ok(),
             "root-owned 0644"
         );
         std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
     }
-    let msg = Policy::load_checked(&path, false).unwrap_err().to_string();
+    let msg = kvmtune_sys::policy_file::load_checked(&path, false)
+        .unwrap_err()
+        .to_string();
     assert!(
         msg.contains("not root") && msg.contains("chown root"),
         "{msg}"
     );
     assert_one_line("policy", &msg);
-    assert!(Policy::load_checked(&path, true).is_ok());
+    let _ = kvmtune_sys::policy_file::load_checked(&path, true).unwrap();
     if we_are_root {
         // A writable directory above it is as bad (a symlink could be swapped in).
         std::os::unix::fs::chown(&path, Some(0), None).unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let msg = Policy::load_checked(&path, false).unwrap_err().to_string();
+        let msg = kvmtune_sys::policy_file::load_checked(&path, false)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("writable"), "{msg}");
     }
 }
@@ -874,7 +883,7 @@ fn garbage_huge_or_special_status_files_do_not_break_other_guests_starts() {
     let l = ledger_of(&f);
     assert_eq!(l.guests.len(), 3);
     // Their claims do not overlap.
-    let mut seen = kvmtune::CpuSet::new();
+    let mut seen = kvmtune_core::CpuSet::new();
     for e in l.guests.values() {
         assert!(!e.cpus.intersects(&seen));
         seen = seen.union(&e.cpus);
@@ -927,7 +936,10 @@ fn a_running_guest_whose_status_file_turns_unreadable_keeps_its_claim() {
             .exit,
         0
     );
-    assert_eq!(ledger_of(&f).guests["a"].state, ledger::EntryState::Running);
+    assert_eq!(
+        ledger_of(&f).guests["a"].state,
+        ledger_data::EntryState::Running
+    );
     // The file exists but no longer parses (garbage, or grown past the bound): the
     // guest still runs, so its CPUs must not be handed out again.
     std::fs::write(&status, b"\xff garbage").unwrap();

@@ -4,15 +4,16 @@
 //! domain, rewriting is idempotent (`plan(plan(x)) == plan(x)`), only lines of edited
 //! elements change, and — when `xmllint` and libvirt's schemas are installed — the
 //! output validates whenever the input did.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod rewrite_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kvmtune::cli::plan_and_rewrite;
-use kvmtune::placement::Occupancy;
-use kvmtune::policy::Policy;
+use kvmtune::inputs::plan_and_rewrite;
+use kvmtune_core::placement::Occupancy;
+use kvmtune_core::policy::Policy;
 
 fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

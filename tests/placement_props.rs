@@ -3,16 +3,19 @@
 //! allowed) or a reserved CPU, no dedicated CPU is handed out twice (not even to a
 //! shared guest), shared CPUs stay within cpu_allocation_ratio, and departures give
 //! back exactly what arrivals took.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::Path;
 
 use proptest::prelude::*;
 
-use kvmtune::CpuSet;
-use kvmtune::host::Host;
-use kvmtune::placement::{Occupancy, Pool, Request, ThreadPolicy, eligible_cpus, nodes_of, place};
-use kvmtune::policy::Policy;
-use kvmtune::simulate::{Simulator, Strategy as Placer};
+use kvmtune_core::CpuSet;
+use kvmtune_core::host::Host;
+use kvmtune_core::placement::{
+    Occupancy, Pool, Request, ThreadPolicy, eligible_cpus, nodes_of, place,
+};
+use kvmtune_core::policy::Policy;
+use kvmtune_core::simulate::{Simulator, Strategy as Placer};
 
 const GIB: u64 = 1024 * 1024;
 

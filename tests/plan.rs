@@ -1,20 +1,21 @@
 //! Placement and edit behaviour of the pure planner on real fixture hosts
 //! (tests/data/hosts, copied from ../shared/fixtures/hosts with provenance noted).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::{Path, PathBuf};
 
-use kvmtune::CpuSet;
-use kvmtune::domain::Domain;
-use kvmtune::host::Host;
-use kvmtune::placement::{Claim, Level, Occupancy, Pool};
-use kvmtune::plan::{Change, Plan, plan};
-use kvmtune::policy::Policy;
+use kvmtune_core::CpuSet;
+use kvmtune_core::domain::Domain;
+use kvmtune_core::host::Host;
+use kvmtune_core::placement::{Claim, Level, Occupancy, Pool};
+use kvmtune_core::plan::{Change, Plan, plan};
+use kvmtune_core::policy::Policy;
 
 fn host(name: &str) -> Host {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/hosts")
         .join(name);
-    Host::read(&root).unwrap_or_else(|e| panic!("{name}: {e}"))
+    kvmtune_sys::sysfs::read_host(&root).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn policy(yaml: &str) -> Policy {
@@ -114,7 +115,7 @@ fn memory_nodeset_is_the_vcpus_node() {
         .expect("a numatune edit");
     assert_eq!(numa.0, h.nodes_of(&placement.cpus));
     assert_eq!(numa.0.len(), 1);
-    assert_eq!(numa.1, kvmtune::policy::MemoryMode::Preferred);
+    assert_eq!(numa.1, kvmtune_core::policy::MemoryMode::Preferred);
 }
 
 #[test]
@@ -146,7 +147,7 @@ fn irq_auto_keeps_guests_off_cpus_an_irq_is_bound_to() {
     let irq = dir.path().join("proc/irq/30");
     std::fs::create_dir_all(&irq).unwrap();
     std::fs::write(irq.join("smp_affinity_list"), "1\n").unwrap();
-    let h = Host::read(dir.path()).unwrap();
+    let h = kvmtune_sys::sysfs::read_host(dir.path()).unwrap();
     assert_eq!(h.irq_bound_cpus().to_string(), "1");
     let pol = policy("version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: auto\n");
     let p = plan_for(&pol, &h, &Occupancy::default(), &guest("g", 2, 256));
@@ -184,14 +185,14 @@ fn a_guest_larger_than_any_node_spans_the_fewest_nodes_and_says_so() {
     // preferred takes one node: memory interleaves over the two.
     assert!(p.edits.iter().any(|e| matches!(
         &e.change,
-        Change::NumaMemory { mode: kvmtune::policy::MemoryMode::Interleave, nodeset } if nodeset.len() == 2
+        Change::NumaMemory { mode: kvmtune_core::policy::MemoryMode::Interleave, nodeset } if nodeset.len() == 2
     )));
 }
 
 #[test]
 fn a_spanning_guest_gets_guest_numa_cells_mirroring_the_host_nodes() {
-    use kvmtune::plan::Enforcement;
-    use kvmtune::policy::MemoryMode;
+    use kvmtune_core::plan::Enforcement;
+    use kvmtune_core::policy::MemoryMode;
     let h = host("intel-xeon-silver4108-2s8c2t-2node");
     // 24 GiB + 1 KiB: not a whole number of MiB, so the last cell takes the rest.
     let xml = guest("big", 24, 24 * 1024).replace(
@@ -251,7 +252,7 @@ fn a_spanning_guest_gets_guest_numa_cells_mirroring_the_host_nodes() {
 
     // Applied, the guest has its cells: planned again, nothing more to do.
     let (_, once) =
-        kvmtune::cli::plan_and_rewrite(&policy(BASE), &h, &Occupancy::default(), &xml).unwrap();
+        kvmtune::inputs::plan_and_rewrite(&policy(BASE), &h, &Occupancy::default(), &xml).unwrap();
     let again = plan_for(&policy(BASE), &h, &Occupancy::default(), &once);
     assert!(again.edits.is_empty(), "{:?}", again.edits);
 }
@@ -446,7 +447,7 @@ fn a_huge_page_backed_guest_goes_to_the_node_with_free_pages_of_its_size() {
         "100\n",
     )
     .unwrap();
-    let h = Host::read(dir.path()).unwrap();
+    let h = kvmtune_sys::sysfs::read_host(dir.path()).unwrap();
     let xml = guest("hp", 2, 1024).replace(
         "<vcpu",
         "<memoryBacking>\n    <hugepages/>\n  </memoryBacking>\n  <vcpu",

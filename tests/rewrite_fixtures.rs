@@ -4,16 +4,17 @@
 //! parses, is a fixed point of the same plan, changes only the lines of the
 //! elements each change names, and — when `virt-xml-validate` is on PATH —
 //! validates whenever the input did.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 mod rewrite_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kvmtune::CpuSet;
-use kvmtune::plan::{Change, GuestCell, IothreadPin, VcpuPin};
-use kvmtune::policy::{DiskCache, DiskIo, MemoryMode};
-use kvmtune::rewrite::apply;
+use kvmtune_core::CpuSet;
+use kvmtune_core::plan::{Change, GuestCell, IothreadPin, VcpuPin};
+use kvmtune_core::policy::{DiskCache, DiskIo, MemoryMode};
+use kvmtune_core::rewrite::apply;
 use rewrite_support::{allowed_tags, assert_only_touches};
 
 fn fixtures_dir() -> Option<PathBuf> {

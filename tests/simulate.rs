@@ -2,13 +2,16 @@
 //! comparison over every fixture host × every workload in tests/data/workloads
 //! (the table of docs/placement.md is written by the ignored test
 //! `write_placement_table`: `cargo test --test simulate -- --ignored`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::path::{Path, PathBuf};
 
-use kvmtune::host::Host;
-use kvmtune::placement::Pool;
-use kvmtune::policy::Policy;
-use kvmtune::simulate::{Event, Report, Simulator, Strategy, Workload, parse_size_kib, simulate};
+use kvmtune_core::host::Host;
+use kvmtune_core::placement::Pool;
+use kvmtune_core::policy::Policy;
+use kvmtune_core::simulate::{
+    Event, Report, Simulator, Strategy, Workload, parse_size_kib, simulate,
+};
 
 const GIB: u64 = 1024 * 1024;
 
@@ -29,7 +32,8 @@ fn fixture_hosts() -> Vec<(String, Host)> {
     names
         .into_iter()
         .map(|n| {
-            let host = Host::read(&data("hosts").join(&n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+            let host = kvmtune_sys::sysfs::read_host(&data("hosts").join(&n))
+                .unwrap_or_else(|e| panic!("{n}: {e}"));
             (n, host)
         })
         .collect()
@@ -38,7 +42,7 @@ fn fixture_hosts() -> Vec<(String, Host)> {
 const WORKLOADS: [&str; 4] = ["many-small", "mixed", "churn", "fill"];
 
 fn workload(name: &str) -> Workload {
-    Workload::load(&data("workloads").join(format!("{name}.yaml")))
+    kvmtune::commands::simulate::load_workload(&data("workloads").join(format!("{name}.yaml")))
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -88,7 +92,7 @@ fn sizes() {
             .unwrap_err()
             .contains("invalid memory size")
     );
-    assert!(parse_size_kib("0G").is_err());
+    let _ = parse_size_kib("0G").unwrap_err();
 }
 
 #[test]
@@ -399,7 +403,7 @@ fn policy_with(defaults: &str) -> Policy {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn vcpu_sets(d: &kvmtune::simulate::Decision) -> Vec<String> {
+fn vcpu_sets(d: &kvmtune_core::simulate::Decision) -> Vec<String> {
     d.claim.vcpus.iter().map(|s| s.to_string()).collect()
 }
 

@@ -12,6 +12,7 @@
 //! status files point the QEMU pid and vCPU thread ids at a `sleep` child spawned
 //! here. The fixture host's CPUs beyond this machine's are refused by the kernel
 //! (EINVAL): that is an internal error, logged, and the guest is allowed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
@@ -19,9 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kvmtune::CpuSet;
-use kvmtune::ledger::{self, LOCK_TIMEOUT, Ledger};
-use kvmtune::placement::Pool;
+use kvmtune_core::CpuSet;
+use kvmtune_core::ledger::{self as ledger_data, Ledger};
+use kvmtune_core::placement::Pool;
+use kvmtune_sys::ledger_store::{self as ledger, LOCK_TIMEOUT};
 
 const HOST: &str = "intel-xeon-silver4108-2s8c2t-2node";
 
@@ -252,7 +254,7 @@ fn assert_all_ok(what: &str, done: &[Done]) -> Duration {
 /// claim's union matches its vCPUs; the fixture host has CPUs 0-31.
 fn assert_consistent(what: &str, l: &Ledger) {
     let all = CpuSet::parse("0-31").unwrap();
-    let entries: Vec<(&String, &ledger::Entry)> = l.guests.iter().collect();
+    let entries: Vec<(&String, &ledger_data::Entry)> = l.guests.iter().collect();
     for (name, e) in &entries {
         let union = e.vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
         assert_eq!(

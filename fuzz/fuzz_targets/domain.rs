@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok((domain, _)) = kvmtune::domain::Domain::parse_bytes(data) {
+    if let Ok((domain, _)) = kvmtune_core::domain::Domain::parse_bytes(data) {
         assert!(!domain.name.is_empty());
         assert!(domain.vcpus_current >= 1 && domain.vcpus_current <= domain.vcpus_max);
         let _ = domain.pins_explicitly();

@@ -10,8 +10,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(policy) = kvmtune::policy::Policy::parse(text, Path::new("fuzz.yaml")) {
-        let domain = kvmtune::domain::Domain::parse(
+    if let Ok(policy) = kvmtune_core::policy::Policy::parse(text, Path::new("fuzz.yaml")) {
+        let domain = kvmtune_core::domain::Domain::parse(
             "<domain type='kvm'><name>web-1</name><memory unit='GiB'>4</memory><vcpu>4</vcpu></domain>",
         )
         .unwrap();

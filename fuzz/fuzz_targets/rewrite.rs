@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use kvmtune::host::Host;
-use kvmtune::placement::Occupancy;
-use kvmtune::policy::Policy;
+use kvmtune_core::host::Host;
+use kvmtune_core::placement::Occupancy;
+use kvmtune_core::policy::Policy;
 use libfuzzer_sys::fuzz_target;
 
 fn setup() -> &'static (Policy, Vec<Host>) {
@@ -20,7 +20,7 @@ fn setup() -> &'static (Policy, Vec<Host>) {
             "amd-opteron-magnycours-4s-8node-sparse-ids",
         ]
         .iter()
-        .map(|h| Host::read(&dir.join(h)).expect("fixture host"))
+        .map(|h| kvmtune_sys::sysfs::read_host(&dir.join(h)).expect("fixture host"))
         .collect();
         (Policy::shipped(), hosts)
     })
@@ -35,12 +35,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let (policy, hosts) = setup();
     let host = &hosts[selector as usize % hosts.len()];
-    let Ok((_, once)) = kvmtune::cli::plan_and_rewrite(policy, host, &Occupancy::default(), xml)
+    let Ok((_, once)) = kvmtune::inputs::plan_and_rewrite(policy, host, &Occupancy::default(), xml)
     else {
         return;
     };
-    kvmtune::domain::Domain::parse(&once).expect("rewritten XML re-parses");
-    let (_, twice) = kvmtune::cli::plan_and_rewrite(policy, host, &Occupancy::default(), &once)
+    kvmtune_core::domain::Domain::parse(&once).expect("rewritten XML re-parses");
+    let (_, twice) = kvmtune::inputs::plan_and_rewrite(policy, host, &Occupancy::default(), &once)
         .expect("rewritten XML plans again");
     assert_eq!(once, twice, "rewrite is not idempotent");
 });

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use kvmtune::plan::Change;
+use kvmtune_core::plan::Change;
 use similar::{ChangeTag, TextDiff};
 
 /// Element names that lines touched by `change` may contain (the elements it
@@ -113,15 +113,15 @@ pub fn untouched_outline(xml: &str) -> Vec<String> {
 }
 
 /// Every fixture host in tests/data/hosts, read, by directory name.
-pub fn fixture_hosts() -> Vec<(String, kvmtune::host::Host)> {
+pub fn fixture_hosts() -> Vec<(String, kvmtune_core::host::Host)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hosts");
-    let mut out: Vec<(String, kvmtune::host::Host)> = std::fs::read_dir(&dir)
+    let mut out: Vec<(String, kvmtune_core::host::Host)> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()
         .filter(|e| e.path().is_dir())
         .map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
-            (name, kvmtune::host::Host::read(&e.path()).unwrap())
+            (name, kvmtune_sys::sysfs::read_host(&e.path()).unwrap())
         })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));

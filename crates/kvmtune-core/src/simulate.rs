@@ -8,7 +8,6 @@
 //! docs/placement.md.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +21,7 @@ use crate::policy::{GuestFacts, IrqCpus, MemoryMode, Policy};
 pub const MAX_VCPUS: u32 = 4096;
 
 /// How guests are placed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// kvmtune's placement engine (`place`), settings from the policy.
@@ -142,15 +141,6 @@ pub fn parse_size_kib(text: &str) -> Result<u64, String> {
 }
 
 impl Workload {
-    /// Reads and parses a workload file.
-    pub fn load(path: &Path) -> Result<Workload, WorkloadError> {
-        let text = std::fs::read_to_string(path).map_err(|e| WorkloadError::Read {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Workload::parse(&text, &path.display().to_string())
-    }
-
     /// Parses workload YAML: a list of `{arrive: NAME, vcpus: N, memory: SIZE,
     /// pool: shared|dedicated}` and `{depart: NAME}` events. `source` names the text
     /// in errors.
@@ -694,11 +684,13 @@ impl<'a> Simulator<'a> {
         let mut left = claim.memory_kib;
         let mut taken: BTreeMap<u32, u64> = BTreeMap::new();
         let mut take = |host: &mut Host, node: u32, want: u64| -> u64 {
-            let free = host
+            let Some(free) = host
                 .nodes
                 .get_mut(&node)
                 .and_then(|n| n.mem_free_kib.as_mut())
-                .expect("known node");
+            else {
+                return 0;
+            };
             let got = want.min(*free);
             *free -= got;
             *taken.entry(node).or_insert(0) += got;
@@ -867,43 +859,4 @@ pub fn simulate(host: &Host, policy: &Policy, workload: &Workload, strategy: Str
         },
         placement_us_max: max_us,
     }
-}
-
-/// `kvmtune simulate` arguments.
-#[derive(Debug, clap::Args)]
-pub struct SimulateArgs {
-    #[command(flatten)]
-    pub sources: crate::cli::Sources,
-    /// Workload YAML: a list of `{arrive: NAME, vcpus: N, memory: 4G, pool:
-    /// shared|dedicated}` and `{depart: NAME}` events
-    #[arg(long, value_name = "FILE")]
-    pub workload: std::path::PathBuf,
-    /// Who places the guests: kvmtune, or a baseline run by the same simulator
-    #[arg(long, value_enum, default_value = "kvmtune")]
-    pub strategy: Strategy,
-    /// Print the report as JSON
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Runs `kvmtune simulate`.
-pub fn run_simulate(args: &SimulateArgs) -> anyhow::Result<std::process::ExitCode> {
-    use std::io::Write;
-    let policy = crate::cli::load_policy(args.sources.policy.as_deref())?;
-    let host = crate::cli::read_host(&args.sources.host_root)?;
-    let workload = Workload::load(&args.workload).map_err(|e| {
-        anyhow::Error::from(crate::cli::Failure {
-            code: crate::cli::exit::INPUT,
-            message: e.to_string(),
-        })
-    })?;
-    let report = simulate(&host, &policy, &workload, args.strategy);
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        out.write_all(report.text().as_bytes())?;
-    }
-    Ok(std::process::ExitCode::from(crate::cli::exit::OK))
 }

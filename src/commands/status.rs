@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -19,16 +19,19 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use crate::affinity;
-use crate::cli::{self, Sources, exit};
-use crate::cpuset::CpuSet;
-use crate::host::Host;
-use crate::ledger::{self, EntryState, Ledger, PREPARE_GRACE};
-use crate::logging::sanitize;
-use crate::placement::Occupancy;
-use crate::plan::{Change, Enforcement, Plan, plan};
-use crate::policy::{IrqCpus, Policy};
-use crate::runstate::{self, LiveGuest};
+use crate::exit;
+use crate::inputs::{self as cli, Sources};
+use kvmtune_core::cpuset::CpuSet;
+use kvmtune_core::host::Host;
+use kvmtune_core::ledger::{EntryState, Ledger, PREPARE_GRACE};
+use kvmtune_core::placement::Occupancy;
+use kvmtune_core::plan::{Change, Enforcement, Plan, plan};
+use kvmtune_core::policy::{IrqCpus, Policy};
+use kvmtune_core::runstate::LiveGuest;
+use kvmtune_sys::affinity;
+use kvmtune_sys::ledger_store as ledger;
+use kvmtune_sys::libvirt_run as runstate;
+use kvmtune_sys::logging::sanitize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ColorWhen {
@@ -298,7 +301,7 @@ pub fn build(inputs: &Inputs<'_>) -> Status {
     let mut occupancy: Occupancy = claimed.clone();
     occupancy
         .guests
-        .extend(runstate::pinned_by_others(live, &claimed).guests);
+        .extend(kvmtune_core::runstate::pinned_by_others(live, &claimed).guests);
 
     let mut guests = Vec::new();
     for (name, guest) in live.iter() {
@@ -352,7 +355,7 @@ pub fn build(inputs: &Inputs<'_>) -> Status {
     let mut nodes = Vec::new();
     for node in host.nodes.values() {
         let mut groups: Vec<GroupView> = Vec::new();
-        let mut cores: Vec<&crate::host::Core> =
+        let mut cores: Vec<&kvmtune_core::host::Core> =
             host.cores.iter().filter(|c| c.node == node.id).collect();
         cores.sort_by_key(|c| c.cpus.first());
         for core in cores {
@@ -567,7 +570,7 @@ fn conformance(
     source: Source,
     vcpu_cpus: &[CpuSet],
     threads: &[Option<CpuSet>],
-    entry: Option<&crate::ledger::Entry>,
+    entry: Option<&kvmtune_core::ledger::Entry>,
 ) -> Vec<Check> {
     let applied = entry.is_some();
     if !p.enabled {
@@ -1017,7 +1020,7 @@ pub fn read_ledger(run_dir: &Path) -> Option<Option<Ledger>> {
 pub fn run_status(args: &StatusArgs) -> Result<ExitCode> {
     let policy = cli::load_policy(args.sources.policy.as_deref())?;
     let host = cli::read_host(&args.sources.host_root)?;
-    let env = crate::hook::Environment::from_process_env();
+    let env = kvmtune_sys::roots::Roots::from_process_env();
     let proc_root = std::env::var_os("KVMTUNE_PROC_ROOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| args.sources.host_root.join("proc"));
@@ -1036,17 +1039,8 @@ pub fn run_status(args: &StatusArgs) -> Result<ExitCode> {
     } else {
         render(&status, use_color(args.color))
     };
-    print_stdout(&text)?;
+    crate::output::print_stdout(&text)?;
     Ok(ExitCode::from(exit::OK))
-}
-
-/// Prints to stdout; a reader that went away (`| head`) is not an error.
-pub fn print_stdout(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The ledger: which guest kvmtune placed where, in `/run/kvmtune/ledger.json`, so
-//! that concurrent guest starts never hand out the same dedicated CPU twice.
+//! The ledger on disk: `/run/kvmtune/ledger.json`, so that concurrent guest starts
+//! never hand out the same dedicated CPU twice.
 //!
 //! Every change happens under an exclusive `flock` on `ledger.lock` (bounded wait),
 //! is written atomically (temp file, fsync, rename), and is reconciled against
@@ -7,27 +7,18 @@
 //! `release`, or a hook killed mid-way, leaves no lasting claim. The directory lives
 //! on tmpfs: claims describe running guests and must not survive a reboot.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use kvmtune_core::ledger::Ledger;
 use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
-
-use crate::cpuset::CpuSet;
-use crate::placement::{Claim, Occupancy, Pool};
 
 pub const DEFAULT_RUN_DIR: &str = "/run/kvmtune";
 pub const DEFAULT_LIBVIRT_RUN_DIR: &str = "/run/libvirt/qemu";
 const LEDGER_FILE: &str = "ledger.json";
 const LOCK_FILE: &str = "ledger.lock";
-
-/// How long a claim made at `prepare` may wait for libvirt's status file before
-/// reconciliation treats the start as failed. libvirt writes the status file while
-/// starting QEMU, seconds after prepare at most.
-pub const PREPARE_GRACE: Duration = Duration::from_secs(120);
 
 /// How long a hook waits for the ledger lock before giving up (then `on_error`).
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,84 +36,6 @@ pub enum LedgerError {
     },
     #[error("ledger lock {0} not acquired within {1:?}")]
     LockTimeout(PathBuf, Duration),
-}
-
-/// One guest's entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
-    pub uuid: Option<String>,
-    /// Union of the vCPUs' CPUs (for people reading the file).
-    pub cpus: CpuSet,
-    pub nodes: CpuSet,
-    pub vcpus: Vec<CpuSet>,
-    pub emulator: Option<CpuSet>,
-    pub memory_kib: u64,
-    pub pool: Pool,
-    /// Seconds since the epoch when claimed.
-    pub claimed_at: u64,
-    /// `prepared` (claimed, QEMU not seen yet) or `running`.
-    pub state: EntryState,
-    /// The policy rule that placed the guest.
-    pub rule: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EntryState {
-    Prepared,
-    Running,
-}
-
-/// The ledger file's content.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct Ledger {
-    pub version: u32,
-    pub guests: BTreeMap<String, Entry>,
-}
-
-impl Ledger {
-    /// The claims as the placement engine's occupancy.
-    pub fn occupancy(&self) -> Occupancy {
-        Occupancy {
-            guests: self
-                .guests
-                .iter()
-                .map(|(name, e)| {
-                    (
-                        name.clone(),
-                        Claim {
-                            vcpus: e.vcpus.clone(),
-                            nodes: e.nodes.clone(),
-                            memory_kib: e.memory_kib,
-                            pool: e.pool,
-                        },
-                    )
-                })
-                .collect(),
-        }
-    }
-
-    /// Drops entries whose guest is not running: no status file and either marked
-    /// running (it stopped without `release`) or prepared longer ago than the grace
-    /// period (its start failed or its hook was killed). Returns the dropped names.
-    pub fn reconcile(&mut self, running: &BTreeMap<String, PathBuf>, now: u64) -> Vec<String> {
-        let mut dropped = Vec::new();
-        self.guests.retain(|name, entry| {
-            let alive = running.contains_key(name)
-                || (entry.state == EntryState::Prepared
-                    && now.saturating_sub(entry.claimed_at) < PREPARE_GRACE.as_secs());
-            if !alive {
-                dropped.push(name.clone());
-            }
-            alive
-        });
-        for (name, entry) in self.guests.iter_mut() {
-            if running.contains_key(name) {
-                entry.state = EntryState::Running;
-            }
-        }
-        dropped
-    }
 }
 
 /// Where the ledger and libvirt's status files live (configurable for tests).
@@ -261,7 +174,7 @@ fn remove_stale_temp_files(run_dir: &Path) {
         return;
     };
     // The host topology cache is also written only under the lock.
-    let prefixes = [LEDGER_FILE, crate::host::CACHE_TEMP_PREFIX].map(|p| format!(".{p}."));
+    let prefixes = [LEDGER_FILE, crate::sysfs::CACHE_TEMP_PREFIX].map(|p| format!(".{p}."));
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
@@ -328,6 +241,9 @@ fn ensure_safe_dir(dir: &Path) -> Result<(), LedgerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kvmtune_core::cpuset::CpuSet;
+    use kvmtune_core::ledger::{Entry, EntryState};
+    use kvmtune_core::placement::Pool;
 
     fn entry(cpus: &str, state: EntryState, claimed_at: u64) -> Entry {
         let set = CpuSet::parse(cpus).unwrap();
@@ -394,30 +310,5 @@ mod tests {
             Locked::acquire(&link, LOCK_TIMEOUT),
             Err(LedgerError::UnsafeDir(_))
         ));
-    }
-
-    #[test]
-    fn reconcile_drops_dead_and_stale_claims_only() {
-        let mut ledger = Ledger::default();
-        ledger
-            .guests
-            .insert("running".into(), entry("1", EntryState::Running, 0));
-        ledger
-            .guests
-            .insert("died".into(), entry("2", EntryState::Running, 0));
-        ledger
-            .guests
-            .insert("starting".into(), entry("3", EntryState::Prepared, 1000));
-        ledger
-            .guests
-            .insert("failed".into(), entry("4", EntryState::Prepared, 10));
-        let mut running = BTreeMap::new();
-        running.insert("running".to_string(), PathBuf::from("/x"));
-        let dropped = ledger.reconcile(&running, 1000 + 5);
-        assert_eq!(dropped, vec!["died".to_string(), "failed".to_string()]);
-        assert_eq!(
-            ledger.guests.keys().collect::<Vec<_>>(),
-            vec!["running", "starting"]
-        );
     }
 }

@@ -4,14 +4,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::ledger::{Entry, EntryState, Ledger};
-use crate::placement::Pool;
-use crate::runstate::parse_status;
+use kvmtune_core::ledger::{Entry, EntryState, Ledger};
+use kvmtune_core::placement::Pool;
+use kvmtune_core::runstate::parse_status;
 
 fn fixture_host() -> Host {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/hosts/intel-xeon-silver4108-2s8c2t-2node");
-    Host::read(&root).unwrap()
+    kvmtune_sys::sysfs::read_host(&root).unwrap()
 }
 
 fn set(s: &str) -> CpuSet {
@@ -286,7 +286,7 @@ fn opted_out_guests_are_not_expected_in_the_ledger() {
     let path = dir.path().join("p.yaml");
     std::fs::write(&path, text).unwrap();
     let mut w = world();
-    w.policy = Policy::load(&path).unwrap();
+    w.policy = kvmtune_sys::policy_file::load(&path).unwrap();
     let s = build_world(&w);
     let stray = &s.guests[2];
     assert_eq!(stray.conformance.len(), 1);

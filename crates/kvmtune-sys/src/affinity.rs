@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cpuset::CpuSet;
+use kvmtune_core::cpuset::CpuSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AffinityError {

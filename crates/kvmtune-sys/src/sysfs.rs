@@ -1,8 +1,5 @@
-//! The host as kvmtune sees it: CPUs, SMT cores, L3 groups, dies, sockets, NUMA nodes
-//! (memory, distances, huge pages), isolated CPUs and IRQ affinities, read from
-//! sysfs/procfs under a root directory (`/` in production, a fixture tree in tests).
-//!
-//! Reading is the only I/O here; everything the planner needs afterwards is plain data.
+//! Reads the [`Host`] from sysfs/procfs under a root directory (`/` in production, a
+//! fixture tree in tests), and keeps the static topology in a cache under /run.
 //!
 //! The reader is written against real snapshots (tests/data/hosts, see its README),
 //! which break most "obvious" assumptions, so the rules are:
@@ -19,9 +16,10 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::cpuset::{CpuSet, MAX_CPUS};
+use kvmtune_core::cpuset::{CpuSet, MAX_CPUS};
+use kvmtune_core::host::{Host, HostError, HugePages, Irq, Node, RawCpu, assemble, orphan_home};
 
 /// Where CPUs live under the root.
 const CPU_DIR: &str = "sys/devices/system/cpu";
@@ -34,403 +32,57 @@ const GLOBAL_HUGEPAGES_DIR: &str = "sys/kernel/mm/hugepages";
 /// removes temp files a killed hook left behind.
 pub const CACHE_TEMP_PREFIX: &str = "host-topology";
 
-/// One online logical CPU.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Cpu {
-    pub id: u32,
-    /// Index into [`Host::cores`].
-    pub core: usize,
-    /// Index into [`Host::l3_groups`], when the host reports an L3 cache.
-    pub l3: Option<usize>,
-    /// `physical_package_id`.
-    pub socket: u32,
-    /// `die_id` (0 when not reported).
-    pub die: u32,
-    /// NUMA node number (not index).
-    pub node: u32,
-}
-
-/// A physical core: the SMT sibling threads that share L1/L2 (`thread_siblings_list`,
-/// which is right even where core_id is not unique, see fixtures README).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Core {
-    pub cpus: CpuSet,
-    pub socket: u32,
-    pub node: u32,
-}
-
-/// Huge pages of one size on one node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct HugePages {
-    pub total: u64,
-    pub free: u64,
-}
-
-/// A NUMA node.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Node {
-    pub id: u32,
-    /// Online CPUs of the node (may be empty: memory-only nodes).
-    pub cpus: CpuSet,
-    pub mem_total_kib: Option<u64>,
-    pub mem_free_kib: Option<u64>,
-    /// Distance to each other node, by node number (empty if not reported).
-    pub distances: BTreeMap<u32, u32>,
-    /// By page size in KiB (2048, 1048576).
-    pub hugepages: BTreeMap<u64, HugePages>,
-}
-
-/// One IRQ line and the CPUs it may be delivered to.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Irq {
-    pub number: u32,
-    pub affinity: CpuSet,
-    /// Device/action names from /proc/interrupts (e.g. "eth0-TxRx-0", "nvme0q1");
-    /// empty when the IRQ has no handler or /proc/interrupts was not readable.
-    pub actions: String,
-}
-
-/// Everything read from one host.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Host {
-    pub root: PathBuf,
-    /// Online CPUs by number.
-    pub cpus: BTreeMap<u32, Cpu>,
-    pub online: CpuSet,
-    pub cores: Vec<Core>,
-    /// L3 cache groups (`cache/index3/shared_cpu_list`), online CPUs only.
-    pub l3_groups: Vec<CpuSet>,
-    /// Sockets by `physical_package_id`, online CPUs.
-    pub sockets: BTreeMap<u32, CpuSet>,
-    /// NUMA nodes by number; a host without node info gets one node 0 with all CPUs.
-    pub nodes: BTreeMap<u32, Node>,
-    /// `isolated` CPUs (isolcpus=).
-    pub isolated: CpuSet,
-    pub irqs: Vec<Irq>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum HostError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
-
-/// What one CPU's `topology/` says, before CPUs are grouped.
-#[derive(Debug, Clone)]
-struct RawCpu {
-    siblings: CpuSet,
-    socket: u32,
-    die: u32,
-}
-
-impl Host {
-    /// Reads the host under `root` (e.g. `/`).
-    pub fn read(root: &Path) -> Result<Host, HostError> {
-        let cpu_dir = root.join(CPU_DIR);
-        let online = read_online(&cpu_dir)?;
-        let mut raw: BTreeMap<u32, RawCpu> = BTreeMap::new();
-        for cpu in online.iter() {
-            // SMT siblings share a core, so a socket and a die: reuse what the first
-            // sibling said instead of reading three files per thread again (the hook
-            // reads the host on every guest start).
-            let known = raw
-                .values()
-                .find(|r| r.siblings.contains(cpu) && r.siblings.len() > 1)
-                .cloned();
-            let topology = match known {
-                Some(sibling) => sibling,
-                None => read_topology(&cpu_dir, cpu)?,
-            };
-            raw.insert(cpu, topology);
-        }
-        let l3_groups = read_l3_groups(&cpu_dir, &online)?;
-        let nodes = read_nodes(root, &online, &raw)?;
-        let isolated = read_cpus(&cpu_dir.join("isolated"))?.unwrap_or_default();
-        let irqs = read_irqs(root)?;
-        Ok(assemble(
-            root.to_path_buf(),
-            online,
-            &raw,
-            l3_groups,
-            nodes,
-            isolated,
-            irqs,
-        ))
-    }
-
-    /// Like [`Host::read`], but takes the static topology (CPUs, cores, caches,
-    /// sockets, node CPU lists, distances) from `cache` when it was written for the
-    /// same online CPUs and nodes since the last boot, and reads only what changes
-    /// at run time (memory, huge pages, isolated CPUs, IRQ affinities). The hook
-    /// reads the host on every guest start; the topology is most of those reads
-    /// (~300 files on a 96-thread host, thousands on a 512-thread one). Any problem
-    /// with the cache (missing, stale, unreadable, not writable) falls back to a
-    /// full read: the cache can make a call faster, never wrong.
-    pub fn read_cached(root: &Path, cache: &Path) -> Result<Host, HostError> {
-        let key = topology_key(root)?;
-        if let Some(mut host) = load_cache(cache, &key, root) {
-            refresh_dynamic(&mut host, root)?;
-            return Ok(host);
-        }
-        let host = Host::read(root)?;
-        store_cache(cache, &key, &host);
-        Ok(host)
-    }
-
-    /// A made-up host for tests and benchmarks, numbered like Linux numbers a real
-    /// one: with `C` cores in all, thread `t` of core `c` is CPU `c + t*C` (siblings
-    /// `N` and `N+C`); cores fill node 0 first, nodes fill socket 0 first. One L3 per
-    /// node. Distances 10 (local), 12 (same socket), 32 (other socket), as on EPYC.
-    /// Each node has `mem_per_node_kib` of memory, all free, and no huge pages.
-    ///
-    /// # Panics
-    /// If the host would have [`MAX_CPUS`] CPUs or more (test-only constructor).
-    pub fn synthetic(
-        sockets: u32,
-        nodes_per_socket: u32,
-        cores_per_node: u32,
-        threads_per_core: u32,
-        mem_per_node_kib: u64,
-    ) -> Host {
-        let node_count = sockets * nodes_per_socket;
-        let total_cores = node_count * cores_per_node;
-        assert!(
-            u64::from(total_cores) * u64::from(threads_per_core) <= u64::from(MAX_CPUS),
-            "synthetic host larger than {MAX_CPUS} CPUs"
-        );
-        let threads_of = |core: u32| (0..threads_per_core).map(move |t| core + t * total_cores);
-        let mut online = CpuSet::new();
-        let mut raw = BTreeMap::new();
-        let mut l3_groups = Vec::new();
-        let mut nodes = BTreeMap::new();
-        for node in 0..node_count {
-            let socket = node / nodes_per_socket;
-            let first_core = node * cores_per_node;
-            let node_cpus: CpuSet = (first_core..first_core + cores_per_node)
-                .flat_map(threads_of)
-                .collect();
-            for core in first_core..first_core + cores_per_node {
-                let siblings: CpuSet = threads_of(core).collect();
-                for cpu in siblings.iter() {
-                    let entry = RawCpu {
-                        siblings: siblings.clone(),
-                        socket,
-                        die: 0,
-                    };
-                    raw.insert(cpu, entry);
-                }
-            }
-            let distances = (0..node_count)
-                .map(|other| {
-                    let distance = if other == node {
-                        10
-                    } else if other / nodes_per_socket == socket {
-                        12
-                    } else {
-                        32
-                    };
-                    (other, distance)
-                })
-                .collect();
-            online = online.union(&node_cpus);
-            l3_groups.push(node_cpus.clone());
-            nodes.insert(
-                node,
-                Node {
-                    id: node,
-                    cpus: node_cpus,
-                    mem_total_kib: Some(mem_per_node_kib),
-                    mem_free_kib: Some(mem_per_node_kib),
-                    distances,
-                    hugepages: BTreeMap::new(),
-                },
-            );
-        }
-        assemble(
-            PathBuf::new(),
-            online,
-            &raw,
-            l3_groups,
-            nodes,
-            CpuSet::new(),
-            Vec::new(),
-        )
-    }
-
-    /// The NUMA node of an online CPU.
-    pub fn node_of(&self, cpu: u32) -> Option<u32> {
-        self.cpus.get(&cpu).map(|c| c.node)
-    }
-
-    /// The core (SMT siblings) of an online CPU.
-    pub fn core_of(&self, cpu: u32) -> Option<&Core> {
-        self.cpus.get(&cpu).and_then(|c| self.cores.get(c.core))
-    }
-
-    /// The L3 group of an online CPU, when the host reports L3 caches.
-    pub fn l3_of(&self, cpu: u32) -> Option<&CpuSet> {
-        self.cpus
-            .get(&cpu)
-            .and_then(|c| c.l3)
-            .and_then(|index| self.l3_groups.get(index))
-    }
-
-    /// The socket (`physical_package_id`) of an online CPU.
-    pub fn socket_of(&self, cpu: u32) -> Option<u32> {
-        self.cpus.get(&cpu).map(|c| c.socket)
-    }
-
-    /// The CPUs sharing a last-level cache with `cpu`: its L3 group, or its whole
-    /// socket where no L3 is reported (none of the fixture snapshots kept caches).
-    pub fn llc_of(&self, cpu: u32) -> Option<&CpuSet> {
-        self.l3_of(cpu)
-            .or_else(|| self.socket_of(cpu).and_then(|s| self.sockets.get(&s)))
-    }
-
-    /// The NUMA nodes holding the given CPUs (the memory nodeset of a placement).
-    pub fn nodes_of(&self, cpus: &CpuSet) -> CpuSet {
-        cpus.iter().filter_map(|cpu| self.node_of(cpu)).collect()
-    }
-
-    /// The distance between two nodes, when the host reports it.
-    pub fn distance(&self, from: u32, to: u32) -> Option<u32> {
-        self.nodes
-            .get(&from)
-            .and_then(|n| n.distances.get(&to))
-            .copied()
-    }
-
-    /// Online CPUs that some IRQ is bound to. An IRQ whose affinity covers every
-    /// online CPU is unbound (the kernel default) and says nothing about which CPUs
-    /// the admin set aside for interrupts, so it is left out. So are per-queue IRQs
-    /// spread one per CPU over the whole host (NVMe `nvme0q1..N`, a NIC's
-    /// `mlx5_comp0..N`, kernel-managed affinity): together they cover every CPU,
-    /// and counting them would leave guests no CPU at all. They are grouped by
-    /// their name without digits.
-    pub fn irq_bound_cpus(&self) -> CpuSet {
-        let mut groups: BTreeMap<String, CpuSet> = BTreeMap::new();
-        for irq in self
-            .irqs
-            .iter()
-            .filter(|irq| !self.online.is_subset(&irq.affinity))
-        {
-            let stem: String = irq
-                .actions
-                .chars()
-                .filter(|c| !c.is_ascii_digit())
-                .collect();
-            // An IRQ without a name is a group of its own.
-            let key = if stem.trim().is_empty() {
-                format!("irq {}", irq.number)
-            } else {
-                stem
-            };
-            let cpus = groups.entry(key).or_default();
-            *cpus = cpus.union(&irq.affinity.intersection(&self.online));
-        }
-        groups
+/// Reads the host under `root` (e.g. `/`).
+pub fn read_host(root: &Path) -> Result<Host, HostError> {
+    let cpu_dir = root.join(CPU_DIR);
+    let online = read_online(&cpu_dir)?;
+    let mut raw: BTreeMap<u32, RawCpu> = BTreeMap::new();
+    for cpu in online.iter() {
+        // SMT siblings share a core, so a socket and a die: reuse what the first
+        // sibling said instead of reading three files per thread again (the hook
+        // reads the host on every guest start).
+        let known = raw
             .values()
-            .filter(|cpus| !self.online.is_subset(cpus))
-            .fold(CpuSet::new(), |acc, cpus| acc.union(cpus))
-    }
-
-    /// One line for logs and `kvmtune check`: "2 sockets, 2 nodes, 16 cores, 32 threads".
-    pub fn summary(&self) -> String {
-        let count = |n: usize, word: &str| {
-            if n == 1 {
-                format!("1 {word}")
-            } else {
-                format!("{n} {word}s")
-            }
+            .find(|r| r.siblings.contains(cpu) && r.siblings.len() > 1)
+            .cloned();
+        let topology = match known {
+            Some(sibling) => sibling,
+            None => read_topology(&cpu_dir, cpu)?,
         };
-        format!(
-            "{}, {}, {}, {}",
-            count(self.sockets.len(), "socket"),
-            count(self.nodes.len(), "node"),
-            count(self.cores.len(), "core"),
-            count(self.cpus.len(), "thread"),
-        )
+        raw.insert(cpu, topology);
     }
-}
-
-/// Groups per-CPU facts into cores, L3 indexes and sockets. `nodes` must already
-/// hold each online CPU in exactly one node.
-fn assemble(
-    root: PathBuf,
-    online: CpuSet,
-    raw: &BTreeMap<u32, RawCpu>,
-    l3_groups: Vec<CpuSet>,
-    nodes: BTreeMap<u32, Node>,
-    isolated: CpuSet,
-    irqs: Vec<Irq>,
-) -> Host {
-    let node_of: BTreeMap<u32, u32> = nodes
-        .values()
-        .flat_map(|n| n.cpus.iter().map(move |cpu| (cpu, n.id)))
-        .collect();
-    let l3_of: BTreeMap<u32, usize> = l3_groups
-        .iter()
-        .enumerate()
-        .flat_map(|(index, group)| group.iter().map(move |cpu| (cpu, index)))
-        .collect();
-
-    // Cores partition the online CPUs even if sibling lists disagree with each
-    // other: a CPU joins the first core that claims it.
-    let mut cores: Vec<Core> = Vec::new();
-    let mut core_of = BTreeMap::new();
-    for (&cpu, info) in raw {
-        if core_of.contains_key(&cpu) {
-            continue;
-        }
-        let mut members = info.siblings.intersection(&online);
-        members.insert(cpu);
-        for member in members.iter() {
-            core_of.entry(member).or_insert(cores.len());
-        }
-        let members: CpuSet = members
-            .iter()
-            .filter(|m| core_of.get(m) == Some(&cores.len()))
-            .collect();
-        cores.push(Core {
-            cpus: members,
-            socket: info.socket,
-            node: node_of.get(&cpu).copied().unwrap_or(0),
-        });
-    }
-
-    let mut sockets: BTreeMap<u32, CpuSet> = BTreeMap::new();
-    let mut cpus = BTreeMap::new();
-    for (&cpu, info) in raw {
-        sockets.entry(info.socket).or_default().insert(cpu);
-        cpus.insert(
-            cpu,
-            Cpu {
-                id: cpu,
-                core: core_of.get(&cpu).copied().unwrap_or(0),
-                l3: l3_of.get(&cpu).copied(),
-                socket: info.socket,
-                die: info.die,
-                node: node_of.get(&cpu).copied().unwrap_or(0),
-            },
-        );
-    }
-
-    Host {
-        root,
-        cpus,
+    let l3_groups = read_l3_groups(&cpu_dir, &online)?;
+    let nodes = read_nodes(root, &online, &raw)?;
+    let isolated = read_cpus(&cpu_dir.join("isolated"))?.unwrap_or_default();
+    let irqs = read_irqs(root)?;
+    Ok(assemble(
+        root.to_path_buf(),
         online,
-        cores,
+        &raw,
         l3_groups,
-        sockets,
         nodes,
         isolated,
         irqs,
+    ))
+}
+
+/// Like [`read_host`], but takes the static topology (CPUs, cores, caches,
+/// sockets, node CPU lists, distances) from `cache` when it was written for the
+/// same online CPUs and nodes since the last boot, and reads only what changes
+/// at run time (memory, huge pages, isolated CPUs, IRQ affinities). The hook
+/// reads the host on every guest start; the topology is most of those reads
+/// (~300 files on a 96-thread host, thousands on a 512-thread one). Any problem
+/// with the cache (missing, stale, unreadable, not writable) falls back to a
+/// full read: the cache can make a call faster, never wrong.
+pub fn read_host_cached(root: &Path, cache: &Path) -> Result<Host, HostError> {
+    let key = topology_key(root)?;
+    if let Some(mut host) = load_cache(cache, &key, root) {
+        refresh_dynamic(&mut host, root)?;
+        return Ok(host);
     }
+    let host = read_host(root)?;
+    store_cache(cache, &key, &host);
+    Ok(host)
 }
 
 /// Online CPUs: `cpu/online` (or every `cpuN/` when that file is missing), limited
@@ -640,42 +292,6 @@ fn read_nodes(
 
     read_distances(&node_dir, &ids, &mut nodes)?;
     Ok(nodes)
-}
-
-/// The node for an online CPU that no node lists (its own node is offline; seen in
-/// the offline-node0 snapshot). The kernel would move it to the nearest online node;
-/// the best stand-in we have is its SMT siblings' node, else the node holding most
-/// of its socket, else the first node with CPUs, else the first node.
-fn orphan_home(cpu: u32, nodes: &BTreeMap<u32, Node>, raw: &BTreeMap<u32, RawCpu>) -> u32 {
-    let info = raw.get(&cpu);
-    if let Some(info) = info
-        && let Some(node) = nodes.values().find(|n| n.cpus.intersects(&info.siblings))
-    {
-        return node.id;
-    }
-    let socket_cpus: CpuSet = match info {
-        Some(info) => raw
-            .iter()
-            .filter(|(_, other)| other.socket == info.socket)
-            .map(|(&c, _)| c)
-            .collect(),
-        None => CpuSet::new(),
-    };
-    let mut best: Option<(usize, u32)> = None;
-    for node in nodes.values() {
-        let shared = node.cpus.intersection(&socket_cpus).len();
-        if shared > 0 && best.is_none_or(|(count, _)| shared > count) {
-            best = Some((shared, node.id));
-        }
-    }
-    if let Some((_, id)) = best {
-        return id;
-    }
-    nodes
-        .values()
-        .find(|n| !n.cpus.is_empty())
-        .or_else(|| nodes.values().next())
-        .map_or(0, |n| n.id)
 }
 
 /// Fills each node's distances. A `distance` row lists distances in node *index*
@@ -1035,7 +651,7 @@ mod tests {
         // Only the mask variant: 0xf = all four CPUs, so unbound.
         files.push(("proc/irq/25/smp_affinity".to_string(), "f\n".to_string()));
         let dir = tree_owned(&files);
-        let host = Host::read(dir.path()).expect("host");
+        let host = read_host(dir.path()).expect("host");
 
         assert_eq!(host.irq_bound_cpus(), set("2"));
         let numbers: Vec<u32> = host.irqs.iter().map(|i| i.number).collect();
@@ -1072,7 +688,7 @@ mod tests {
         }
         files.push(("proc/interrupts".to_string(), interrupts));
         let dir = tree_owned(&files);
-        let host = Host::read(dir.path()).expect("host");
+        let host = read_host(dir.path()).expect("host");
         assert_eq!(host.irqs.len(), 6);
         assert_eq!(host.irq_bound_cpus(), set("2-3"));
     }
@@ -1085,7 +701,7 @@ mod tests {
             "MemTotal:        8000000 kB\nMemFree:         1000 kB\n".to_string(),
         ));
         let dir = tree_owned(&files);
-        let host = Host::read(dir.path()).expect("host");
+        let host = read_host(dir.path()).expect("host");
         assert_eq!(host.summary(), "1 socket, 1 node, 2 cores, 4 threads");
         assert_eq!(host.core_of(2).map(|c| c.cpus.clone()), Some(set("0,2")));
         assert_eq!(host.nodes[&0].cpus, set("0-3"));
@@ -1118,7 +734,7 @@ mod tests {
             ));
         }
         let dir = tree_owned(&files);
-        let host = Host::read(dir.path()).expect("host");
+        let host = read_host(dir.path()).expect("host");
         assert_eq!(host.l3_groups, vec![set("0-1"), set("2-3")]);
         assert_eq!(host.l3_of(3), Some(&set("2-3")));
         assert_eq!(host.cpus[&1].l3, Some(0));
@@ -1128,7 +744,7 @@ mod tests {
     #[test]
     fn missing_cpu_directory_is_an_error_naming_it() {
         let dir = tree(&[("proc/meminfo", "MemTotal: 1 kB\n")]);
-        let error = Host::read(dir.path()).expect_err("no cpu dir");
+        let error = read_host(dir.path()).expect_err("no cpu dir");
         match &error {
             HostError::Read { path, .. } => assert!(path.ends_with("sys/devices/system/cpu")),
             other => panic!("unexpected error {other:?}"),
@@ -1144,7 +760,7 @@ mod tests {
             "socket one\n".to_string(),
         ));
         let dir = tree_owned(&files);
-        match Host::read(dir.path()) {
+        match read_host(dir.path()) {
             Err(HostError::Invalid { path, .. }) => {
                 assert!(path.ends_with("cpu1/topology/physical_package_id"));
             }
@@ -1166,36 +782,5 @@ mod tests {
         assert_eq!(parsed[&11], "arch_timer");
         assert_eq!(parsed[&99], "weird-chip no-handler-word");
         assert_eq!(parsed.len(), 4);
-    }
-
-    #[test]
-    fn synthetic_host_matches_linux_numbering() {
-        let host = Host::synthetic(2, 4, 32, 2, 64 * 1024 * 1024);
-        assert_eq!(host.summary(), "2 sockets, 8 nodes, 256 cores, 512 threads");
-        assert_eq!(host.core_of(0).map(|c| c.cpus.clone()), Some(set("0,256")));
-        assert_eq!(host.nodes[&0].cpus, set("0-31,256-287"));
-        assert_eq!(host.nodes[&7].cpus, set("224-255,480-511"));
-        assert_eq!(host.sockets[&1], set("128-255,384-511"));
-        assert_eq!(host.l3_of(300), Some(&set("288-319,32-63")));
-        assert_eq!(host.node_of(300), Some(1));
-        assert_eq!(host.distance(0, 0), Some(10));
-        assert_eq!(host.distance(0, 3), Some(12));
-        assert_eq!(host.distance(0, 4), Some(32));
-        assert_eq!(host.nodes_of(&set("0,40,300")), set("0-1"));
-        assert_eq!(host.nodes[&5].mem_total_kib, Some(64 * 1024 * 1024));
-        // Every CPU's indexes point back at sets that contain it.
-        for (id, cpu) in &host.cpus {
-            assert!(host.cores[cpu.core].cpus.contains(*id));
-            assert!(cpu.l3.is_some_and(|l3| host.l3_groups[l3].contains(*id)));
-            assert!(host.nodes[&cpu.node].cpus.contains(*id));
-        }
-    }
-
-    #[test]
-    fn synthetic_single_thread_host() {
-        let host = Host::synthetic(1, 1, 4, 1, 1024);
-        assert_eq!(host.summary(), "1 socket, 1 node, 4 cores, 4 threads");
-        assert_eq!(host.cores.len(), 4);
-        assert_eq!(host.distance(0, 0), Some(10));
     }
 }

@@ -24,15 +24,17 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 use clap::Args;
 
-use crate::cli::{self, Failure, Sources, exit};
-use crate::command::{Output, ProcessRunner, RunError, Runner, find_program};
-use crate::domain::Domain;
-use crate::host::Host;
-use crate::ledger;
-use crate::placement::{Claim, Occupancy};
-use crate::plan::{Plan, plan};
-use crate::policy::Policy;
-use crate::runstate::{self, LiveGuest};
+use crate::exit::{self, Failure};
+use crate::inputs::{self as cli, Sources};
+use kvmtune_core::domain::Domain;
+use kvmtune_core::host::Host;
+use kvmtune_core::placement::{Claim, Occupancy};
+use kvmtune_core::plan::{Plan, plan};
+use kvmtune_core::policy::Policy;
+use kvmtune_core::runstate::LiveGuest;
+use kvmtune_sys::command::{Output, ProcessRunner, RunError, Runner, find_program};
+use kvmtune_sys::ledger_store as ledger;
+use kvmtune_sys::libvirt_run as runstate;
 
 /// Where backups of replaced definitions go: `DIR/GUEST/TIMESTAMP.xml`.
 pub const DEFAULT_BACKUP_DIR: &str = "/var/lib/kvmtune/backups";
@@ -365,7 +367,7 @@ fn classify(uri: &str, command: &str, guest: Option<&str>, output: &Output) -> V
 /// Refuses guest names that cannot safely become a file name: empty, `.`/`..`,
 /// containing `/`, `..`, NUL or control characters, or longer than a file name.
 pub fn check_guest_name(name: &str) -> Result<(), String> {
-    let shown = crate::logging::sanitize(name);
+    let shown = kvmtune_sys::logging::sanitize(name);
     if name.is_empty() {
         return Err("empty guest name".into());
     }
@@ -393,7 +395,7 @@ fn check_stamp(stamp: &str) -> Result<(), String> {
     {
         return Err(format!(
             "'{}' is not a backup timestamp (like 20250101T120000Z; see --list)",
-            crate::logging::sanitize(stamp)
+            kvmtune_sys::logging::sanitize(stamp)
         ));
     }
     Ok(())
@@ -522,7 +524,7 @@ impl Backups {
             .map_err(|e| io_failure(&backup.path, &e))?;
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(
-            &mut std::io::Read::take(&mut file, crate::domain::MAX_XML_BYTES as u64 + 1),
+            &mut std::io::Read::take(&mut file, kvmtune_core::domain::MAX_XML_BYTES as u64 + 1),
             &mut bytes,
         )
         .map_err(|e| io_failure(&backup.path, &e))?;
@@ -661,7 +663,7 @@ pub fn running_occupancy(paths: &ledger::Paths) -> (Occupancy, BTreeMap<String, 
     let mut occupancy = claimed.clone();
     occupancy
         .guests
-        .extend(runstate::pinned_by_others(&live, &claimed).guests);
+        .extend(kvmtune_core::runstate::pinned_by_others(&live, &claimed).guests);
     (occupancy, live)
 }
 
@@ -704,13 +706,13 @@ pub fn apply<R: Runner>(
                             exit::INPUT,
                             format!(
                                 "guest '{}' is transient (no persistent definition to conform); the hook tunes it when it starts",
-                                crate::logging::sanitize(g)
+                                kvmtune_sys::logging::sanitize(g)
                             ),
                         )
                     } else {
                         lv(VirshError::NoSuchGuest {
                             uri: virsh.uri().to_string(),
-                            guest: crate::logging::sanitize(g),
+                            guest: kvmtune_sys::logging::sanitize(g),
                         })
                     });
                 }
@@ -774,7 +776,7 @@ pub fn apply<R: Runner>(
     }
     occupancy
         .guests
-        .extend(runstate::pinned_by_others(&others, &Occupancy::default()).guests);
+        .extend(kvmtune_core::runstate::pinned_by_others(&others, &Occupancy::default()).guests);
 
     // Plan every target; any failure stops everything before anything is defined.
     let mut planned = Vec::new();
@@ -1108,7 +1110,7 @@ pub fn revert<R: Runner>(
 pub fn run_apply(args: &ApplyArgs) -> Result<ExitCode> {
     let policy = cli::load_policy(args.sources.policy.as_deref())?;
     let host = cli::read_host(&args.sources.host_root)?;
-    let env = crate::hook::Environment::from_process_env();
+    let env = kvmtune_sys::roots::Roots::from_process_env();
     let (running, _) = running_occupancy(&env.paths);
     let virsh = args.libvirt.virsh();
     let backups = Backups::new(args.libvirt.backup_dir());

@@ -1,13 +1,12 @@
-//! libvirt's run state, read from its status files (`/run/libvirt/qemu/GUEST.xml`,
-//! a `<domstatus>` holding the QEMU pid, the vCPU thread ids and the live
-//! `<domain>`). Reading files instead of calling libvirt is what lets the hook know
-//! the host's occupancy without deadlocking libvirtd (a hook must never call it).
+//! libvirt's run state as data: a status file (`/run/libvirt/qemu/GUEST.xml`, a
+//! `<domstatus>` holding the QEMU pid, the vCPU thread ids and the live `<domain>`)
+//! parsed into a [`LiveGuest`], and the occupancy of guests that pin themselves.
+//! Reading the files is `kvmtune_sys::libvirt_run`'s job.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use crate::cpuset::CpuSet;
-use crate::domain::{Domain, MAX_XML_BYTES, parse_document};
+use crate::domain::{Domain, parse_document};
 use crate::placement::{Claim, Occupancy, Pool};
 
 /// One running guest as its status file describes it.
@@ -21,61 +20,6 @@ pub struct LiveGuest {
     pub iothread_tids: BTreeMap<u32, u32>,
     /// The live domain, when the status file holds one that parses.
     pub domain: Option<Domain>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunStateError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
-
-/// Largest status file read: the live domain XML plus libvirt's run state.
-pub const MAX_STATUS_BYTES: u64 = 2 * MAX_XML_BYTES as u64;
-
-/// Reads one status file.
-pub fn read_status(path: &Path) -> Result<LiveGuest, RunStateError> {
-    let text = read_bounded(path).map_err(|source| RunStateError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_status(&text).map_err(|message| RunStateError::Invalid {
-        path: path.to_path_buf(),
-        message,
-    })
-}
-
-/// Reads a regular file of at most `MAX_STATUS_BYTES`: a FIFO (whose open would
-/// block), a device (`/dev/zero` never ends), a directory or a huge file in the run
-/// directory is an error for that file, never a hang or an unbounded allocation.
-fn read_bounded(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    if meta.len() > MAX_STATUS_BYTES {
-        return Err(std::io::Error::other(format!(
-            "larger than {MAX_STATUS_BYTES} bytes"
-        )));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_STATUS_BYTES + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_STATUS_BYTES {
-        return Err(std::io::Error::other(format!(
-            "larger than {MAX_STATUS_BYTES} bytes"
-        )));
-    }
-    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Parses a `<domstatus>` document.
@@ -131,45 +75,6 @@ pub fn parse_status(text: &str) -> Result<LiveGuest, String> {
         iothread_tids,
         domain,
     })
-}
-
-/// Running guests by name → status file, from libvirt's run directory (a guest
-/// runs while its status file exists, whether or not the file parses).
-pub fn status_files(libvirt_run_dir: &Path) -> BTreeMap<String, PathBuf> {
-    let mut out = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(libvirt_run_dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("xml") {
-            continue;
-        }
-        if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
-            out.insert(name.to_string(), path);
-        }
-    }
-    out
-}
-
-/// Running guests by name, from every status file under `dir` (unreadable files
-/// are skipped: one broken file must not stop every guest start).
-pub fn running(dir: &Path) -> BTreeMap<String, LiveGuest> {
-    parse_except(&status_files(dir), &Occupancy::default())
-}
-
-/// Parses the `status_files` of guests `claimed` does not hold: their placement is
-/// known, and parsing a status file (libvirt's are 10-30 KB) is most of a hook
-/// call's cost on a busy host.
-pub fn parse_except(
-    status_files: &BTreeMap<String, PathBuf>,
-    claimed: &Occupancy,
-) -> BTreeMap<String, LiveGuest> {
-    status_files
-        .iter()
-        .filter(|(name, _)| !claimed.guests.contains_key(*name))
-        .filter_map(|(name, path)| read_status(path).ok().map(|g| (name.clone(), g)))
-        .collect()
 }
 
 /// The occupancy of guests that pin themselves (their live XML says where), for
@@ -251,7 +156,7 @@ mod tests {
 
     #[test]
     fn refuses_other_documents() {
-        assert!(parse_status("<domain><name>x</name></domain>").is_err());
-        assert!(parse_status("<domstatus pid='1'/>").is_err());
+        let _ = parse_status("<domain><name>x</name></domain>").unwrap_err();
+        let _ = parse_status("<domstatus pid='1'/>").unwrap_err();
     }
 }

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::*;
-use crate::command::{Output, RunError, Runner};
-use crate::cpuset::CpuSet;
-use crate::host::Host;
-use crate::policy::Policy;
+use kvmtune_core::cpuset::CpuSet;
+use kvmtune_core::host::Host;
+use kvmtune_core::policy::Policy;
+use kvmtune_sys::command::{Output, RunError, Runner};
 
 /// What the fake virsh knows and what it was asked.
 #[derive(Default)]
@@ -596,7 +596,7 @@ fn backups_never_overwrite_and_sort_in_time_order() {
     assert_eq!(listed, names);
     // A symlinked guest directory is refused.
     std::os::unix::fs::symlink(dir.path().join("g"), dir.path().join("h")).unwrap();
-    assert!(b.save("h", b"x", t).is_err());
+    let _ = b.save("h", b"x", t).unwrap_err();
 }
 
 #[test]
@@ -610,8 +610,8 @@ fn utc_stamps() {
 
 #[test]
 fn guest_names() {
-    assert!(check_guest_name("web-01.example_x").is_ok());
-    assert!(check_guest_name("with space").is_ok());
+    check_guest_name("web-01.example_x").unwrap();
+    check_guest_name("with space").unwrap();
     for bad in [
         "",
         ".",

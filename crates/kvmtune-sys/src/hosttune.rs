@@ -1,7 +1,7 @@
-//! `kvmtune host check` / `kvmtune host apply`: the host side of TUNING-RULES.md —
-//! NIC IRQs on the reserved CPUs and irqbalance kept off the guests' CPUs (1.3), the
-//! IO scheduler per block device kind (2.2), KSM off (3.1), transparent huge pages,
-//! huge pages reserved per node and hugetlbfs mounted (3.2), vhost_net loaded (4.1).
+//! The host side of TUNING-RULES.md, read and changed: NIC IRQs on the reserved CPUs
+//! and irqbalance kept off the guests' CPUs (1.3), the IO scheduler per block device
+//! kind (2.2), KSM off (3.1), transparent huge pages, huge pages reserved per node and
+//! hugetlbfs mounted (3.2), vhost_net loaded (4.1).
 //!
 //! [`check`] reads everything under a root directory (`/` in production, a fixture
 //! tree in tests) and returns one [`Item`] per setting: ok, differs, unsupported
@@ -9,154 +9,26 @@
 //! and wanted values and the fix. [`apply`] carries out the fixes of the items that
 //! differ — sysfs/procfs writes and the irqbalance config under the root, `modprobe`
 //! and `mount` through a [`Runner`] — then checks again, so running it twice changes
-//! nothing the second time.
-//!
-//! The wishes live in [`HostTuning`], whose defaults encode the seed. It is meant to
-//! become the policy's `host:` keys; until then a YAML file with the same keys can
-//! be passed with the hidden `--tuning FILE` option.
+//! nothing the second time. The wishes are [`HostTuning`], the policy's `host.tuning:`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::Result;
-use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
+use kvmtune_core::cpuset::CpuSet;
+use kvmtune_core::host::{Host, HostError};
+use kvmtune_core::host_tuning::{HostTuning, Ksm, Thp, page_size_kib};
+use kvmtune_core::policy::{IrqCpus, Policy};
+use serde::Serialize;
 
-use crate::cli::{self, Failure, Sources, exit};
-use crate::command::{ProcessRunner, Runner, find_program};
-use crate::cpuset::CpuSet;
-use crate::host::Host;
-use crate::policy::{IrqCpus, Policy};
+use crate::command::{Runner, find_program};
 
-// ---------------------------------------------------------------- wishes
-
-/// `ksm:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Ksm {
-    Off,
-    On,
-    Keep,
-}
-
-/// `thp:` (`/sys/kernel/mm/transparent_hugepage/enabled`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Thp {
-    Always,
-    Madvise,
-    Never,
-    Keep,
-}
-
-/// `io_scheduler:`: the scheduler per device kind; `keep` leaves that kind alone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IoSchedulers {
-    /// Spinning disks: a fair scheduler so one guest cannot starve the others.
-    pub rotational: String,
-    /// Non-rotational SATA/SAS/virtio disks.
-    pub ssd: String,
-    /// NVMe: the device queues are fast and deep enough; no scheduler.
-    pub nvme: String,
-}
-
-impl Default for IoSchedulers {
-    fn default() -> Self {
-        IoSchedulers {
-            rotational: "bfq".into(),
-            ssd: "mq-deadline".into(),
-            nvme: "none".into(),
-        }
-    }
-}
-
-/// Host-side wishes. `Default` is the seed's rules; the YAML keys are the ones
-/// proposed for the policy's `host:` section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HostTuning {
-    /// 1.3: bind physical NICs' IRQs to the IRQ CPUs (`irq_cpus` list, else `reserved_cpus`).
-    pub nic_irqs: bool,
-    /// 1.3: keep irqbalance's banned CPUs = every CPU but the IRQ CPUs.
-    pub irqbalance: bool,
-    /// 3.1
-    pub ksm: Ksm,
-    /// 3.2
-    pub thp: Thp,
-    /// 3.2: huge pages to reserve on every node, by size (`2M`, `1G`); empty = report only.
-    pub hugepages_per_node: BTreeMap<String, u64>,
-    /// 3.2: a hugetlbfs mount must exist (libvirt backs guest memory with it).
-    pub hugetlbfs: bool,
-    /// 2.2
-    pub io_scheduler: IoSchedulers,
-    /// 4.1: the vhost_net module loaded.
-    pub vhost_net: bool,
-}
-
-impl Default for HostTuning {
-    fn default() -> Self {
-        HostTuning {
-            nic_irqs: true,
-            irqbalance: true,
-            ksm: Ksm::Off,
-            thp: Thp::Always,
-            hugepages_per_node: BTreeMap::new(),
-            hugetlbfs: true,
-            io_scheduler: IoSchedulers::default(),
-            vhost_net: true,
-        }
-    }
-}
-
-impl HostTuning {
-    /// Reads the proposed keys from a YAML file (the hidden `--tuning` option).
-    pub fn load(path: &Path) -> Result<HostTuning> {
-        let text = fs::read_to_string(path)
-            .map_err(|e| failure(exit::USAGE, format!("{}: {e}", path.display())))?;
-        let tuning: HostTuning = serde_yaml_ng::from_str(&text)
-            .map_err(|e| failure(exit::USAGE, format!("{}: {e}", path.display())))?;
-        for size in tuning.hugepages_per_node.keys() {
-            page_size_kib(size).ok_or_else(|| {
-                failure(
-                    exit::USAGE,
-                    format!(
-                        "{}: hugepages_per_node: '{size}' is not a page size such as 2M or 1G",
-                        path.display()
-                    ),
-                )
-            })?;
-        }
-        Ok(tuning)
-    }
-}
-
-/// `2M` → 2048, `1G` → 1048576, `2048K`/`2048kB` → 2048.
-pub fn page_size_kib(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let (num, mult) = if let Some(n) = t.strip_suffix('G') {
-        (n, 1024 * 1024)
-    } else if let Some(n) = t.strip_suffix('M') {
-        (n, 1024)
-    } else if let Some(n) = t.strip_suffix("kB").or_else(|| t.strip_suffix('K')) {
-        (n, 1)
-    } else {
-        return None;
-    };
-    num.parse::<u64>().ok().filter(|n| *n > 0).map(|n| n * mult)
-}
-
-fn failure(code: u8, message: impl Into<String>) -> anyhow::Error {
-    Failure {
-        code,
-        message: message.into(),
-    }
-    .into()
+/// Reads the host tuning keys from a YAML file (the hidden `--tuning FILE` option).
+pub fn load_tuning_file(path: &Path) -> Result<HostTuning, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    HostTuning::parse(&text, &path.display().to_string())
 }
 
 // ---------------------------------------------------------------- items
@@ -233,8 +105,8 @@ impl Item {
 // ---------------------------------------------------------------- check
 
 /// Reads the host under `root` and judges every host-side setting.
-pub fn check(root: &Path, policy: &Policy, tuning: &HostTuning) -> Result<Vec<Item>> {
-    let host = cli::read_host(root)?;
+pub fn check(root: &Path, policy: &Policy, tuning: &HostTuning) -> Result<Vec<Item>, HostError> {
+    let host = crate::sysfs::read_host(root)?;
     let irq_target = match &policy.host.irq_cpus {
         IrqCpus::List(set) => set.clone(),
         _ => policy.host.reserved_cpus.clone(),
@@ -855,7 +727,7 @@ pub struct Outcome {
 }
 
 /// Carries out `fix`: writes under the root, runs programs through `runner`.
-fn carry_out(fix: &Fix, runner: &dyn Runner) -> std::result::Result<(), String> {
+fn carry_out(fix: &Fix, runner: &dyn Runner) -> Result<(), String> {
     match fix {
         Fix::Write { paths, value } => {
             for path in paths {
@@ -925,7 +797,7 @@ pub fn apply(
     policy: &Policy,
     tuning: &HostTuning,
     runner: &dyn Runner,
-) -> Result<(Vec<Outcome>, Vec<Item>)> {
+) -> Result<(Vec<Outcome>, Vec<Item>), HostError> {
     let before = check(root, policy, tuning)?;
     let mut errors: BTreeMap<String, String> = BTreeMap::new();
     for item in before.iter().filter(|i| i.state == State::Differs) {
@@ -994,188 +866,6 @@ pub fn render(items: &[Item]) -> String {
         let _ = writeln!(out, "{}", line.trim_end());
     }
     out
-}
-
-// ---------------------------------------------------------------- CLI
-
-const HOST_HELP: &str = "\
-Each setting is ok, differs, unsupported (this kernel lacks it) or skipped (not
-asked for). apply writes sysfs/procfs and the irqbalance config, and runs modprobe
-and mount (only when --host-root is /); it changes only what differs, so running it
-again changes nothing.
-
-Exit codes: check: 0 conforms, 1 something differs; apply: 0 everything conforms
-now, 1 something could not be changed (or --dry-run found changes).";
-
-#[derive(Debug, Args)]
-#[command(after_help = HOST_HELP)]
-pub struct HostArgs {
-    #[command(subcommand)]
-    pub command: HostCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum HostCommand {
-    /// Compare the host-side settings (NIC IRQs, irqbalance, KSM, transparent huge
-    /// pages, huge pages, hugetlbfs, IO schedulers, vhost_net) with the policy;
-    /// exit 1 if any differs.
-    Check(HostCheckArgs),
-    /// Change the host-side settings that differ, and print what changed.
-    Apply(HostApplyArgs),
-}
-
-#[derive(Debug, Args)]
-#[command(after_help = HOST_HELP)]
-pub struct HostCheckArgs {
-    #[command(flatten)]
-    pub sources: Sources,
-    /// YAML with the proposed host tuning keys (until they join the policy)
-    #[arg(long, value_name = "FILE", hide = true)]
-    pub tuning: Option<PathBuf>,
-    /// Print the items as JSON
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-#[command(after_help = HOST_HELP)]
-pub struct HostApplyArgs {
-    #[command(flatten)]
-    pub sources: Sources,
-    #[arg(long, value_name = "FILE", hide = true)]
-    pub tuning: Option<PathBuf>,
-    /// Show what would change; change nothing
-    #[arg(long, short = 'n')]
-    pub dry_run: bool,
-}
-
-/// Whether `root` is this machine's `/`.
-fn is_system_root(root: &Path) -> bool {
-    fs::canonicalize(root).is_ok_and(|r| r == Path::new("/"))
-}
-
-/// Refuses to run programs: they would change the real system, not the tree
-/// `--host-root` names.
-struct NotOnThisRoot;
-
-impl Runner for NotOnThisRoot {
-    fn run(
-        &self,
-        program: &Path,
-        args: &[String],
-    ) -> std::result::Result<crate::command::Output, crate::command::RunError> {
-        Err(crate::command::RunError::Io {
-            program: program.display().to_string(),
-            message: format!(
-                "not run: {} would change this machine, not the --host-root tree",
-                args.join(" ")
-            ),
-        })
-    }
-}
-
-/// The host tuning: `--tuning FILE` when given (tests), else the policy's `host.tuning:`.
-fn load_tuning(path: Option<&Path>, policy: &Policy) -> Result<HostTuning> {
-    match path {
-        Some(p) => HostTuning::load(p),
-        None => Ok(policy.host.tuning.clone()),
-    }
-}
-
-/// `kvmtune host check|apply`.
-pub fn run_host(args: &HostArgs) -> Result<ExitCode> {
-    let mut out = std::io::stdout().lock();
-    match &args.command {
-        HostCommand::Check(a) => {
-            let policy = cli::load_policy(a.sources.policy.as_deref())?;
-            let tuning = load_tuning(a.tuning.as_deref(), &policy)?;
-            let items = check(&a.sources.host_root, &policy, &tuning)?;
-            let differs = items.iter().filter(|i| i.state == State::Differs).count();
-            let text = if a.json {
-                serde_json::to_string_pretty(&items)? + "\n"
-            } else if differs > 0 {
-                render(&items)
-                    + &format!("{differs} setting(s) differ: kvmtune host apply changes them\n")
-            } else {
-                render(&items) + "host settings conform\n"
-            };
-            crate::status::print_stdout(&text)?;
-            Ok(ExitCode::from(if differs > 0 {
-                exit::FINDINGS
-            } else {
-                exit::OK
-            }))
-        }
-        HostCommand::Apply(a) => {
-            let policy = cli::load_policy(a.sources.policy.as_deref())?;
-            let tuning = load_tuning(a.tuning.as_deref(), &policy)?;
-            if a.dry_run {
-                let items = check(&a.sources.host_root, &policy, &tuning)?;
-                let differs: Vec<&Item> =
-                    items.iter().filter(|i| i.state == State::Differs).collect();
-                for i in &differs {
-                    let how = match &i.fix {
-                        Some(Fix::Write { paths, value }) => format!(
-                            "write {value} to {}",
-                            paths
-                                .iter()
-                                .map(|p| p.display().to_string())
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        ),
-                        Some(Fix::Replace { path, .. }) => format!("rewrite {}", path.display()),
-                        Some(Fix::Run { program, args, .. }) => {
-                            format!("run {program} {}", args.join(" "))
-                        }
-                        None => "nothing automatic".to_string(),
-                    };
-                    writeln!(
-                        out,
-                        "would change {}: {} → {} ({how})",
-                        i.name, i.current, i.wanted
-                    )?;
-                }
-                if differs.is_empty() {
-                    writeln!(out, "host settings conform; nothing to change")?;
-                    return Ok(ExitCode::from(exit::OK));
-                }
-                writeln!(
-                    out,
-                    "dry run: {} setting(s) would change; nothing changed",
-                    differs.len()
-                )?;
-                return Ok(ExitCode::from(exit::FINDINGS));
-            }
-            // modprobe and mount act on the running system, not on a --host-root tree.
-            let real = ProcessRunner::new(Duration::from_secs(60));
-            let runner: &dyn Runner = if is_system_root(&a.sources.host_root) {
-                &real
-            } else {
-                &NotOnThisRoot
-            };
-            let (outcomes, _) = apply(&a.sources.host_root, &policy, &tuning, runner)?;
-            let mut failed = 0;
-            for o in &outcomes {
-                match &o.problem {
-                    None => writeln!(out, "changed {}: {} → {}", o.name, o.before, o.after)?,
-                    Some(p) => {
-                        failed += 1;
-                        writeln!(out, "failed  {}: {p}", o.name)?;
-                    }
-                }
-            }
-            if outcomes.is_empty() {
-                writeln!(out, "host settings conform; nothing changed")?;
-            } else {
-                writeln!(out, "{} changed, {failed} failed", outcomes.len() - failed)?;
-            }
-            Ok(ExitCode::from(if failed > 0 {
-                exit::FINDINGS
-            } else {
-                exit::OK
-            }))
-        }
-    }
 }
 
 #[cfg(test)]

@@ -14,9 +14,6 @@
 //! happens only on the error path: loading a valid policy parses it once.
 
 use std::fmt;
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,7 +31,7 @@ use locate::{Seg, Want, dotted, find_duplicate_key, key, locate, without_positio
 pub const DEFAULT_POLICY_PATH: &str = "/etc/kvmtune/policy.yaml";
 
 /// The policy shipped with kvmtune (config/policy.yaml), parsed through the same path.
-pub const SHIPPED_POLICY: &str = include_str!("../config/policy.yaml");
+pub const SHIPPED_POLICY: &str = include_str!("../../../config/policy.yaml");
 
 /// The namespace of kvmtune's own `<metadata>` element: `<kvmtune:rule>NAME</kvmtune:rule>`.
 pub const METADATA_NAMESPACE: &str = "http://kvmtune.org/xmlns/kvmtune/1.0";
@@ -99,7 +96,7 @@ pub struct HostSettings {
     /// CPUs a later dedicated guest needs.
     pub dedicated_cpus: CpuSet,
     /// `host.tuning:` the host-side rules `kvmtune host check|apply` enforce.
-    pub tuning: crate::hosttune::HostTuning,
+    pub tuning: crate::host_tuning::HostTuning,
 }
 
 impl HostSettings {
@@ -440,56 +437,19 @@ impl fmt::Display for PolicyWarning {
 }
 
 impl Policy {
-    /// Loads and validates the policy at `path`.
-    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let file = File::open(path).map_err(|e| read_error(path, &e))?;
-        Self::read_and_parse(file, path)
-    }
-
-    /// Like [`Policy::load`], but first refuses a file that someone other than root
-    /// could have written (sshd's StrictModes): the file or a directory above it not
-    /// owned by root, or writable by group or others (a sticky directory such as
-    /// `/tmp` is fine for the directories). `allow_insecure` skips the check; the
-    /// binary sets it from [`ALLOW_INSECURE_ENV`].
-    pub fn load_checked(path: &Path, allow_insecure: bool) -> Result<Policy, PolicyError> {
-        let file = File::open(path).map_err(|e| read_error(path, &e))?;
-        if !allow_insecure {
-            // The open file's own metadata: what we check is what we read.
-            let meta = file.metadata().map_err(|e| read_error(path, &e))?;
-            check_owner_and_mode(path, meta.uid(), meta.mode(), false)?;
-            // The directories above the path as given (whoever can write there can
-            // swap a symlink) and above the file it resolves to.
-            let given = std::path::absolute(path).map_err(|e| read_error(path, &e))?;
-            let real = std::fs::canonicalize(path).map_err(|e| read_error(path, &e))?;
-            let mut dirs: Vec<&Path> = Vec::new();
-            for dir in given.ancestors().skip(1).chain(real.ancestors().skip(1)) {
-                if !dir.as_os_str().is_empty() && !dirs.contains(&dir) {
-                    dirs.push(dir);
-                }
-            }
-            for dir in dirs {
-                let meta = std::fs::metadata(dir).map_err(|e| read_error(dir, &e))?;
-                check_owner_and_mode(dir, meta.uid(), meta.permissions().mode(), true)?;
-            }
-        }
-        Self::read_and_parse(file, path)
-    }
-
-    fn read_and_parse(file: File, path: &Path) -> Result<Policy, PolicyError> {
-        let mut bytes = Vec::new();
-        file.take(MAX_POLICY_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| read_error(path, &e))?;
+    /// Validates policy bytes read from `path` (at most [`MAX_POLICY_BYTES`]): they
+    /// must be UTF-8, then [`Policy::parse`] applies.
+    pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Policy, PolicyError> {
         if bytes.len() as u64 > MAX_POLICY_BYTES {
             return Err(PolicyError::Read {
                 path: path.to_path_buf(),
                 message: format!("larger than {MAX_POLICY_BYTES} bytes"),
             });
         }
-        match std::str::from_utf8(&bytes) {
+        match std::str::from_utf8(bytes) {
             Ok(text) => Policy::parse(text, path),
             Err(e) => {
-                let (line, column) = line_column(&bytes, e.valid_up_to());
+                let (line, column) = line_column(bytes, e.valid_up_to());
                 Err(PolicyError::Invalid {
                     path: path.to_path_buf(),
                     line,
@@ -527,7 +487,10 @@ impl Policy {
         let tuning = host.tuning.unwrap_or_default();
         for size in tuning.hugepages_per_node.keys() {
             // x86_64 huge page sizes only (2 MiB, 1 GiB).
-            if !matches!(crate::hosttune::page_size_kib(size), Some(2048 | 1_048_576)) {
+            if !matches!(
+                crate::host_tuning::page_size_kib(size),
+                Some(2048 | 1_048_576)
+            ) {
                 return Err(doc.invalid(
                     &[
                         key("host"),
@@ -558,6 +521,9 @@ impl Policy {
     }
 
     /// The shipped default policy.
+    // The text is compiled in and a unit test parses it: a failure here is a build
+    // that never passed its tests, not something an admin can cause.
+    #[allow(clippy::expect_used)]
     pub fn shipped() -> Policy {
         Policy::parse(SHIPPED_POLICY, Path::new("<shipped>"))
             .expect("the shipped policy is valid (tested)")
@@ -703,7 +669,8 @@ impl Policy {
     }
 }
 
-fn read_error(path: &Path, err: &std::io::Error) -> PolicyError {
+/// A policy file that cannot be read, as a [`PolicyError`].
+pub fn read_error(path: &Path, err: &std::io::Error) -> PolicyError {
     PolicyError::Read {
         path: path.to_path_buf(),
         message: err.to_string(),
@@ -712,7 +679,12 @@ fn read_error(path: &Path, err: &std::io::Error) -> PolicyError {
 
 /// StrictModes for one path: owned by root, and not writable by group or others
 /// (for a directory, unless sticky: others cannot replace root's file there).
-fn check_owner_and_mode(path: &Path, uid: u32, mode: u32, is_dir: bool) -> Result<(), PolicyError> {
+pub fn check_owner_and_mode(
+    path: &Path,
+    uid: u32,
+    mode: u32,
+    is_dir: bool,
+) -> Result<(), PolicyError> {
     let shown = path.display();
     if uid != 0 {
         return Err(PolicyError::Insecure {
@@ -814,7 +786,7 @@ struct RawHost {
     allow_cpu0: Option<bool>,
     shared_cpus: Option<ReservedCpus>,
     dedicated_cpus: Option<ReservedCpus>,
-    tuning: Option<crate::hosttune::HostTuning>,
+    tuning: Option<crate::host_tuning::HostTuning>,
 }
 
 /// `defaults:` and a rule's `set:`; the keys of [`Settings`] as the admin writes them.

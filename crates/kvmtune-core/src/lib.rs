@@ -1,0 +1,20 @@
+//! kvmtune's pure core: everything kvmtune decides, with no I/O. A validated
+//! [`policy::Policy`], a [`host::Host`] model, the occupancy of the host and a parsed
+//! [`domain::Domain`] go into [`plan::plan`], which returns a [`plan::Plan`]: a
+//! placement plus a list of edits, each with its reason. [`rewrite`] applies the
+//! edits to the XML text. Reading the machine is `kvmtune_sys`'s job; the doors
+//! (CLI, hook) are the `kvmtune` binary's.
+
+pub mod cpuset;
+pub mod domain;
+pub mod host;
+pub mod host_tuning;
+pub mod ledger;
+pub mod placement;
+pub mod plan;
+pub mod policy;
+pub mod rewrite;
+pub mod runstate;
+pub mod simulate;
+
+pub use cpuset::CpuSet;

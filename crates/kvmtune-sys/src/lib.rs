@@ -1,0 +1,17 @@
+//! kvmtune's system edge: every read and write of the machine, each path derived
+//! from one [`roots::Roots`] value. sysfs/procfs and the topology cache
+//! ([`sysfs`]), libvirt's status files ([`libvirt_run`]), the ledger store
+//! ([`ledger_store`]), the policy file ([`policy_file`]), thread affinity and
+//! cgroups ([`affinity`]), host tuning ([`hosttune`]), syslog ([`logging`]) and
+//! bounded child processes ([`command`]). Decisions are `kvmtune_core`'s.
+
+pub mod affinity;
+pub mod atomicfile;
+pub mod command;
+pub mod hosttune;
+pub mod ledger_store;
+pub mod libvirt_run;
+pub mod logging;
+pub mod policy_file;
+pub mod roots;
+pub mod sysfs;

@@ -1,0 +1,10 @@
+//! One module per `kvmtune` subcommand: each parses nothing itself (clap did), reads
+//! its inputs through [`crate::inputs`], calls the libraries and prints.
+
+pub mod apply;
+pub mod check;
+pub mod generate;
+pub mod host;
+pub mod plan;
+pub mod simulate;
+pub mod status;
