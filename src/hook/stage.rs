@@ -1,6 +1,7 @@
 //! What every hook stage shares: the loaded policy and domain, the ledger taken
 //! under its lock and reconciled with what runs, the host, the claim a plan makes.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
@@ -11,6 +12,8 @@ use kvmtune_core::ledger::{Entry, EntryState};
 use kvmtune_core::placement::Occupancy;
 use kvmtune_core::plan::Plan;
 use kvmtune_core::policy::Policy;
+use kvmtune_core::recovery::{Observed, recovered_entry};
+use kvmtune_sys::affinity;
 use kvmtune_sys::ledger_store::{self as ledger, LOCK_TIMEOUT, Locked};
 use kvmtune_sys::libvirt_run as runstate;
 use kvmtune_sys::logging::sanitize;
@@ -24,15 +27,28 @@ pub(super) struct Stage<'a> {
     pub(super) domain: Domain,
 }
 
-/// Takes the ledger lock and reconciles it with libvirt's status files.
+/// Takes the ledger lock, reconciles it with libvirt's status files, and recovers
+/// the claim of every running guest the ledger lacks from what runs (see
+/// [`kvmtune_core::recovery`]): a lost or corrupt ledger never hands a running
+/// guest's CPUs out again. Each such guest is recorded once, so its status file is
+/// parsed once, not on every call.
 pub(super) fn locked_ledger(ctx: &Stage<'_>) -> Result<(Locked, Occupancy, Vec<String>)> {
     let mut locked = Locked::acquire(&ctx.env.paths.run_dir, LOCK_TIMEOUT)?;
     // A guest is running while its status file exists, even when that file does not
     // parse (or is too large): freeing its claim would hand its CPUs out twice.
     let running = runstate::status_files(&ctx.env.paths.libvirt_run_dir);
     let mut notes = Vec::new();
+    let mut changed = false;
     if let Some(recovered) = locked.recovered_from.take() {
         notes.push(format!("ledger recovered: {recovered}"));
+        changed = true;
+    }
+    if locked
+        .ledger
+        .adopt_boot(&ledger::boot_id(&ctx.env.host_root))
+    {
+        notes.push("new boot: dropped the previous boot's prepared claims".into());
+        changed = true;
     }
     let dropped = locked.ledger.reconcile(&running, ledger::now());
     if !dropped.is_empty() {
@@ -45,14 +61,68 @@ pub(super) fn locked_ledger(ctx: &Stage<'_>) -> Result<(Locked, Occupancy, Vec<S
                 .join(",")
         ));
     }
-    let claimed = locked.ledger.occupancy();
-    // Only guests kvmtune holds no claim for need their status file parsed.
-    let live = runstate::parse_except(&running, &claimed);
-    let mut occupancy = claimed.clone();
-    occupancy
-        .guests
-        .extend(kvmtune_core::runstate::pinned_by_others(&live, &claimed).guests);
+    let unknown: BTreeMap<String, PathBuf> = running
+        .iter()
+        .filter(|(name, _)| !locked.ledger.guests.contains_key(*name))
+        .map(|(n, p)| (n.clone(), p.clone()))
+        .collect();
+    if !unknown.is_empty() {
+        let recovered = recover(ctx, &mut locked, &unknown)?;
+        if !recovered.is_empty() {
+            notes.push(format!(
+                "recovered claims of {} from what runs",
+                recovered
+                    .iter()
+                    .map(|d| sanitize(d))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+            changed = true;
+        }
+    }
+    if changed {
+        locked.save()?;
+    }
+    let occupancy = locked.ledger.occupancy();
     Ok((locked, occupancy, notes))
+}
+
+/// Records the running guests the ledger lacks (`unknown`: name → status file),
+/// each from its XML pins or its threads' affinity in /proc. Returns their names.
+fn recover(
+    ctx: &Stage<'_>,
+    locked: &mut Locked,
+    unknown: &BTreeMap<String, PathBuf>,
+) -> Result<Vec<String>> {
+    let live = runstate::parse_except(unknown, &Occupancy::default());
+    if live.is_empty() {
+        return Ok(Vec::new());
+    }
+    let host = read_host(ctx, locked)?;
+    let now = ledger::now();
+    let mut names = Vec::new();
+    for (name, guest) in live {
+        let Some(domain) = &guest.domain else {
+            continue;
+        };
+        let observed = match guest.qemu_pid {
+            Some(pid) => Observed {
+                vcpu_affinity: (0..domain.vcpus_max)
+                    .map(|v| {
+                        let tid = guest.vcpu_tids.get(&v)?;
+                        affinity::allowed_cpus(&ctx.env.proc_root, pid, *tid).ok()
+                    })
+                    .collect(),
+                emulator_affinity: affinity::allowed_cpus(&ctx.env.proc_root, pid, pid).ok(),
+            },
+            None => Observed::default(),
+        };
+        let others = locked.ledger.occupancy().without(&name);
+        let entry = recovered_entry(&ctx.policy, &host, domain, &observed, &others, now);
+        locked.ledger.guests.insert(name.clone(), entry);
+        names.push(name);
+    }
+    Ok(names)
 }
 
 /// libvirt's status file for the guest. libvirt refuses names with '/', so such a
@@ -87,6 +157,7 @@ pub(super) const HOST_CACHE_FILE: &str = "host-topology.json";
 pub(super) fn entry_from_plan(ctx: &Stage<'_>, plan: &Plan) -> Option<Entry> {
     let placement = plan.placement.as_ref()?;
     Some(Entry {
+        floating: false,
         uuid: ctx.domain.uuid.clone(),
         cpus: placement.cpus.clone(),
         nodes: placement.nodes.clone(),

@@ -27,12 +27,17 @@ pub struct Entry {
     pub emulator: Option<CpuSet>,
     pub memory_kib: u64,
     pub pool: Pool,
-    /// Seconds since the epoch when claimed.
+    /// When claimed: seconds on the boot clock (`CLOCK_BOOTTIME`), which neither
+    /// NTP nor an admin can step; compared only within one boot ([`Ledger::boot_id`]).
     pub claimed_at: u64,
     /// `prepared` (claimed, QEMU not seen yet) or `running`.
     pub state: EntryState,
     /// The policy rule that placed the guest.
     pub rule: String,
+    /// A running guest kvmtune did not pin, recorded so that later calls need not
+    /// parse its status file again: it floats over `cpus` and holds no claim.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub floating: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +51,9 @@ pub enum EntryState {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Ledger {
     pub version: u32,
+    /// The boot the claims' times belong to (`/proc/sys/kernel/random/boot_id`).
+    #[serde(default)]
+    pub boot_id: String,
     pub guests: BTreeMap<String, Entry>,
 }
 
@@ -56,6 +64,7 @@ impl Ledger {
             guests: self
                 .guests
                 .iter()
+                .filter(|(_, e)| !e.floating)
                 .map(|(name, e)| {
                     (
                         name.clone(),
@@ -69,6 +78,20 @@ impl Ledger {
                 })
                 .collect(),
         }
+    }
+
+    /// Adopts the current boot: claim times from another boot mean nothing on this
+    /// boot's clock, so `prepared` claims of that boot are dropped (their starts
+    /// did not survive the reboot); running ones stay until reconciliation finds
+    /// their status files gone. Returns whether the boot changed.
+    pub fn adopt_boot(&mut self, boot_id: &str) -> bool {
+        if self.boot_id == boot_id {
+            return false;
+        }
+        let first = self.boot_id.is_empty() && self.guests.is_empty();
+        self.guests.retain(|_, e| e.state == EntryState::Running);
+        self.boot_id = boot_id.to_string();
+        !first
     }
 
     /// Drops entries whose guest is not running: no status file and either marked

@@ -5,6 +5,7 @@
 //! edits to the XML text. Reading the machine is `kvmtune_sys`'s job; the doors
 //! (CLI, hook) are the `kvmtune` binary's.
 
+pub mod admission;
 pub mod cpuset;
 pub mod domain;
 pub mod host;
@@ -13,6 +14,7 @@ pub mod ledger;
 pub mod placement;
 pub mod plan;
 pub mod policy;
+pub mod recovery;
 pub mod rewrite;
 pub mod runstate;
 pub mod simulate;

@@ -11,7 +11,7 @@ use crate::placement::{
     Level, NoRoom, Occupancy, Placement, Pool, Request, eligible_cpus, nodes_of, place,
 };
 use crate::policy::{
-    CpuModeAction, DiskCache, DiskIo, EmulatorPlacement, ExistingPins, GuestFacts, HugePagesMode,
+    CpuModeAction, DedicatedFallback, DiskCache, DiskIo, EmulatorPlacement, ExistingPins, GuestFacts, HugePagesMode,
     IrqCpus, MemoryMode, Policy, Settings,
 };
 
@@ -188,8 +188,10 @@ pub struct Plan {
     pub kept_existing_pins: bool,
     /// Host CPUs for emulator threads and iothreads.
     pub emulator_cpus: Option<CpuSet>,
-    /// Why no placement was possible (the hook decides what to do with it).
+    /// Why the guest's own pool had no room (the hook decides what to do with it).
     pub no_room: Option<String>,
+    /// `true` when a dedicated guest was placed on shared CPUs for lack of room.
+    pub fell_back_to_shared: bool,
     /// The CPU pool the guest was placed in.
     pub pool: Pool,
     pub edits: Vec<Edit>,
@@ -323,6 +325,7 @@ pub fn plan(
         kept_existing_pins: false,
         emulator_cpus: None,
         no_room: None,
+        fell_back_to_shared: false,
         pool: Pool::Shared,
         edits: Vec::new(),
         notes: Vec::new(),
@@ -492,21 +495,43 @@ impl Planner<'_> {
             match fresh {
                 Ok(p) => p,
                 Err(NoRoom(why)) => {
-                    self.plan.no_room = Some(why.clone());
-                    // No dedicated room: fall back to the shared pool (still local);
-                    // the hook refuses instead under on_violation: refuse.
+                    let line = crate::admission::no_room_line(
+                        request.vcpus,
+                        request.pool,
+                        &request.eligible,
+                        &others,
+                    );
+                    self.plan.no_room = Some(format!("{why} ({line})"));
+                    // No dedicated room: the eligible shared CPUs (still local, never
+                    // a dedicated or forbidden CPU) when the policy allows it. With
+                    // no placement at all the hook refuses: never unpinned.
                     let shared = Request {
                         pool: Pool::Shared,
-                        eligible: pool_eligible(Pool::Shared),
+                        eligible: pool_eligible(Pool::Shared)
+                            .difference(&others.dedicated_cpus()),
                         ..request
                     };
-                    match (self.settings.pool, place(self.host, &others, &shared)) {
-                        (Pool::Dedicated, Ok(p)) => {
-                            self.note("1.1", format!("{why}: placed in the shared pool instead"));
+                    let fallback = self.settings.pool == Pool::Dedicated
+                        && self.settings.dedicated_fallback == DedicatedFallback::Shared;
+                    if !fallback {
+                        return;
+                    }
+                    match place(self.host, &others, &shared) {
+                        Ok(p) => {
+                            self.note(
+                                "1.1",
+                                format!("{why}: placed in the shared pool instead (dedicated_fallback: shared)"),
+                            );
                             self.plan.pool = Pool::Shared;
+                            self.plan.fell_back_to_shared = true;
                             p
                         }
-                        _ => return,
+                        Err(NoRoom(shared_why)) => {
+                            self.plan.no_room = Some(format!(
+                                "{why}; no shared CPU either: {shared_why} ({line})"
+                            ));
+                            return;
+                        }
                     }
                 }
             }

@@ -144,6 +144,16 @@ pub enum ExistingPins {
     Override,
 }
 
+/// What a dedicated guest gets when no dedicated CPUs are free: the eligible shared
+/// CPUs (never another guest's dedicated CPU, never a forbidden one), or a refused
+/// start. `on_violation: refuse` always refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DedicatedFallback {
+    Shared,
+    Refuse,
+}
+
 /// Disk cache mode to enforce on `device='disk'` disks, or `keep`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -222,6 +232,8 @@ pub struct Settings {
     /// `isolate` (one vCPU per core, siblings left empty) or `require` (whole cores
     /// only), as Nova's `hw:cpu_thread_policy`.
     pub thread_policy: ThreadPolicy,
+    /// 1.1, dedicated pool: what happens when no dedicated CPU is free.
+    pub dedicated_fallback: DedicatedFallback,
     /// Restrict placement to these NUMA nodes (None = any node).
     pub nodes: Option<CpuSet>,
 }
@@ -245,6 +257,7 @@ impl Default for Settings {
             pool: Pool::Shared,
             cpu_allocation_ratio: 16,
             thread_policy: ThreadPolicy::Prefer,
+            dedicated_fallback: DedicatedFallback::Shared,
         }
     }
 }
@@ -808,6 +821,7 @@ struct RawSettings {
     pool: Option<Pool>,
     cpu_allocation_ratio: Option<u32>,
     thread_policy: Option<ThreadPolicy>,
+    dedicated_fallback: Option<DedicatedFallback>,
     /// `None`: key absent (inherit the defaults'); `Some(NodeList(None))`: any node.
     #[serde(default, deserialize_with = "present")]
     nodes: Option<NodeList>,
@@ -833,6 +847,7 @@ impl RawSettings {
                 .cpu_allocation_ratio
                 .unwrap_or(base.cpu_allocation_ratio),
             thread_policy: self.thread_policy.unwrap_or(base.thread_policy),
+            dedicated_fallback: self.dedicated_fallback.unwrap_or(base.dedicated_fallback),
             nodes: match self.nodes {
                 Some(given) => given.0,
                 None => base.nodes.clone(),

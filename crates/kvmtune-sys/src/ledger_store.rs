@@ -10,7 +10,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use kvmtune_core::ledger::Ledger;
 use nix::fcntl::{Flock, FlockArg};
@@ -54,12 +54,20 @@ impl Default for Paths {
     }
 }
 
-/// Seconds since the epoch.
+/// Seconds on the boot clock (`CLOCK_BOOTTIME`: monotonic, counts suspend, never
+/// stepped by NTP or an admin), the clock claim ages are measured on.
 pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| u64::try_from(t.tv_sec()).unwrap_or(0))
         .unwrap_or(0)
+}
+
+/// This boot's id (`proc/sys/kernel/random/boot_id` under `proc_parent`, the
+/// directory holding `proc/`: `/` in production), or empty when unreadable.
+pub fn boot_id(proc_parent: &Path) -> String {
+    fs::read_to_string(proc_parent.join("proc/sys/kernel/random/boot_id"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// An exclusive hold on the ledger. Dropping it releases the lock.
