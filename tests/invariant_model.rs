@@ -423,8 +423,8 @@ rules:
             }
         },
         guests,
-        steps: 70,
-        big_bursts: vec![3, 30, 55],
+        steps: 50,
+        big_bursts: vec![3, 22, 44],
         max_small_burst: 12,
     }
 }
