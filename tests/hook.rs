@@ -303,7 +303,7 @@ fn no_dedicated_room_falls_back_to_shared_or_refuses() {
     let out = hook(&f, "big", "prepare", "begin", &conforming("big", 4));
     assert_eq!(out.exit, 0);
     assert!(
-        out.summary.contains("fell back to the shared pool"),
+        out.summary.contains("placed on shared CPUs instead"),
         "{}",
         out.summary
     );

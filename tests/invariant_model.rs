@@ -106,10 +106,18 @@ fn fmt_list(c: &Cpus) -> String {
         while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
             j += 1;
         }
-        parts.push(if i == j { v[i].to_string() } else { format!("{}-{}", v[i], v[j]) });
+        parts.push(if i == j {
+            v[i].to_string()
+        } else {
+            format!("{}-{}", v[i], v[j])
+        });
         i = j + 1;
     }
-    if parts.is_empty() { "-".into() } else { parts.join(",") }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
 }
 
 /// A minimal JSON reader for the ledger file.
@@ -174,7 +182,9 @@ fn json_value(b: &[u8], i: &mut usize) -> Option<Json> {
             }
             loop {
                 json_ws(b, i);
-                let Json::Str(k) = json_value(b, i)? else { return None };
+                let Json::Str(k) = json_value(b, i)? else {
+                    return None;
+                };
                 json_ws(b, i);
                 if b.get(*i) != Some(&b':') {
                     return None;
@@ -259,7 +269,11 @@ fn json_value(b: &[u8], i: &mut usize) -> Option<Json> {
             while *i < b.len() && (b[*i].is_ascii_digit() || b"+-.eE".contains(&b[*i])) {
                 *i += 1;
             }
-            std::str::from_utf8(&b[start..*i]).ok()?.parse().ok().map(Json::Num)
+            std::str::from_utf8(&b[start..*i])
+                .ok()?
+                .parse()
+                .ok()
+                .map(Json::Num)
         }
     }
 }
@@ -363,20 +377,32 @@ struct Scenario {
 }
 
 fn fixture(host: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hosts").join(host)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/hosts")
+        .join(host)
 }
 
 fn silver() -> Scenario {
     // 2 sockets × 8 cores × 2 threads, node 0 = 0-7,16-23, node 1 = 8-15,24-31.
     let mut guests = Vec::new();
     for i in 0..40 {
-        guests.push(GuestSpec { name: format!("ded-{i}"), vcpus: 1 + i % 2, pins: None, iothread_pin: None });
+        guests.push(GuestSpec {
+            name: format!("ded-{i}"),
+            vcpus: 1 + i % 2,
+            pins: None,
+            iothread_pin: None,
+        });
     }
     let ded_cpus: Vec<u32> = (1..=7).chain(17..=23).collect();
     for i in 0..10 {
         // Nova-style guests pinning 1:1 onto CPUs of the dedicated set.
         let cpu = ded_cpus[(i * 5) % ded_cpus.len()];
-        guests.push(GuestSpec { name: format!("pin-{i}"), vcpus: 1, pins: Some(vec![cpu]), iothread_pin: None });
+        guests.push(GuestSpec {
+            name: format!("pin-{i}"),
+            vcpus: 1,
+            pins: Some(vec![cpu]),
+            iothread_pin: None,
+        });
     }
     for i in 0..20 {
         guests.push(GuestSpec {
@@ -387,7 +413,12 @@ fn silver() -> Scenario {
         });
     }
     for i in 0..130 {
-        guests.push(GuestSpec { name: format!("sh-{i}"), vcpus: 1 + (i % 4) as u32, pins: None, iothread_pin: None });
+        guests.push(GuestSpec {
+            name: format!("sh-{i}"),
+            vcpus: 1 + (i % 4) as u32,
+            pins: None,
+            iothread_pin: None,
+        });
     }
     Scenario {
         name: "silver4108-2node",
@@ -433,13 +464,28 @@ fn laptop() -> Scenario {
     // 1 socket × 2 cores × 2 threads: CPUs 0-3, CPU0 forbidden, 1-3 for guests.
     let mut guests = Vec::new();
     for i in 0..6 {
-        guests.push(GuestSpec { name: format!("ded-{i}"), vcpus: 1, pins: None, iothread_pin: None });
+        guests.push(GuestSpec {
+            name: format!("ded-{i}"),
+            vcpus: 1,
+            pins: None,
+            iothread_pin: None,
+        });
     }
     for i in 0..3 {
-        guests.push(GuestSpec { name: format!("pin-{i}"), vcpus: 1, pins: Some(vec![1 + i % 3]), iothread_pin: None });
+        guests.push(GuestSpec {
+            name: format!("pin-{i}"),
+            vcpus: 1,
+            pins: Some(vec![1 + i % 3]),
+            iothread_pin: None,
+        });
     }
     for i in 0..6 {
-        guests.push(GuestSpec { name: format!("sh-{i}"), vcpus: 1 + (i % 2) as u32, pins: None, iothread_pin: None });
+        guests.push(GuestSpec {
+            name: format!("sh-{i}"),
+            vcpus: 1 + (i % 2) as u32,
+            pins: None,
+            iothread_pin: None,
+        });
     }
     Scenario {
         name: "laptop-1s2c2t",
@@ -491,11 +537,21 @@ fn guest_xml(g: &GuestSpec) -> String {
         iothreads = "  <iothreads>1</iothreads>\n".into();
         cputune.push_str(&format!("    <iothreadpin iothread='1' cpuset='{p}'/>\n"));
     }
-    let cputune = if cputune.is_empty() { String::new() } else { format!("  <cputune>\n{cputune}  </cputune>\n") };
-    let h = g.name.bytes().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
+    let cputune = if cputune.is_empty() {
+        String::new()
+    } else {
+        format!("  <cputune>\n{cputune}  </cputune>\n")
+    };
+    let h = g
+        .name
+        .bytes()
+        .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
     format!(
         "<domain type='kvm'>\n  <name>{}</name>\n  <uuid>{:08x}-0000-4000-8000-{:012x}</uuid>\n  <memory unit='MiB'>64</memory>\n  <vcpu placement='static'>{}</vcpu>\n{iothreads}{cputune}  <os><type arch='x86_64'>hvm</type></os>\n  <memoryBacking>\n    <nosharepages/>\n  </memoryBacking>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2' cache='none' io='native'/>\n      <source file='/x.qcow2'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n  </devices>\n</domain>\n",
-        g.name, h as u32, h & 0xffff_ffff_ffff, g.vcpus
+        g.name,
+        h as u32,
+        h & 0xffff_ffff_ffff,
+        g.vcpus
     )
 }
 
@@ -562,8 +618,12 @@ struct World {
 
 impl World {
     fn new(sc: Scenario, seed: u64) -> World {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("invariant-model-{}-{}-{seed}-{}", sc.name, std::process::id(), WORLDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "invariant-model-{}-{}-{seed}-{}",
+            sc.name,
+            std::process::id(),
+            WORLDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         for sub in ["libvirt", "proc", "hooks"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
@@ -583,8 +643,17 @@ impl World {
             .arg("-ldl")
             .output()
             .expect("a C compiler (cc) builds the fake-kernel shim");
-        assert!(cc.status.success(), "building {}: {}", src.display(), String::from_utf8_lossy(&cc.stderr));
-        let state = sc.guests.iter().map(|g| (g.name.clone(), St::Stopped)).collect();
+        assert!(
+            cc.status.success(),
+            "building {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&cc.stderr)
+        );
+        let state = sc
+            .guests
+            .iter()
+            .map(|g| (g.name.clone(), St::Stopped))
+            .collect();
         let w = World {
             sc,
             dir,
@@ -607,7 +676,11 @@ impl World {
             .output()
             .unwrap();
         assert!(out.status.success());
-        assert!(probe.exists(), "LD_PRELOAD shim not loaded into {} (static binary?)", env!("CARGO_BIN_EXE_kvmtune"));
+        assert!(
+            probe.exists(),
+            "LD_PRELOAD shim not loaded into {} (static binary?)",
+            env!("CARGO_BIN_EXE_kvmtune")
+        );
         w
     }
 
@@ -716,15 +789,31 @@ impl World {
             let (comm, cpus) = match role {
                 Role::Emulator if *tid == pid => ("qemu-system-x86".to_string(), emulator.clone()),
                 Role::Emulator => ("call_rcu".to_string(), emulator.clone()),
-                Role::Vcpu(v) => (format!("CPU {v}/KVM"), pins.vcpu.get(v).cloned().unwrap_or_else(|| default.clone())),
-                Role::Iothread(n) => (format!("IO iothread{n}"), pins.iothread.get(n).cloned().unwrap_or_else(|| emulator.clone())),
+                Role::Vcpu(v) => (
+                    format!("CPU {v}/KVM"),
+                    pins.vcpu.get(v).cloned().unwrap_or_else(|| default.clone()),
+                ),
+                Role::Iothread(n) => (
+                    format!("IO iothread{n}"),
+                    pins.iothread
+                        .get(n)
+                        .cloned()
+                        .unwrap_or_else(|| emulator.clone()),
+                ),
             };
-            let d = self.proc_root().join(pid.to_string()).join("task").join(tid.to_string());
+            let d = self
+                .proc_root()
+                .join(pid.to_string())
+                .join("task")
+                .join(tid.to_string());
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
             std::fs::write(
                 d.join("status"),
-                format!("Name:\t{comm}\nTgid:\t{pid}\nPid:\t{tid}\nCpus_allowed_list:\t{}\n", fmt_list(&cpus)),
+                format!(
+                    "Name:\t{comm}\nTgid:\t{pid}\nPid:\t{tid}\nCpus_allowed_list:\t{}\n",
+                    fmt_list(&cpus)
+                ),
             )
             .unwrap();
         }
@@ -736,10 +825,17 @@ impl World {
                 _ => None,
             })
             .collect();
-        let domain = xml.trim_start().strip_prefix("<?xml").map_or(xml, |r| &r[r.find("?>").map_or(0, |p| p + 2)..]);
+        let domain = xml
+            .trim_start()
+            .strip_prefix("<?xml")
+            .map_or(xml, |r| &r[r.find("?>").map_or(0, |p| p + 2)..]);
         let status = format!(
             "<domstatus state='paused' reason='starting up' pid='{pid}'>\n  <monitor path='/var/lib/libvirt/qemu/domain-{name}/monitor.sock' type='unix'/>\n  <vcpus>\n{vcpus}  </vcpus>\n{}</domstatus>\n",
-            domain.replacen("<domain type='kvm'>", &format!("<domain type='kvm' id='{}'>", pid - 4_999_999), 1)
+            domain.replacen(
+                "<domain type='kvm'>",
+                &format!("<domain type='kvm' id='{}'>", pid - 4_999_999),
+                1
+            )
         );
         let tmp = self.libvirt().join(format!(".{name}.xml.new"));
         std::fs::write(&tmp, status).unwrap();
@@ -809,7 +905,9 @@ fn read_ledger(run: &Path) -> Result<Option<BTreeMap<String, LedgerEntry>>, Stri
 
 fn read_affinity(proc_root: &Path, pid: u32, tid: u32) -> Option<Cpus> {
     let text = std::fs::read_to_string(proc_root.join(format!("{pid}/task/{tid}/status"))).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).and_then(parse_list)
+    text.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(parse_list)
 }
 
 /// Every violated invariant, one line each: (kind, text).
@@ -826,11 +924,16 @@ fn check(w: &mut World) -> Vec<(&'static str, String)> {
         let mut unpinned = Vec::new();
         for (tid, role) in &q.threads {
             let Some(cpus) = read_affinity(&w.proc_root(), q.pid, *tid) else {
-                v.push(("world", format!("{name}: thread {tid} has no Cpus_allowed_list")));
+                v.push((
+                    "world",
+                    format!("{name}: thread {tid} has no Cpus_allowed_list"),
+                ));
                 continue;
             };
             let mut bad: Cpus = cpus.intersection(&w.sc.forbidden).copied().collect();
-            let on_housekeeping = !matches!(role, Role::Vcpu(_)) && !cpus.is_empty() && cpus.is_subset(&w.sc.housekeeping);
+            let on_housekeeping = !matches!(role, Role::Vcpu(_))
+                && !cpus.is_empty()
+                && cpus.is_subset(&w.sc.housekeeping);
             if on_housekeeping {
                 bad.clear();
             }
@@ -842,7 +945,14 @@ fn check(w: &mut World) -> Vec<(&'static str, String)> {
             if let Role::Iothread(n) = role {
                 if let Some(pin) = q.pins.iothread.get(n) {
                     if &cpus != pin {
-                        v.push(("I5 iothreadpin overwritten", format!("guest {name} iothread {n}: XML <iothreadpin> {} but thread on {}", fmt_list(pin), fmt_list(&cpus))));
+                        v.push((
+                            "I5 iothreadpin overwritten",
+                            format!(
+                                "guest {name} iothread {n}: XML <iothreadpin> {} but thread on {}",
+                                fmt_list(pin),
+                                fmt_list(&cpus)
+                            ),
+                        ));
                     }
                 }
             }
@@ -851,7 +961,14 @@ fn check(w: &mut World) -> Vec<(&'static str, String)> {
             }
         }
         if !unpinned.is_empty() {
-            v.push(("I4 unpinned", format!("guest {name} is unpinned: thread(s) {} allowed on every CPU {}", unpinned.join(","), fmt_list(&w.sc.online))));
+            v.push((
+                "I4 unpinned",
+                format!(
+                    "guest {name} is unpinned: thread(s) {} allowed on every CPU {}",
+                    unpinned.join(","),
+                    fmt_list(&w.sc.online)
+                ),
+            ));
         }
         used.insert(name.clone(), all);
     }
@@ -873,13 +990,19 @@ fn check(w: &mut World) -> Vec<(&'static str, String)> {
         for (name, _) in &running {
             let (pool, rule) = (w.sc.policy_of)(name);
             match l.get(name) {
-                None => v.push(("I3 running guest not in ledger", format!("running guest {name} ({pool:?} by policy) has no ledger entry"))),
+                None => v.push((
+                    "I3 running guest not in ledger",
+                    format!("running guest {name} ({pool:?} by policy) has no ledger entry"),
+                )),
                 Some(e) => {
                     if e.rule != rule {
                         v.push(("I3 wrong rule", format!("running guest {name} recorded with rule '{}', the policy's rule is '{rule}'", e.rule)));
                     }
                     if pool == Pool::Shared && e.pool != "shared" {
-                        v.push(("I3 wrong pool", format!("shared guest {name} recorded as {}", e.pool)));
+                        v.push((
+                            "I3 wrong pool",
+                            format!("shared guest {name} recorded as {}", e.pool),
+                        ));
                     }
                     if w.dedicated.contains(name) && e.pool != "dedicated" {
                         v.push(("I3 wrong pool", format!("dedicated guest {name} (recorded dedicated before) now recorded as {}", e.pool)));
@@ -894,9 +1017,19 @@ fn check(w: &mut World) -> Vec<(&'static str, String)> {
         let entries: Vec<(&String, &LedgerEntry)> = l.iter().collect();
         for (i, (a, ea)) in entries.iter().enumerate() {
             for (b, eb) in entries.iter().skip(i + 1) {
-                if (ea.pool == "dedicated" || eb.pool == "dedicated") && !ea.cpus.is_disjoint(&eb.cpus) {
+                if (ea.pool == "dedicated" || eb.pool == "dedicated")
+                    && !ea.cpus.is_disjoint(&eb.cpus)
+                {
                     let both: Cpus = ea.cpus.intersection(&eb.cpus).copied().collect();
-                    v.push(("I2 dedicated claim overlaps", format!("ledger: {a} ({}) and {b} ({}) both claim CPU(s) {}", ea.pool, eb.pool, fmt_list(&both))));
+                    v.push((
+                        "I2 dedicated claim overlaps",
+                        format!(
+                            "ledger: {a} ({}) and {b} ({}) both claim CPU(s) {}",
+                            ea.pool,
+                            eb.pool,
+                            fmt_list(&both)
+                        ),
+                    ));
                 }
             }
         }
@@ -909,7 +1042,19 @@ fn check(w: &mut World) -> Vec<(&'static str, String)> {
         for (b, cb) in &used {
             if a != b && !ca.is_disjoint(cb) {
                 let both: Cpus = ca.intersection(cb).copied().collect();
-                v.push(("I2 dedicated CPU shared", format!("dedicated guest {a} runs on {}, and {b} ({}) also runs on CPU(s) {}", fmt_list(ca), if w.dedicated.contains(b) { "dedicated" } else { "shared" }, fmt_list(&both))));
+                v.push((
+                    "I2 dedicated CPU shared",
+                    format!(
+                        "dedicated guest {a} runs on {}, and {b} ({}) also runs on CPU(s) {}",
+                        fmt_list(ca),
+                        if w.dedicated.contains(b) {
+                            "dedicated"
+                        } else {
+                            "shared"
+                        },
+                        fmt_list(&both)
+                    ),
+                ));
             }
         }
     }
@@ -922,18 +1067,34 @@ fn describe(calls: &[Call], results: &[Res]) -> String {
     if calls.len() > 12 {
         let mut by: BTreeMap<String, usize> = BTreeMap::new();
         for (c, r) in calls.iter().zip(results) {
-            let out = if r.killed { "killed".to_string() } else { format!("exit {:?}", r.code.unwrap_or(-1)) };
+            let out = if r.killed {
+                "killed".to_string()
+            } else {
+                format!("exit {:?}", r.code.unwrap_or(-1))
+            };
             *by.entry(format!("{} {}", c.op, out)).or_default() += 1;
         }
         let text: Vec<String> = by.iter().map(|(k, n)| format!("{n}× {k}")).collect();
-        return format!("burst of {} concurrent hooks: {}", calls.len(), text.join(", "));
+        return format!(
+            "burst of {} concurrent hooks: {}",
+            calls.len(),
+            text.join(", ")
+        );
     }
     let parts: Vec<String> = calls
         .iter()
         .zip(results)
         .map(|(c, r)| {
-            let out = if r.killed { "KILLED".to_string() } else { format!("{}", r.code.unwrap_or(-1)) };
-            let err = if r.code != Some(0) && !r.stderr.trim().is_empty() { format!(" [{}]", r.stderr.trim()) } else { String::new() };
+            let out = if r.killed {
+                "KILLED".to_string()
+            } else {
+                format!("{}", r.code.unwrap_or(-1))
+            };
+            let err = if r.code != Some(0) && !r.stderr.trim().is_empty() {
+                format!(" [{}]", r.stderr.trim())
+            } else {
+                String::new()
+            };
             format!("{} {}→{out}{err}", c.guest, c.op)
         })
         .collect();
@@ -945,7 +1106,13 @@ fn describe(calls: &[Call], results: &[Res]) -> String {
 fn next_call(w: &mut World, rng: &mut Rng, name: &str, allow_idle: bool) -> Option<Call> {
     let base = guest_xml(w.spec(name));
     let kill_after = rng.chance(4).then(|| Duration::from_millis(rng.below(35)));
-    let mk = |op: &'static str, subop: &'static str, xml: String| Call { guest: name.to_string(), op, subop, xml, kill_after };
+    let mk = |op: &'static str, subop: &'static str, xml: String| Call {
+        guest: name.to_string(),
+        op,
+        subop,
+        xml,
+        kill_after,
+    };
     match w.state[name].clone() {
         St::Stopped => Some(match rng.below(10) {
             0..=5 => mk("prepare", "begin", base),
@@ -990,8 +1157,15 @@ fn settle(w: &mut World, rng: &mut Rng, calls: &[Call], results: &[Res]) -> Vec<
         }
         match c.op {
             "restore" | "migrate" => {
-                let xml = if r.stdout.trim().is_empty() { c.xml.clone() } else { r.stdout.clone() };
-                w.state.insert(c.guest.clone(), if ok { St::Restoring(xml) } else { St::Stopped });
+                let xml = if r.stdout.trim().is_empty() {
+                    c.xml.clone()
+                } else {
+                    r.stdout.clone()
+                };
+                w.state.insert(
+                    c.guest.clone(),
+                    if ok { St::Restoring(xml) } else { St::Stopped },
+                );
             }
             "prepare" => {
                 if ok {
@@ -1001,7 +1175,13 @@ fn settle(w: &mut World, rng: &mut Rng, calls: &[Call], results: &[Res]) -> Vec<
                     // may or may not reach release.
                     w.state.insert(c.guest.clone(), St::Stopped);
                     if rng.chance(50) {
-                        followups.push(Call { guest: c.guest.clone(), op: "release", subop: "end", xml: c.xml.clone(), kill_after: None });
+                        followups.push(Call {
+                            guest: c.guest.clone(),
+                            op: "release",
+                            subop: "end",
+                            xml: c.xml.clone(),
+                            kill_after: None,
+                        });
                     }
                 }
             }
@@ -1011,7 +1191,13 @@ fn settle(w: &mut World, rng: &mut Rng, calls: &[Call], results: &[Res]) -> Vec<
                     w.destroy_qemu(&c.guest, &q);
                 }
                 w.state.insert(c.guest.clone(), St::Stopped);
-                followups.push(Call { guest: c.guest.clone(), op: "release", subop: "end", xml: c.xml.clone(), kill_after: None });
+                followups.push(Call {
+                    guest: c.guest.clone(),
+                    op: "release",
+                    subop: "end",
+                    xml: c.xml.clone(),
+                    kill_after: None,
+                });
             }
             _ => {}
         }
@@ -1020,16 +1206,25 @@ fn settle(w: &mut World, rng: &mut Rng, calls: &[Call], results: &[Res]) -> Vec<
 }
 
 fn seed() -> u64 {
-    std::env::var("KVMTUNE_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(11)
+    std::env::var("KVMTUNE_MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(11)
 }
 
 fn run_model(sc: Scenario) {
     let seed = seed();
     let keep_going = std::env::var_os("KVMTUNE_MODEL_KEEP_GOING").is_some_and(|v| v == "1");
     let started = Instant::now();
-    let steps = std::env::var("KVMTUNE_MODEL_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(sc.steps);
+    let steps = std::env::var("KVMTUNE_MODEL_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(sc.steps);
     let scenario = sc.name;
-    let mut rng = Rng(seed ^ scenario.bytes().fold(0u64, |a, b| a.wrapping_mul(131).wrapping_add(b as u64)));
+    let mut rng = Rng(seed
+        ^ scenario
+            .bytes()
+            .fold(0u64, |a, b| a.wrapping_mul(131).wrapping_add(b as u64)));
     let mut w = World::new(sc, seed);
     let names: Vec<String> = w.sc.guests.iter().map(|g| g.name.clone()).collect();
     let mut seen: BTreeMap<&'static str, (usize, String)> = BTreeMap::new();
@@ -1050,7 +1245,11 @@ fn run_model(sc: Scenario) {
             "ledger deleted (/run/kvmtune cleared, package reinstalled)".to_string()
         } else if roll < 9 {
             if w.run_dir().exists() {
-                std::fs::write(w.run_dir().join("ledger.json"), "{\"version\":1,\"guests\":{\"x\":{\"cp").unwrap();
+                std::fs::write(
+                    w.run_dir().join("ledger.json"),
+                    "{\"version\":1,\"guests\":{\"x\":{\"cp",
+                )
+                .unwrap();
                 w.ledger_stale = true;
             }
             "ledger corrupted (truncated file)".to_string()
@@ -1058,15 +1257,27 @@ fn run_model(sc: Scenario) {
             let delta: i64 = if rng.chance(70) { 3600 } else { -3600 };
             w.clock_offset += delta;
             std::fs::write(w.dir.join("clock"), format!("{}\n", w.clock_offset)).unwrap();
-            format!("wall clock stepped {delta:+} s (offset now {} s)", w.clock_offset)
+            format!(
+                "wall clock stepped {delta:+} s (offset now {} s)",
+                w.clock_offset
+            )
         } else if roll < 18 {
             // libvirtd restarts: it reconnects every running guest.
             let run: Vec<String> = w.running().into_iter().map(|(n, _)| n).collect();
             let calls: Vec<Call> = run
                 .iter()
-                .map(|n| Call { guest: n.clone(), op: "reconnect", subop: "begin", xml: live_xml(&w, n), kill_after: rng.chance(3).then(|| Duration::from_millis(rng.below(20))) })
+                .map(|n| Call {
+                    guest: n.clone(),
+                    op: "reconnect",
+                    subop: "begin",
+                    xml: live_xml(&w, n),
+                    kill_after: rng.chance(3).then(|| Duration::from_millis(rng.below(20))),
+                })
                 .collect();
-            format!("libvirtd restart: {}", run_calls(&mut w, &mut rng, calls, &mut processes))
+            format!(
+                "libvirtd restart: {}",
+                run_calls(&mut w, &mut rng, calls, &mut processes)
+            )
         } else {
             let k = 1 + rng.below(w.sc.max_small_burst) as usize;
             let mut pick: Vec<String> = Vec::new();
@@ -1100,7 +1311,11 @@ fn run_model(sc: Scenario) {
             std::fs::write(&log_path, w.log.join("\n")).unwrap();
             panic!(
                 "\ninvariant violated: scenario {scenario}, seed {seed}, step {step}\n{}\n\nsteps so far:\n{}\n\nreplay: KVMTUNE_MODEL_SEED={seed} cargo test --test invariant_model {}\n(world kept in {})",
-                violations.iter().map(|(k, t)| format!("  [{k}] {t}")).collect::<Vec<_>>().join("\n"),
+                violations
+                    .iter()
+                    .map(|(k, t)| format!("  [{k}] {t}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
                 w.log.join("\n"),
                 scenario.replace('-', "_"),
                 w.dir.display()
@@ -1115,8 +1330,15 @@ fn run_model(sc: Scenario) {
         eprintln!("{}", w.log.join("\n"));
     }
     if !seen.is_empty() {
-        let text: Vec<String> = seen.iter().map(|(k, (s, t))| format!("  [{k}] first at step {s}: {t}")).collect();
-        panic!("\nscenario {scenario}, seed {seed}: violations\n{}\n\nsteps:\n{}", text.join("\n"), w.log.join("\n"));
+        let text: Vec<String> = seen
+            .iter()
+            .map(|(k, (s, t))| format!("  [{k}] first at step {s}: {t}"))
+            .collect();
+        panic!(
+            "\nscenario {scenario}, seed {seed}: violations\n{}\n\nsteps:\n{}",
+            text.join("\n"),
+            w.log.join("\n")
+        );
     }
     let _ = std::fs::remove_dir_all(&w.dir);
 }
@@ -1133,7 +1355,10 @@ fn run_calls(w: &mut World, rng: &mut Rng, calls: Vec<Call>, processes: &mut usi
         *processes += followups.len();
         let r2 = w.burst(&followups);
         settle(w, rng, &followups, &r2);
-        text.push_str(&format!("; then libvirt cleanup {}", describe(&followups, &r2)));
+        text.push_str(&format!(
+            "; then libvirt cleanup {}",
+            describe(&followups, &r2)
+        ));
     }
     text
 }
@@ -1183,7 +1408,11 @@ defaults:
     match: {{name: 'pin-*'}}
     set: {{pool: dedicated, existing_pins: keep}}
 ",
-            if reserved.is_empty() { "none" } else { reserved }
+            if reserved.is_empty() {
+                "none"
+            } else {
+                reserved
+            }
         ),
         policy_of: |name| {
             if name.starts_with("ded-") {
@@ -1223,7 +1452,10 @@ impl Drop for Script {
 
 impl Script {
     fn new(sc: Scenario) -> Script {
-        Script { w: World::new(sc, 0), step: 0 }
+        Script {
+            w: World::new(sc, 0),
+            step: 0,
+        }
     }
 
     /// Runs calls at once, applies libvirt's reactions, then checks.
@@ -1253,7 +1485,10 @@ impl Script {
             panic!(
                 "\ninvariant violated at step {}:\n{}\n\nsteps:\n{}",
                 self.step,
-                v.iter().map(|(k, t)| format!("  [{k}] {t}")).collect::<Vec<_>>().join("\n"),
+                v.iter()
+                    .map(|(k, t)| format!("  [{k}] {t}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
                 self.w.log.join("\n")
             );
         }

@@ -8,7 +8,7 @@ use kvmtune_core::policy::OnViolation;
 use kvmtune_sys::logging::sanitize;
 
 use super::Outcome;
-use super::stage::{Stage, entry_from_plan, locked_ledger, read_host};
+use super::stage::{Admission, Stage, admit, locked_ledger, pool_name, read_host};
 
 pub(super) fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
     let (mut locked, occupancy, mut notes) = locked_ledger(ctx)?;
@@ -55,26 +55,16 @@ pub(super) fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
             "violation (on_violation: warn): {list}; fix: kvmtune apply {name}"
         ));
     }
-    if let Some(why) = &plan.no_room {
-        if ctx.policy.on_violation == OnViolation::Refuse {
-            return Ok(Outcome {
-                exit: 1,
-                stderr: format!("kvmtune: guest '{name}' cannot be placed: {why}"),
-                stdout: String::new(),
-                summary: format!("no room: {why}"),
-            });
-        }
-        match &plan.placement {
-            Some(_) => notes.push(format!("no room: {why}; fell back to the shared pool")),
-            None => notes.push(format!("no placement: {why}; guest runs unpinned")),
-        }
-    }
-    match entry_from_plan(ctx, &plan) {
-        Some(entry) => {
+    match admit(ctx, &locked, &host, &occupancy, &plan)? {
+        Admission::Claim {
+            entry,
+            notes: adjusted,
+            ..
+        } => {
             notes.insert(
                 0,
                 format!(
-                    "claimed cpus={} nodes={} emulator={} rule={}",
+                    "claimed cpus={} nodes={} emulator={} pool={} rule={}",
                     entry.cpus,
                     entry.nodes,
                     entry
@@ -82,13 +72,25 @@ pub(super) fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
                         .as_ref()
                         .map(|e| e.to_string())
                         .unwrap_or_default(),
-                    plan.policy_rule
+                    pool_name(entry.pool),
+                    entry.rule
                 ),
             );
+            notes.extend(adjusted);
             locked.ledger.guests.insert(ctx.domain.name.clone(), entry);
         }
-        None => {
+        Admission::Unpinned => {
             locked.ledger.guests.remove(&ctx.domain.name);
+        }
+        Admission::Refused(line) => {
+            locked.ledger.guests.remove(&ctx.domain.name);
+            locked.save()?;
+            return Ok(Outcome {
+                exit: 1,
+                summary: format!("refused: {line}"),
+                stderr: line,
+                stdout: String::new(),
+            });
         }
     }
     locked.save()?;

@@ -1,5 +1,7 @@
-//! `restore begin` / `migrate begin`: print the XML with guest-ABI-safe edits
-//! (the only stages whose output libvirt reads).
+//! `restore begin` / `migrate begin`: place the guest against the current
+//! occupancy, record the claim (state `prepared`, under the lock, so that two
+//! restores or incoming migrations never get the same CPUs), and print the XML with
+//! guest-ABI-safe edits (the only stages whose output libvirt reads).
 
 use anyhow::Result;
 
@@ -8,10 +10,10 @@ use kvmtune_core::policy::ExistingPins;
 use kvmtune_core::rewrite;
 
 use super::Outcome;
-use super::stage::{Stage, locked_ledger, read_host};
+use super::stage::{Admission, Stage, admit, locked_ledger, read_host};
 
 pub(super) fn restore_or_migrate(ctx: &Stage<'_>, migrate: bool) -> Result<Outcome> {
-    let (locked, occupancy, _) = locked_ledger(ctx)?;
+    let (mut locked, occupancy, mut notes) = locked_ledger(ctx)?;
     let host = read_host(ctx, &locked)?;
     let mut domain = ctx.domain.clone();
     let mut policy = ctx.policy.clone();
@@ -25,15 +27,57 @@ pub(super) fn restore_or_migrate(ctx: &Stage<'_>, migrate: bool) -> Result<Outco
         domain.vcpu_pins.clear();
         domain.vcpu_cpuset = None;
     }
-    let plan = plan(&policy, &host, &occupancy, &domain)?;
-    let changes = plan.abi_safe_changes();
+    let stage = Stage {
+        env: ctx.env,
+        policy,
+        xml: ctx.xml,
+        domain,
+    };
+    let planned = plan(&stage.policy, &host, &occupancy, &stage.domain)?;
+    let planned = match admit(&stage, &locked, &host, &occupancy, &planned)? {
+        Admission::Claim {
+            entry,
+            notes: adjusted,
+            confined,
+        } => {
+            notes.push(format!("claimed cpus={} (prepared)", entry.cpus));
+            notes.extend(adjusted);
+            locked.ledger.guests.insert(ctx.domain.name.clone(), entry);
+            locked.save()?;
+            confined.map_or(planned, |p| *p)
+        }
+        Admission::Unpinned => {
+            if locked.ledger.guests.remove(&ctx.domain.name).is_some() {
+                locked.save()?;
+            }
+            planned
+        }
+        Admission::Refused(line) => {
+            if locked.ledger.guests.remove(&ctx.domain.name).is_some() {
+                locked.save()?;
+            }
+            return Ok(Outcome {
+                exit: 1,
+                summary: format!("refused: {line}"),
+                stderr: line,
+                stdout: String::new(),
+            });
+        }
+    };
+    drop(locked);
+    let changes = planned.abi_safe_changes();
     if changes.is_empty() {
-        return Ok(Outcome::allow("XML unchanged"));
+        notes.insert(0, "XML unchanged".into());
+        return Ok(Outcome::allow(notes.join("; ")));
     }
     let rewritten = rewrite::apply(ctx.xml, &changes)?;
+    notes.insert(
+        0,
+        format!("rewrote XML: {} guest-ABI-safe change(s)", changes.len()),
+    );
     Ok(Outcome {
         stdout: rewritten,
-        summary: format!("rewrote XML: {} guest-ABI-safe change(s)", changes.len()),
+        summary: notes.join("; "),
         ..Outcome::default()
     })
 }

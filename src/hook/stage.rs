@@ -6,12 +6,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
 
+use kvmtune_core::admission::{self, Candidate};
 use kvmtune_core::domain::Domain;
 use kvmtune_core::host::Host;
 use kvmtune_core::ledger::{Entry, EntryState};
-use kvmtune_core::placement::Occupancy;
+use kvmtune_core::placement::{Claim, Occupancy, Pool};
 use kvmtune_core::plan::Plan;
-use kvmtune_core::policy::Policy;
+use kvmtune_core::policy::{EmulatorPlacement, ExistingPins, OnViolation, Policy};
 use kvmtune_core::recovery::{Observed, recovered_entry};
 use kvmtune_sys::affinity;
 use kvmtune_sys::ledger_store::{self as ledger, LOCK_TIMEOUT, Locked};
@@ -100,12 +101,12 @@ fn recover(
     }
     let host = read_host(ctx, locked)?;
     let now = ledger::now();
-    let mut names = Vec::new();
-    for (name, guest) in live {
+    let mut observed: Vec<(String, &Domain, Observed)> = Vec::new();
+    for (name, guest) in &live {
         let Some(domain) = &guest.domain else {
             continue;
         };
-        let observed = match guest.qemu_pid {
+        let seen = match guest.qemu_pid {
             Some(pid) => Observed {
                 vcpu_affinity: (0..domain.vcpus_max)
                     .map(|v| {
@@ -117,10 +118,38 @@ fn recover(
             },
             None => Observed::default(),
         };
-        let others = locked.ledger.occupancy().without(&name);
-        let entry = recovered_entry(&ctx.policy, &host, domain, &observed, &others, now);
+        observed.push((name.clone(), domain, seen));
+    }
+    // Every guest being recovered counts for the others' exclusivity: what they run
+    // on now, whatever order they are recorded in.
+    let entries: Vec<(String, Entry)> = observed
+        .iter()
+        .map(|(name, domain, seen)| {
+            (
+                name.clone(),
+                recovered_entry(&ctx.policy, &host, domain, seen, &Occupancy::default(), now),
+            )
+        })
+        .collect();
+    let mut names = Vec::new();
+    for (name, domain, seen) in &observed {
+        let mut others = locked.ledger.occupancy().without(name);
+        for (other, entry) in &entries {
+            if other != name && !entry.floating {
+                others.guests.insert(
+                    other.clone(),
+                    Claim {
+                        vcpus: entry.vcpus.clone(),
+                        nodes: entry.nodes.clone(),
+                        memory_kib: entry.memory_kib,
+                        pool: Pool::Shared,
+                    },
+                );
+            }
+        }
+        let entry = recovered_entry(&ctx.policy, &host, domain, seen, &others, now);
+        names.push(name.clone());
         locked.ledger.guests.insert(name.clone(), entry);
-        names.push(name);
     }
     Ok(names)
 }
@@ -169,4 +198,150 @@ pub(super) fn entry_from_plan(ctx: &Stage<'_>, plan: &Plan) -> Option<Entry> {
         state: EntryState::Prepared,
         rule: plan.policy_rule.clone(),
     })
+}
+
+/// What admitting a guest decided.
+pub(super) enum Admission {
+    /// Record this claim (`notes` say what was adjusted and why). `confined` is the
+    /// plan that placed it when it is not the plan admitted (confinement).
+    Claim {
+        entry: Entry,
+        notes: Vec<String>,
+        confined: Option<Box<Plan>>,
+    },
+    /// Nothing to claim: the guest is opted out or its policy does not pin.
+    Unpinned,
+    /// Refuse the start (or restore, or migration): one line for the user.
+    Refused(String),
+}
+
+/// The placement invariant applied to a plan, in one place for prepare, restore,
+/// migrate and a `started` without a claim ([`kvmtune_core::admission`]): a guest
+/// whose pool has no room, or whose kept pins break the invariant, is refused under
+/// `on_violation: refuse`; under `warn` it is confined to the eligible shared CPUs
+/// when there are any, else refused. Never unpinned, never on a forbidden CPU or
+/// another guest's dedicated CPU.
+pub(super) fn admit(
+    ctx: &Stage<'_>,
+    locked: &Locked,
+    host: &Host,
+    occupancy: &Occupancy,
+    plan: &Plan,
+) -> Result<Admission> {
+    let name = sanitize(&ctx.domain.name);
+    let Some(settings) = ctx
+        .policy
+        .select(&kvmtune_core::plan::guest_facts(&ctx.domain))
+        .settings
+    else {
+        return Ok(Admission::Unpinned);
+    };
+    if !settings.pin_vcpus {
+        return Ok(Admission::Unpinned);
+    }
+    let refuse = ctx.policy.on_violation == OnViolation::Refuse;
+    let others = occupancy.without(&ctx.domain.name);
+    let forbidden = admission::forbidden_cpus(&ctx.policy, host);
+    let on_housekeeping = settings.emulator == EmulatorPlacement::Housekeeping;
+    let breaches_of = |entry: &Entry| {
+        let claim = Claim {
+            vcpus: entry.vcpus.clone(),
+            nodes: entry.nodes.clone(),
+            memory_kib: entry.memory_kib,
+            pool: entry.pool,
+        };
+        admission::check(
+            &Candidate {
+                guest: &ctx.domain.name,
+                claim: &claim,
+                emulator: entry.emulator.as_ref(),
+                emulator_on_housekeeping: on_housekeeping,
+            },
+            &others,
+            &locked.ledger.guests,
+            &forbidden,
+        )
+    };
+    let mut notes = Vec::new();
+    let first = match (entry_from_plan(ctx, plan), &plan.no_room) {
+        (Some(_), Some(why)) if refuse => {
+            return Ok(Admission::Refused(format!(
+                "kvmtune: guest '{name}' cannot be placed: {why} ({} pool, on_violation: refuse)",
+                pool_name(settings.pool)
+            )));
+        }
+        (Some(entry), Some(why)) => {
+            notes.push(format!("no room: {why}; placed on shared CPUs instead"));
+            entry
+        }
+        (Some(entry), None) => entry,
+        (None, why) => {
+            return Ok(Admission::Refused(format!(
+                "kvmtune: guest '{name}' cannot be placed: {}",
+                why.as_deref().unwrap_or("no placement")
+            )));
+        }
+    };
+    let breaches = breaches_of(&first);
+    if breaches.is_empty() {
+        return Ok(Admission::Claim {
+            entry: first,
+            notes,
+            confined: None,
+        });
+    }
+    let list = breaches
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if refuse {
+        return Ok(Admission::Refused(format!(
+            "kvmtune: guest '{name}' cannot start where it asks (on_violation: refuse): {list}"
+        )));
+    }
+    // warn: confine it to the eligible shared CPUs, its own pins set aside.
+    let confined_policy = confined(&ctx.policy);
+    let mut domain = ctx.domain.clone();
+    domain.vcpu_pins.clear();
+    domain.vcpu_cpuset = None;
+    let again = kvmtune_core::plan::plan(&confined_policy, host, occupancy, &domain)?;
+    match entry_from_plan(ctx, &again) {
+        Some(entry) if again.no_room.is_none() && breaches_of(&entry).is_empty() => {
+            notes.push(format!(
+                "{list}: confined to shared CPUs {} (on_violation: warn)",
+                entry.cpus
+            ));
+            Ok(Admission::Claim {
+                entry,
+                notes,
+                confined: Some(Box::new(again)),
+            })
+        }
+        _ => Ok(Admission::Refused(format!(
+            "kvmtune: guest '{name}' cannot start: {list}; and no eligible shared CPU is free{}",
+            again.no_room.map(|w| format!(" ({w})")).unwrap_or_default()
+        ))),
+    }
+}
+
+/// The policy with every guest shared and its own pins overridden: the placement
+/// a guest gets when what it asks for breaks the invariant under `warn`.
+fn confined(policy: &Policy) -> Policy {
+    let mut policy = policy.clone();
+    for settings in std::iter::once(&mut policy.defaults)
+        .chain(policy.rules.iter_mut().map(|r| &mut r.settings))
+    {
+        settings.existing_pins = ExistingPins::Override;
+        settings.pool = Pool::Shared;
+    }
+    policy
+}
+
+/// A pool as the policy spells it.
+pub(super) fn pool_name(pool: Pool) -> &'static str {
+    match pool {
+        Pool::Shared => "shared",
+        Pool::Dedicated => "dedicated",
+    }
 }

@@ -1,108 +1,274 @@
-//! `started begin`: QEMU exists and the guest is paused; apply the claimed
-//! placement to the threads the XML did not pin, read it back, log it.
+//! `started begin`: QEMU exists and the guest is paused. Under the ledger lock only
+//! the claim is settled (the one `prepare` made, or one admitted now); then, with the
+//! lock released, the claimed placement is applied to the threads the XML does not
+//! pin (per vCPU, emulator and iothread), memory nodes are bound for the strict
+//! modes (a `cpuset.mems` write may migrate memory: slow), and every thread's
+//! affinity is read back.
+
+use std::collections::BTreeMap;
 
 use anyhow::{Result, anyhow};
 
-use kvmtune_core::ledger::EntryState;
+use kvmtune_core::cpuset::CpuSet;
+use kvmtune_core::ledger::{Entry, EntryState};
 use kvmtune_core::plan::plan;
 use kvmtune_core::policy::MemoryMode;
 use kvmtune_sys::affinity;
 use kvmtune_sys::libvirt_run as runstate;
 
 use super::Outcome;
-use super::stage::{Stage, entry_from_plan, locked_ledger, read_host, status_path};
+use super::stage::{Admission, Stage, admit, locked_ledger, read_host, status_path};
 
 pub(super) fn started(ctx: &Stage<'_>) -> Result<Outcome> {
-    let (mut locked, occupancy, mut notes) = locked_ledger(ctx)?;
-    let entry = match locked.ledger.guests.get(&ctx.domain.name) {
-        Some(e) => e.clone(),
-        None => {
-            // No claim from prepare (hook installed while the guest was starting,
-            // or the policy just changed): plan now.
-            let host = read_host(ctx, &locked)?;
-            let plan = plan(&ctx.policy, &host, &occupancy, &ctx.domain)?;
-            match entry_from_plan(ctx, &plan) {
-                Some(e) if plan.enabled => e,
-                _ => return Ok(Outcome::allow("nothing to apply (no placement)")),
-            }
-        }
+    let entry = match settle_claim(ctx)? {
+        Ok(entry) => entry,
+        Err(outcome) => return Ok(outcome),
     };
+    let Some(entry) = entry else {
+        return Ok(Outcome::allow("nothing to apply (not pinned by policy)"));
+    };
+    let mut notes = Vec::new();
+    if !ctx.env.apply_runtime {
+        return Ok(Outcome::allow(format!("claimed cpus={}", entry.cpus)));
+    }
     let status_path = status_path(ctx)?;
     let live = runstate::read_status(&status_path)?;
     let pid = live
         .qemu_pid
         .ok_or_else(|| anyhow!("{}: no QEMU pid", status_path.display()))?;
-
-    let mut applied = Vec::new();
-    if ctx.env.apply_runtime {
-        if !ctx.domain.pins_explicitly() {
-            for (vcpu, tid) in &live.vcpu_tids {
-                if let Some(cpus) = entry.vcpus.get(*vcpu as usize) {
-                    affinity::set_thread_affinity(*tid, cpus)?;
-                }
-            }
-        } else {
-            notes.push("vCPUs pinned by the XML (libvirt applied them)".into());
-        }
-        if ctx.domain.emulator_pin.is_none()
-            && let Some(emulator) = &entry.emulator
-        {
-            let vcpu_tids: Vec<u32> = live.vcpu_tids.values().copied().collect();
-            for tid in affinity::threads_of(&ctx.env.proc_root, pid)? {
-                if vcpu_tids.contains(&tid) {
-                    continue;
-                }
-                // A thread may exit between listing and pinning: not an error.
-                match affinity::set_thread_affinity(tid, emulator) {
-                    Ok(()) => {}
-                    Err(affinity::AffinityError::SetAffinity {
-                        errno: nix::errno::Errno::ESRCH,
-                        ..
-                    }) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        // Memory: strict modes through the cgroup's cpuset.mems; preferred follows
-        // the pinned vCPUs by first touch.
-        let settings_mode = ctx
-            .policy
-            .select(&kvmtune_core::plan::guest_facts(&ctx.domain))
-            .settings
-            .map(|s| s.memory_mode);
-        if ctx.domain.numa_memory.is_none()
-            && matches!(
-                settings_mode,
-                Some(MemoryMode::Strict | MemoryMode::Restrictive)
-            )
-        {
-            match affinity::cpuset_cgroup(&ctx.env.host_root, pid) {
-                Some(cg) => {
-                    let dir = affinity::guest_cgroup_dir(&cg.dir);
-                    affinity::set_cgroup_mems(&dir, &entry.nodes)?;
-                    notes.push(format!("cgroup mems={}", entry.nodes));
-                }
-                None => notes.push("no cpuset cgroup found; memory nodes not enforced".into()),
-            }
-        }
-        // Read back what the kernel reports.
-        for (vcpu, tid) in &live.vcpu_tids {
-            if let Ok(cpus) = affinity::allowed_cpus(&ctx.env.proc_root, pid, *tid) {
-                applied.push(format!("vcpu{vcpu}={cpus}"));
-            }
-        }
-        if let Ok(cpus) = affinity::allowed_cpus(&ctx.env.proc_root, pid, pid) {
-            applied.push(format!("emulator={cpus}"));
-        }
-    }
-    if let Some(e) = locked.ledger.guests.get_mut(&ctx.domain.name) {
-        e.state = EntryState::Running;
-    } else {
-        let mut e = entry.clone();
-        e.state = EntryState::Running;
-        locked.ledger.guests.insert(ctx.domain.name.clone(), e);
-    }
-    locked.save()?;
+    let threads = Threads::of(ctx, pid, &live.vcpu_tids, &live.iothread_tids)?;
+    let applied = apply(ctx, &entry, pid, &threads, &mut notes)?;
     notes.insert(0, format!("effective {}", applied.join(" ")));
     Ok(Outcome::allow(notes.join("; ")))
+}
+
+/// Under the lock: the claim `prepare` made (now running), or, when there is none
+/// (hook installed while the guest was starting, ledger lost, policy changed), one
+/// admitted now. `Err` is a refusal to return as is; `Ok(None)`: nothing to pin.
+fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Entry>, Outcome>> {
+    let (mut locked, occupancy, _) = locked_ledger(ctx)?;
+    let claimed = locked
+        .ledger
+        .guests
+        .get(&ctx.domain.name)
+        .filter(|e| !e.floating)
+        .cloned();
+    let entry = match claimed {
+        // A claim recovered before the emulator threads were placed: place them
+        // now as the policy says (the vCPUs keep the claim's CPUs).
+        Some(mut e) if e.emulator.is_none() && ctx.domain.emulator_pin.is_none() => {
+            let host = read_host(ctx, &locked)?;
+            if let Ok(plan) = plan(&ctx.policy, &host, &occupancy, &ctx.domain) {
+                e.emulator = plan.emulator_cpus;
+            }
+            e
+        }
+        Some(e) => e,
+        None => {
+            let host = read_host(ctx, &locked)?;
+            let plan = plan(&ctx.policy, &host, &occupancy, &ctx.domain)?;
+            if !plan.enabled {
+                return Ok(Ok(None));
+            }
+            match admit(ctx, &locked, &host, &occupancy, &plan)? {
+                Admission::Claim { entry, .. } => entry,
+                Admission::Unpinned => return Ok(Ok(None)),
+                Admission::Refused(line) => {
+                    return Ok(Err(Outcome {
+                        exit: 1,
+                        summary: format!("refused: {line}"),
+                        stderr: line,
+                        stdout: String::new(),
+                    }));
+                }
+            }
+        }
+    };
+    let mut running = entry.clone();
+    running.state = EntryState::Running;
+    locked
+        .ledger
+        .guests
+        .insert(ctx.domain.name.clone(), running.clone());
+    locked.save()?;
+    Ok(Ok(Some(running)))
+}
+
+/// The guest's threads by role: vCPU number → tid, iothread id → tid, the rest.
+struct Threads {
+    vcpus: BTreeMap<u32, u32>,
+    iothreads: BTreeMap<u32, u32>,
+    others: Vec<u32>,
+}
+
+impl Threads {
+    /// From the status file's lists, else from the thread names QEMU gives
+    /// (`CPU N/KVM`, `CPU N/TCG`, `IO iothreadN`).
+    fn of(
+        ctx: &Stage<'_>,
+        pid: u32,
+        vcpu_tids: &BTreeMap<u32, u32>,
+        iothread_tids: &BTreeMap<u32, u32>,
+    ) -> Result<Threads> {
+        let mut vcpus = vcpu_tids.clone();
+        let mut iothreads = iothread_tids.clone();
+        let mut others = Vec::new();
+        for tid in affinity::threads_of(&ctx.env.proc_root, pid)? {
+            if vcpus.values().any(|t| *t == tid) || iothreads.values().any(|t| *t == tid) {
+                continue;
+            }
+            let comm = affinity::thread_name(&ctx.env.proc_root, pid, tid).unwrap_or_default();
+            if let Some(n) = vcpu_number(&comm)
+                && vcpu_tids.is_empty()
+            {
+                vcpus.insert(n, tid);
+            } else if let Some(id) = comm
+                .strip_prefix("IO iothread")
+                .and_then(|n| n.parse().ok())
+                && iothread_tids.is_empty()
+            {
+                iothreads.insert(id, tid);
+            } else {
+                others.push(tid);
+            }
+        }
+        Ok(Threads {
+            vcpus,
+            iothreads,
+            others,
+        })
+    }
+}
+
+/// `CPU 3/KVM` → 3.
+fn vcpu_number(comm: &str) -> Option<u32> {
+    let rest = comm.strip_prefix("CPU ")?;
+    let (n, accel) = rest.split_once('/')?;
+    (!accel.is_empty()).then_some(())?;
+    n.parse().ok()
+}
+
+/// Sets a thread's affinity; a thread that exited meanwhile is not an error.
+fn pin(tid: u32, cpus: &CpuSet) -> Result<()> {
+    match affinity::set_thread_affinity(tid, cpus) {
+        Ok(())
+        | Err(affinity::AffinityError::SetAffinity {
+            errno: nix::errno::Errno::ESRCH,
+            ..
+        }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Applies `entry` to what the XML leaves unpinned, binds memory for the strict
+/// modes, and returns what the kernel reports afterwards.
+fn apply(
+    ctx: &Stage<'_>,
+    entry: &Entry,
+    pid: u32,
+    threads: &Threads,
+    notes: &mut Vec<String>,
+) -> Result<Vec<String>> {
+    let domain = &ctx.domain;
+    if threads.vcpus.is_empty() {
+        notes.push("no vCPU thread ids known (status file, thread names): nothing pinned".into());
+        return Ok(Vec::new());
+    }
+    let mut kept = Vec::new();
+    for (vcpu, tid) in &threads.vcpus {
+        let Some(cpus) = entry.vcpus.get(*vcpu as usize) else {
+            continue;
+        };
+        // libvirt applied the XML's own pin; the claim is that pin unless the guest
+        // was confined, and then the claim wins (the cgroup first, or the kernel
+        // refuses CPUs outside it).
+        match domain.vcpu_pins.get(vcpu).or(domain.vcpu_cpuset.as_ref()) {
+            Some(own) if own == cpus => kept.push(*vcpu),
+            Some(_) => {
+                if let Some(cg) = affinity::cpuset_cgroup(&ctx.env.host_root, pid) {
+                    let dir = affinity::guest_cgroup_dir(&cg.dir).join(format!("vcpu{vcpu}"));
+                    affinity::set_cgroup_cpus(&dir, cpus)?;
+                }
+                pin(*tid, cpus)?;
+            }
+            None => pin(*tid, cpus)?,
+        }
+    }
+    if !kept.is_empty() {
+        notes.push(format!(
+            "vCPU(s) {} pinned by the XML (libvirt applied them)",
+            kept.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    if let Some(emulator) = &entry.emulator {
+        for (id, tid) in &threads.iothreads {
+            if domain.iothread_pins.contains_key(id) {
+                continue;
+            }
+            pin(*tid, emulator)?;
+        }
+        if domain.emulator_pin.is_none() {
+            for tid in &threads.others {
+                pin(*tid, emulator)?;
+            }
+        }
+    }
+    bind_memory(ctx, entry, pid, notes)?;
+    // Read back what the kernel reports.
+    let mut applied = Vec::new();
+    for (vcpu, tid) in &threads.vcpus {
+        if let Ok(cpus) = affinity::allowed_cpus(&ctx.env.proc_root, pid, *tid) {
+            applied.push(format!("vcpu{vcpu}={cpus}"));
+        }
+    }
+    for (id, tid) in &threads.iothreads {
+        if let Ok(cpus) = affinity::allowed_cpus(&ctx.env.proc_root, pid, *tid) {
+            applied.push(format!("iothread{id}={cpus}"));
+        }
+    }
+    if let Ok(cpus) = affinity::allowed_cpus(&ctx.env.proc_root, pid, pid) {
+        applied.push(format!("emulator={cpus}"));
+    }
+    Ok(applied)
+}
+
+/// Memory: the strict modes through the cgroup's `cpuset.mems`; `preferred` is not
+/// enforced at runtime (the pinned vCPUs' first touch allocates on their node).
+fn bind_memory(ctx: &Stage<'_>, entry: &Entry, pid: u32, notes: &mut Vec<String>) -> Result<()> {
+    let mode = ctx
+        .policy
+        .select(&kvmtune_core::plan::guest_facts(&ctx.domain))
+        .settings
+        .map(|s| s.memory_mode);
+    if ctx.domain.numa_memory.is_some()
+        || !matches!(mode, Some(MemoryMode::Strict | MemoryMode::Restrictive))
+    {
+        return Ok(());
+    }
+    match affinity::cpuset_cgroup(&ctx.env.host_root, pid) {
+        Some(cg) => {
+            let dir = affinity::guest_cgroup_dir(&cg.dir);
+            affinity::set_cgroup_mems(&dir, &entry.nodes)?;
+            notes.push(format!("cgroup mems={}", entry.nodes));
+        }
+        None => notes.push("no cpuset cgroup found; memory nodes not enforced".into()),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vcpu_number;
+
+    #[test]
+    fn vcpu_threads_are_known_by_qemus_names() {
+        assert_eq!(vcpu_number("CPU 3/KVM"), Some(3));
+        assert_eq!(vcpu_number("CPU 0/TCG"), Some(0));
+        assert_eq!(vcpu_number("CPU x/KVM"), None);
+        assert_eq!(vcpu_number("IO mon_iothread"), None);
+        assert_eq!(vcpu_number("CPU 1/"), None);
+    }
 }

@@ -81,7 +81,10 @@ impl fmt::Display for Breach {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Breach::VcpusOnForbidden { cpus } => {
-                write!(f, "vCPUs on CPU(s) {cpus}, which guests never get (CPU0, reserved or IRQ CPUs)")
+                write!(
+                    f,
+                    "vCPUs on CPU(s) {cpus}, which guests never get (CPU0, reserved or IRQ CPUs)"
+                )
             }
             Breach::EmulatorOnForbidden { cpus } => write!(
                 f,
@@ -158,12 +161,7 @@ pub fn check(
 
 /// One line for a guest that finds no room: "2 dedicated vCPUs needed, 0 free on
 /// CPUs 1-3; CPU 1 held by guest 'a', CPU 2-3 used by shared guests".
-pub fn no_room_line(
-    vcpus: u32,
-    pool: Pool,
-    eligible: &CpuSet,
-    others: &Occupancy,
-) -> String {
+pub fn no_room_line(vcpus: u32, pool: Pool, eligible: &CpuSet, others: &Occupancy) -> String {
     let pool_name = match pool {
         Pool::Dedicated => "dedicated",
         Pool::Shared => "shared",

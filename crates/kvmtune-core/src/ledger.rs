@@ -134,6 +134,7 @@ mod tests {
             claimed_at,
             state,
             rule: "defaults".into(),
+            floating: false,
         }
     }
 

@@ -11,8 +11,8 @@ use crate::placement::{
     Level, NoRoom, Occupancy, Placement, Pool, Request, eligible_cpus, nodes_of, place,
 };
 use crate::policy::{
-    CpuModeAction, DedicatedFallback, DiskCache, DiskIo, EmulatorPlacement, ExistingPins, GuestFacts, HugePagesMode,
-    IrqCpus, MemoryMode, Policy, Settings,
+    CpuModeAction, DedicatedFallback, DiskCache, DiskIo, EmulatorPlacement, ExistingPins,
+    GuestFacts, HugePagesMode, IrqCpus, MemoryMode, Policy, Settings,
 };
 
 /// One change to the domain XML. Indexes count elements in document order
@@ -507,8 +507,7 @@ impl Planner<'_> {
                     // no placement at all the hook refuses: never unpinned.
                     let shared = Request {
                         pool: Pool::Shared,
-                        eligible: pool_eligible(Pool::Shared)
-                            .difference(&others.dedicated_cpus()),
+                        eligible: pool_eligible(Pool::Shared).difference(&others.dedicated_cpus()),
                         ..request
                     };
                     let fallback = self.settings.pool == Pool::Dedicated

@@ -1,7 +1,7 @@
 //! Recovery from what runs: the ledger entry of a running guest that the ledger
 //! lacks (ledger deleted or corrupt, `/run` cleared, package reinstalled, a guest
 //! started before kvmtune was installed), rebuilt from what the kernel and libvirt
-//! say: the guest's XML pins, else its threads' affinity.
+//! say: its threads' affinity, else the guest's XML pins.
 //!
 //! The pool is the one the policy assigns the guest, unless what runs says
 //! otherwise: a vCPU allowed on several CPUs, or a CPU another running guest also
@@ -39,10 +39,15 @@ pub fn recovered_entry(
     let selection = policy.select(&guest_facts(domain));
     let vcpus: Vec<CpuSet> = (0..domain.vcpus_max)
         .map(|v| {
-            domain
-                .pinned_cpus_of(v)
+            // What the kernel says the thread may run on is the truth (the hook
+            // may have confined a guest away from its XML pins); the XML only
+            // when the thread could not be read.
+            observed
+                .vcpu_affinity
+                .get(v as usize)
                 .cloned()
-                .or_else(|| observed.vcpu_affinity.get(v as usize).cloned().flatten())
+                .flatten()
+                .or_else(|| domain.pinned_cpus_of(v).cloned())
                 .unwrap_or_else(|| host.online.clone())
         })
         .collect();
@@ -56,10 +61,14 @@ pub fn recovered_entry(
     } else {
         Pool::Shared
     };
-    let emulator = domain
-        .emulator_pin
-        .clone()
-        .or_else(|| observed.emulator_affinity.clone());
+    // Emulator threads on every CPU were not placed yet (or by nobody): no set to
+    // record; `started` places them when it runs.
+    let emulator = domain.emulator_pin.clone().or_else(|| {
+        observed
+            .emulator_affinity
+            .clone()
+            .filter(|e| !host.online.is_subset(e))
+    });
     Entry {
         uuid: domain.uuid.clone(),
         nodes: nodes_of(host, &cpus),
@@ -70,7 +79,7 @@ pub fn recovered_entry(
         pool,
         claimed_at: now,
         state: EntryState::Running,
-        rule: format!("{} (recovered)", selection.rule_name),
+        rule: selection.rule_name.to_string(),
         floating,
     }
 }
@@ -117,11 +126,14 @@ mod tests {
         assert_eq!(e.vcpus, vec![set("1"), set("2")]);
         assert_eq!(e.pool, Pool::Dedicated);
         assert_eq!(e.emulator, Some(set("1-2")));
-        assert_eq!((e.state, e.claimed_at, e.floating), (EntryState::Running, 7, false));
+        assert_eq!(
+            (e.state, e.claimed_at, e.floating),
+            (EntryState::Running, 7, false)
+        );
     }
 
     #[test]
-    fn xml_pins_win_and_overlap_with_others_makes_it_shared() {
+    fn without_thread_affinity_the_xml_pins_count_and_overlap_makes_it_shared() {
         let host = Host::synthetic(1, 1, 4, 1, 1 << 20);
         let others = Occupancy {
             guests: [(
@@ -135,8 +147,17 @@ mod tests {
             )]
             .into(),
         };
-        let d = domain("<cputune><vcpupin vcpu='0' cpuset='2'/><vcpupin vcpu='1' cpuset='3'/></cputune>");
-        let e = recovered_entry(&dedicated_policy(), &host, &d, &Observed::default(), &others, 0);
+        let d = domain(
+            "<cputune><vcpupin vcpu='0' cpuset='2'/><vcpupin vcpu='1' cpuset='3'/></cputune>",
+        );
+        let e = recovered_entry(
+            &dedicated_policy(),
+            &host,
+            &d,
+            &Observed::default(),
+            &others,
+            0,
+        );
         assert_eq!(e.vcpus, vec![set("2"), set("3")]);
         assert_eq!(e.pool, Pool::Shared);
     }

@@ -164,6 +164,35 @@ pub fn set_cgroup_mems(guest_dir: &Path, nodes: &CpuSet) -> Result<Vec<PathBuf>,
     Ok(written)
 }
 
+/// A thread's name (`comm`): QEMU names vCPU threads `CPU N/KVM` (`/TCG`) and
+/// iothreads `IO iothreadN`.
+pub fn thread_name(proc_root: &Path, pid: u32, tid: u32) -> Option<String> {
+    let path = proc_root
+        .join(pid.to_string())
+        .join("task")
+        .join(tid.to_string())
+        .join("comm");
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+/// Sets the CPUs of one of a guest's sub-cgroups (`vcpuN`, `emulator`): libvirt
+/// writes a pinned vCPU's pin there, and the kernel refuses an affinity outside it.
+/// A missing directory (no cgroup for it) is not an error.
+pub fn set_cgroup_cpus(dir: &Path, cpus: &CpuSet) -> Result<(), AffinityError> {
+    let file = dir.join("cpuset.cpus");
+    if !file.exists() {
+        return Ok(());
+    }
+    let value = cpus.to_string();
+    std::fs::write(&file, &value).map_err(|source| AffinityError::Write {
+        path: file.clone(),
+        value,
+        source,
+    })
+}
+
 /// The guest's cgroup directory: the process cgroup may be a leaf (`.../emulator`)
 /// under the guest's own (`.../qemu-1-NAME.libvirt-qemu`); libvirt names the
 /// latter after the guest.

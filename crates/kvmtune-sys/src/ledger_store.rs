@@ -266,6 +266,7 @@ mod tests {
             claimed_at,
             state,
             rule: "defaults".into(),
+            floating: false,
         }
     }
 

@@ -54,6 +54,7 @@ fn entry(vcpus: &[&str], nodes: &str, state: EntryState, claimed_at: u64) -> Ent
         claimed_at,
         state,
         rule: "defaults".into(),
+        floating: false,
     }
 }
 

@@ -136,6 +136,7 @@ fn built_in_defaults_are_the_documented_ones() {
         pool: crate::placement::Pool::Shared,
         cpu_allocation_ratio: 16,
         thread_policy: crate::placement::ThreadPolicy::Prefer,
+        dedicated_fallback: DedicatedFallback::Shared,
     };
     assert_eq!(Settings::default(), expected);
     let host = HostSettings {
@@ -217,6 +218,7 @@ defaults:
         pool: crate::placement::Pool::Shared,
         cpu_allocation_ratio: 16,
         thread_policy: crate::placement::ThreadPolicy::Isolate,
+        dedicated_fallback: DedicatedFallback::Shared,
     };
     assert_eq!(policy.defaults, expected);
 }
@@ -323,7 +325,7 @@ fn validation_errors() {
             invalid(
                 19,
                 7,
-                "rules[0].set: unknown field `cpu_mdoe`, expected one of `pin_vcpus`, `memory_mode`, `emulator`, `existing_pins`, `disk_cache`, `disk_io`, `nosharepages`, `hugepages`, `hugepage_size`, `vhost_net`, `max_net_queues`, `cpu_mode`, `pool`, `cpu_allocation_ratio`, `thread_policy`, `nodes`",
+                "rules[0].set: unknown field `cpu_mdoe`, expected one of `pin_vcpus`, `memory_mode`, `emulator`, `existing_pins`, `disk_cache`, `disk_io`, `nosharepages`, `hugepages`, `hugepage_size`, `vhost_net`, `max_net_queues`, `cpu_mode`, `pool`, `cpu_allocation_ratio`, `thread_policy`, `dedicated_fallback`, `nodes`",
             ),
         ),
         (
