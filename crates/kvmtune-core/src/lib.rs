@@ -5,6 +5,7 @@
 //! edits to the XML text. Reading the machine is `kvmtune_sys`'s job; the doors
 //! (CLI, hook) are the `kvmtune` binary's.
 
+pub mod batch;
 pub mod cpuset;
 pub mod domain;
 pub mod host;
