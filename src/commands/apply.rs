@@ -9,43 +9,42 @@
 //! `virsh define` the new one. Nothing is defined unless every requested guest
 //! planned cleanly. `revert` defines a backup's bytes again.
 //!
-//! libvirt is reached through virsh, behind the [`Runner`] trait (unit tests use a
-//! fake); every call has a timeout. Guest names come from libvirt and the command
-//! line and end up in file names, so they are checked before any path is built.
+//! This module is the orchestration and the command line; the parts live where
+//! their concept does: virsh behind the [`Runner`] trait in `kvmtune_sys::virsh`
+//! (unit tests use a fake; every call has a timeout), the backup store and the
+//! guest-name check in `kvmtune_sys::backups` (guest names come from libvirt and
+//! the command line and end up in file names, so they are checked before any path
+//! is built), and planning several guests against one occupancy in
+//! `kvmtune_core::batch`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, IsTerminal, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 use clap::Args;
 
-use crate::exit::{self, Failure};
+use crate::exit::{self, Failure, fail};
 use crate::inputs::{self as cli, Sources};
+use kvmtune_core::batch::{self, BatchError, Planned};
 use kvmtune_core::domain::Domain;
 use kvmtune_core::host::Host;
-use kvmtune_core::placement::{Claim, Occupancy};
-use kvmtune_core::plan::{Plan, plan};
+use kvmtune_core::placement::Occupancy;
+use kvmtune_core::plan::plan;
 use kvmtune_core::policy::Policy;
 use kvmtune_core::runstate::LiveGuest;
-use kvmtune_sys::command::{Output, ProcessRunner, RunError, Runner, find_program};
+use kvmtune_sys::backups::{BackupError, Backups, check_guest_name, check_stamp};
+use kvmtune_sys::command::{ProcessRunner, Runner, find_program};
 use kvmtune_sys::ledger_store as ledger;
 use kvmtune_sys::libvirt_run as runstate;
+use kvmtune_sys::virsh::{VIRSH_ENV, VIRSH_TIMEOUT, Virsh, VirshError};
 
 /// Where backups of replaced definitions go: `DIR/GUEST/TIMESTAMP.xml`.
 pub const DEFAULT_BACKUP_DIR: &str = "/var/lib/kvmtune/backups";
 /// Environment override of the backup directory (tests, unusual layouts).
 pub const BACKUP_DIR_ENV: &str = "KVMTUNE_BACKUP_DIR";
-/// Environment override of the virsh program (tests).
-pub const VIRSH_ENV: &str = "KVMTUNE_VIRSH";
-/// The URI used when neither `--connect` nor `LIBVIRT_DEFAULT_URI` says.
-pub const DEFAULT_URI: &str = "qemu:///system";
-/// How long one virsh call may take.
-pub const VIRSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- arguments
 
@@ -75,7 +74,7 @@ impl LibvirtArgs {
                     .ok()
                     .filter(|u| !u.is_empty())
             })
-            .unwrap_or_else(|| DEFAULT_URI.to_string())
+            .unwrap_or_else(|| kvmtune_sys::virsh::DEFAULT_URI.to_string())
     }
 
     pub fn backup_dir(&self) -> PathBuf {
@@ -162,460 +161,38 @@ pub struct RevertArgs {
 
 // ---------------------------------------------------------------- errors
 
-fn failure(code: u8, message: impl Into<String>) -> anyhow::Error {
-    Failure {
-        code,
-        message: message.into(),
-    }
-    .into()
-}
-
-/// What went wrong talking to libvirt, phrased for the admin.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VirshError {
-    #[error(
-        "virsh not found ({program}): install libvirt-clients (Debian) or libvirt-client (RPM)"
-    )]
-    Missing { program: String },
-    #[error("cannot run {program}: permission denied")]
-    NotExecutable { program: String },
-    #[error("libvirt at {uri} is unreachable: {detail}; is libvirtd (or virtqemud) running?")]
-    Unreachable { uri: String, detail: String },
-    #[error(
-        "libvirt at {uri} refused access: {detail}; run as root or as a member of the libvirt group"
-    )]
-    PermissionDenied { uri: String, detail: String },
-    #[error("libvirt at {uri} has no guest named '{guest}'")]
-    NoSuchGuest { uri: String, guest: String },
-    #[error("virsh {command} did not answer within {secs}s (libvirtd hung?); killed")]
-    Timeout { command: String, secs: u64 },
-    #[error("virsh {command} failed: {detail}")]
-    Failed { command: String, detail: String },
-}
-
-impl VirshError {
-    /// The exit code: an unknown guest is bad input, everything else is libvirt's.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            VirshError::NoSuchGuest { .. } => exit::INPUT,
-            _ => exit::LIBVIRT,
-        }
-    }
-}
-
-/// Into the CLI's error, carrying the exit code.
+/// Into the CLI's error, carrying the exit code: an unknown guest is bad input,
+/// everything else is libvirt's.
 fn lv(e: VirshError) -> anyhow::Error {
-    failure(e.exit_code(), e.to_string())
-}
-
-// ---------------------------------------------------------------- virsh
-
-/// virsh, one URI, behind a [`Runner`].
-pub struct Virsh<R: Runner> {
-    runner: R,
-    program: PathBuf,
-    uri: String,
-}
-
-impl<R: Runner> Virsh<R> {
-    pub fn new(runner: R, program: PathBuf, uri: String) -> Virsh<R> {
-        Virsh {
-            runner,
-            program,
-            uri,
-        }
-    }
-
-    pub fn uri(&self) -> &str {
-        &self.uri
-    }
-
-    /// Runs `virsh --connect URI ARGS`; `guest` names the guest for error messages.
-    fn call(&self, args: &[&str], guest: Option<&str>) -> Result<Vec<u8>, VirshError> {
-        // --quiet: without it virsh frames each command's output with a blank line
-        // of its own, which would end up in backups.
-        let mut full = vec![
-            "--quiet".to_string(),
-            "--connect".to_string(),
-            self.uri.clone(),
-        ];
-        full.extend(args.iter().map(|a| a.to_string()));
-        let command = args.first().copied().unwrap_or("").to_string();
-        let program = self.program.display().to_string();
-        let output = self.runner.run(&self.program, &full).map_err(|e| match e {
-            RunError::NotFound { .. } => VirshError::Missing { program },
-            RunError::NotExecutable { .. } => VirshError::NotExecutable { program },
-            RunError::Timeout { timeout, .. } => VirshError::Timeout {
-                command: command.clone(),
-                secs: timeout.as_secs(),
-            },
-            RunError::Io { message, .. } => VirshError::Failed {
-                command: command.clone(),
-                detail: message,
-            },
-        })?;
-        if output.success() {
-            return Ok(output.stdout);
-        }
-        Err(classify(&self.uri, &command, guest, &output))
-    }
-
-    /// Persistent guests (`list --all --persistent --name`).
-    pub fn persistent_guests(&self) -> Result<Vec<String>, VirshError> {
-        let out = self.call(&["list", "--all", "--persistent", "--name"], None)?;
-        Ok(names(&out))
-    }
-
-    /// Running (or paused) guests (`list --name`).
-    pub fn active_guests(&self) -> Result<BTreeSet<String>, VirshError> {
-        let out = self.call(&["list", "--name"], None)?;
-        Ok(names(&out).into_iter().collect())
-    }
-
-    /// The persistent definition, secrets included so that defining it back loses nothing.
-    pub fn dumpxml_inactive(&self, guest: &str) -> Result<Vec<u8>, VirshError> {
-        self.call(
-            &[
-                "dumpxml",
-                "--inactive",
-                "--security-info",
-                "--domain",
-                guest,
-            ],
-            Some(guest),
-        )
-    }
-
-    /// `virsh define FILE`.
-    pub fn define(&self, file: &Path, guest: &str) -> Result<(), VirshError> {
-        let file = file.to_string_lossy();
-        self.call(&["define", "--file", &file], Some(guest))
-            .map(|_| ())
-    }
-}
-
-fn names(out: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-/// Turns virsh's stderr into an error the admin can act on.
-fn classify(uri: &str, command: &str, guest: Option<&str>, output: &Output) -> VirshError {
-    let detail = output
-        .stderr
-        .lines()
-        .map(|l| l.trim().trim_start_matches("error:").trim())
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(": ");
-    let detail = if detail.is_empty() {
-        format!(
-            "exit status {}",
-            output.code.map_or("signal".to_string(), |c| c.to_string())
-        )
-    } else {
-        detail
+    let code = match e {
+        VirshError::NoSuchGuest { .. } => exit::INPUT,
+        _ => exit::LIBVIRT,
     };
-    let lower = detail.to_lowercase();
-    let denied = [
-        "permission denied",
-        "access denied",
-        "authentication",
-        "not permitted",
-        "polkit",
-    ]
-    .iter()
-    .any(|p| lower.contains(p));
-    let unreachable = [
-        "failed to connect",
-        "no connection driver",
-        "cannot recv data",
-        "connection reset",
-        "connection refused",
-        "no such file or directory",
-    ]
-    .iter()
-    .any(|p| lower.contains(p));
-    let uri = uri.to_string();
-    if denied && (unreachable || !lower.contains("domain")) {
-        VirshError::PermissionDenied { uri, detail }
-    } else if lower.contains("failed to connect") || (unreachable && guest.is_none()) {
-        VirshError::Unreachable { uri, detail }
-    } else if let Some(guest) = guest
-        .filter(|_| lower.contains("domain not found") || lower.contains("failed to get domain"))
-    {
-        VirshError::NoSuchGuest {
-            uri,
-            guest: guest.to_string(),
-        }
-    } else if denied {
-        VirshError::PermissionDenied { uri, detail }
-    } else {
-        VirshError::Failed {
-            command: command.to_string(),
-            detail,
-        }
-    }
+    fail(code, e.to_string())
 }
 
-// ---------------------------------------------------------------- names
-
-/// Refuses guest names that cannot safely become a file name: empty, `.`/`..`,
-/// containing `/`, `..`, NUL or control characters, or longer than a file name.
-pub fn check_guest_name(name: &str) -> Result<(), String> {
-    let shown = kvmtune_sys::logging::sanitize(name);
-    if name.is_empty() {
-        return Err("empty guest name".into());
-    }
-    if name.len() > 255 {
-        return Err(format!("guest name '{shown}' is longer than 255 bytes"));
-    }
-    if name.contains('/') || name.contains("..") || name == "." {
-        return Err(format!(
-            "guest name '{shown}' contains '/' or '..'; refusing to use it in a file name"
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(format!(
-            "guest name '{shown}' contains control characters; refusing to use it in a file name"
-        ));
-    }
-    Ok(())
-}
-
-/// Backup timestamps are file names too: digits, `T`, `Z`, `-` only.
-fn check_stamp(stamp: &str) -> Result<(), String> {
-    if stamp.is_empty()
-        || stamp.len() > 64
-        || !stamp.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        return Err(format!(
-            "'{}' is not a backup timestamp (like 20250101T120000Z; see --list)",
-            kvmtune_sys::logging::sanitize(stamp)
-        ));
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------- backups
-
-/// One saved definition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backup {
-    /// `20250101T120000Z`, `-2`, `-3`... appended when several land in one second.
-    pub stamp: String,
-    pub path: PathBuf,
-}
-
-/// The backup store: `ROOT/GUEST/TIMESTAMP.xml`, directories 0700, files 0600
-/// (definitions hold secrets), every file written atomically and never overwritten.
-#[derive(Debug, Clone)]
-pub struct Backups {
-    root: PathBuf,
-}
-
-impl Backups {
-    pub fn new(root: impl Into<PathBuf>) -> Backups {
-        Backups { root: root.into() }
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn guest_dir(&self, guest: &str) -> Result<PathBuf> {
-        check_guest_name(guest).map_err(|m| failure(exit::INPUT, m))?;
-        Ok(self.root.join(guest))
-    }
-
-    /// Creates (0700) and checks the guest's directory: a symlink is refused.
-    fn ensure_dir(&self, guest: &str) -> Result<PathBuf> {
-        let dir = self.guest_dir(guest)?;
-        for d in [&self.root, &dir] {
-            match fs::symlink_metadata(d) {
-                Ok(meta) if meta.file_type().is_symlink() || !meta.is_dir() => {
-                    return Err(failure(
-                        exit::INPUT,
-                        format!(
-                            "backup directory {} is a symlink or not a directory; refusing it",
-                            d.display()
-                        ),
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    fs::create_dir_all(d).map_err(|e| io_failure(d, &e))?;
-                    fs::set_permissions(d, fs::Permissions::from_mode(0o700))
-                        .map_err(|e| io_failure(d, &e))?;
-                }
-                Err(e) => return Err(io_failure(d, &e)),
-            }
-        }
-        Ok(dir)
-    }
-
-    /// Saves `bytes` as a new backup stamped `now`; never replaces an existing one.
-    pub fn save(&self, guest: &str, bytes: &[u8], now: SystemTime) -> Result<Backup> {
-        let dir = self.ensure_dir(guest)?;
-        let base = utc_stamp(now);
-        let tmp = dir.join(format!(".tmp-{}.xml", std::process::id()));
-        write_synced(&tmp, bytes)?;
-        for n in 1..1000 {
-            let stamp = if n == 1 {
-                base.clone()
-            } else {
-                format!("{base}-{n}")
-            };
-            let path = dir.join(format!("{stamp}.xml"));
-            // link() fails if the name exists: an atomic "create, never overwrite".
-            match fs::hard_link(&tmp, &path) {
-                Ok(()) => {
-                    let _ = fs::remove_file(&tmp);
-                    sync_dir(&dir);
-                    return Ok(Backup { stamp, path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    let _ = fs::remove_file(&tmp);
-                    return Err(io_failure(&path, &e));
-                }
-            }
-        }
-        let _ = fs::remove_file(&tmp);
-        Err(failure(
+/// Into the CLI's error: a policy that does not fit the host is usage, the rest is
+/// bad input. Nothing has been defined when planning fails.
+fn batch_failure(e: BatchError) -> anyhow::Error {
+    match e {
+        BatchError::WrongGuest { asked, found } => fail(
             exit::INPUT,
-            format!("{}: too many backups stamped {base}", dir.display()),
-        ))
-    }
-
-    /// The guest's backups, oldest first.
-    pub fn list(&self, guest: &str) -> Result<Vec<Backup>> {
-        let dir = self.guest_dir(guest)?;
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_failure(&dir, &e)),
-        };
-        let mut out: Vec<Backup> = entries
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let stamp = name.strip_suffix(".xml")?.to_string();
-                (!stamp.starts_with('.') && check_stamp(&stamp).is_ok()).then(|| Backup {
-                    stamp,
-                    path: e.path(),
-                })
-            })
-            .collect();
-        out.sort_by_key(|b| stamp_order(&b.stamp));
-        Ok(out)
-    }
-
-    /// The bytes of one backup.
-    pub fn read(&self, backup: &Backup) -> Result<Vec<u8>> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&backup.path)
-            .map_err(|e| io_failure(&backup.path, &e))?;
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(&mut file, kvmtune_core::domain::MAX_XML_BYTES as u64 + 1),
-            &mut bytes,
-        )
-        .map_err(|e| io_failure(&backup.path, &e))?;
-        Ok(bytes)
-    }
-
-    /// A private scratch file next to the backups, for `virsh define --file`.
-    fn scratch(&self, guest: &str, bytes: &[u8]) -> Result<Scratch> {
-        let dir = self.ensure_dir(guest)?;
-        let path = dir.join(format!(".define-{}.xml", std::process::id()));
-        let _ = fs::remove_file(&path);
-        write_synced(&path, bytes)?;
-        Ok(Scratch(path))
+            format!("virsh dumpxml {asked} returned the definition of '{found}'; nothing defined"),
+        ),
+        BatchError::Plan { .. } => fail(exit::USAGE, format!("{e}; nothing defined")),
+        _ => fail(exit::INPUT, format!("{e}; nothing defined")),
     }
 }
 
-/// Removes its file when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-fn stamp_order(stamp: &str) -> (String, u32) {
-    match stamp.rsplit_once('-') {
-        Some((base, n)) if n.chars().all(|c| c.is_ascii_digit()) => {
-            (base.to_string(), n.parse().unwrap_or(0))
-        }
-        _ => (stamp.to_string(), 1),
-    }
-}
-
-fn io_failure(path: &Path, e: &std::io::Error) -> anyhow::Error {
-    let code = if e.kind() == std::io::ErrorKind::PermissionDenied {
-        exit::USAGE
-    } else {
-        exit::INPUT
+/// Into the CLI's error: a bad stamp is usage, a permission problem is the
+/// admin's (run as root), the rest is bad input (an unsafe name, a broken store).
+fn backup_failure(e: BackupError) -> anyhow::Error {
+    let code = match &e {
+        BackupError::Stamp(_) => exit::USAGE,
+        e if e.is_permission_denied() => exit::USAGE,
+        _ => exit::INPUT,
     };
-    failure(code, format!("{}: {e}", path.display()))
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| io_failure(path, &e))?;
-    file.write_all(bytes).map_err(|e| io_failure(path, &e))?;
-    file.sync_all().map_err(|e| io_failure(path, &e))?;
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// `YYYYMMDDTHHMMSSZ` in UTC.
-pub fn utc_stamp(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    fail(code, e.to_string())
 }
 
 // ---------------------------------------------------------------- apply
@@ -637,14 +214,6 @@ pub enum Consent<'a> {
 pub struct ApplyRequest<'a> {
     pub guests: Option<&'a [String]>,
     pub dry_run: bool,
-}
-
-/// One guest, planned.
-struct Planned {
-    name: String,
-    before: Vec<u8>,
-    after: String,
-    plan: Plan,
 }
 
 /// The occupancy of running guests, as the hook sees it: the ledger's claims
@@ -698,11 +267,11 @@ pub fn apply<R: Runner>(
             let mut seen = BTreeSet::new();
             let mut targets = Vec::new();
             for g in list {
-                check_guest_name(g).map_err(|m| failure(exit::INPUT, m))?;
+                check_guest_name(g).map_err(backup_failure)?;
                 if !persistent.contains(g) {
                     let active = virsh.active_guests().map_err(lv)?;
                     return Err(if active.contains(g) {
-                        failure(
+                        fail(
                             exit::INPUT,
                             format!(
                                 "guest '{}' is transient (no persistent definition to conform); the hook tunes it when it starts",
@@ -729,7 +298,7 @@ pub fn apply<R: Runner>(
     }
     for g in &targets {
         check_guest_name(g).map_err(|m| {
-            failure(
+            fail(
                 exit::INPUT,
                 format!("libvirt lists a guest kvmtune cannot handle: {m}"),
             )
@@ -753,73 +322,22 @@ pub fn apply<R: Runner>(
         }
     }
     let mut occupancy = running.clone();
-    let mut others = BTreeMap::new();
-    for (name, xml) in &definitions {
-        if targets.contains(name) {
-            continue;
-        }
-        if let Some(domain) = std::str::from_utf8(xml)
-            .ok()
-            .and_then(|t| Domain::parse(t).ok())
-        {
-            others.insert(
-                name.clone(),
-                LiveGuest {
-                    name: name.clone(),
-                    qemu_pid: None,
-                    vcpu_tids: BTreeMap::new(),
-                    iothread_tids: BTreeMap::new(),
-                    domain: Some(domain),
-                },
-            );
-        }
-    }
-    occupancy
-        .guests
-        .extend(kvmtune_core::runstate::pinned_by_others(&others, &Occupancy::default()).guests);
+    occupancy.guests.extend(
+        batch::pinned_by_definitions(
+            definitions
+                .iter()
+                .filter(|(name, _)| !targets.contains(name))
+                .map(|(name, xml)| (name.as_str(), &xml[..])),
+        )
+        .guests,
+    );
 
     // Plan every target; any failure stops everything before anything is defined.
-    let mut planned = Vec::new();
-    for name in &targets {
-        let before = definitions.remove(name).unwrap_or_default();
-        let text = std::str::from_utf8(&before).map_err(|e| {
-            failure(
-                exit::INPUT,
-                format!("guest '{name}': definition is not UTF-8 ({e}); nothing defined"),
-            )
-        })?;
-        let (plan, after) = cli::plan_and_rewrite(policy, host, &occupancy, text).map_err(|e| {
-            let code = e.downcast_ref::<Failure>().map_or(exit::INPUT, |f| f.code);
-            failure(code, format!("guest '{name}': {e:#}; nothing defined"))
-        })?;
-        if plan.guest != *name {
-            return Err(failure(
-                exit::INPUT,
-                format!(
-                    "virsh dumpxml {name} returned the definition of '{}'; nothing defined",
-                    plan.guest
-                ),
-            ));
-        }
-        // Later targets must not land on the CPUs this one was just given.
-        if let Some(p) = &plan.placement {
-            occupancy.guests.insert(
-                name.clone(),
-                Claim {
-                    vcpus: p.vcpus.clone(),
-                    nodes: p.nodes.clone(),
-                    memory_kib: Domain::parse(text).map(|d| d.memory_kib).unwrap_or(0),
-                    pool: plan.pool,
-                },
-            );
-        }
-        planned.push(Planned {
-            name: name.clone(),
-            before,
-            after,
-            plan,
-        });
-    }
+    let batch: Vec<(String, Vec<u8>)> = targets
+        .iter()
+        .map(|name| (name.clone(), definitions.remove(name).unwrap_or_default()))
+        .collect();
+    let planned = batch::plan_batch(policy, host, &mut occupancy, batch).map_err(batch_failure)?;
 
     // Show.
     let mut changing = Vec::new();
@@ -857,7 +375,7 @@ pub fn apply<R: Runner>(
     match consent {
         Consent::Given => {}
         Consent::Impossible => {
-            return Err(failure(
+            return Err(fail(
                 exit::USAGE,
                 format!(
                     "not on a terminal: pass --yes to define the new definitions of {list} (or --dry-run to only look)"
@@ -889,10 +407,7 @@ pub fn apply<R: Runner>(
             } else {
                 format!("already defined: {}", done.join(", "))
             };
-            return Err(failure(
-                code,
-                format!("guest '{}': {e:#} ({already})", p.name),
-            ));
+            return Err(fail(code, format!("guest '{}': {e:#} ({already})", p.name)));
         }
         done.push(&p.name);
     }
@@ -913,9 +428,13 @@ fn define_one<R: Runner>(
         backups,
         ..
     } = *ctx;
-    let backup = backups.save(&p.name, &p.before, SystemTime::now())?;
-    let scratch = backups.scratch(&p.name, p.after.as_bytes())?;
-    virsh.define(&scratch.0, &p.name).map_err(lv)?;
+    let backup = backups
+        .save(&p.name, &p.before, SystemTime::now())
+        .map_err(backup_failure)?;
+    let scratch = backups
+        .scratch(&p.name, p.after.as_bytes())
+        .map_err(backup_failure)?;
+    virsh.define(scratch.path(), &p.name).map_err(lv)?;
     drop(scratch);
     writeln!(
         out,
@@ -984,9 +503,9 @@ pub fn revert<R: Runner>(
     request: RevertRequest<'_>,
     out: &mut dyn Write,
 ) -> Result<u8> {
-    check_guest_name(guest).map_err(|m| failure(exit::INPUT, m))?;
-    let list = backups.list(guest)?;
-    let dir = backups.root.join(guest);
+    check_guest_name(guest).map_err(backup_failure)?;
+    let list = backups.list(guest).map_err(backup_failure)?;
+    let dir = backups.root().join(guest);
     if let RevertRequest::List = request {
         // The current definition, to mark the backup equal to it (libvirt unreachable
         // or guest undefined: list anyway).
@@ -1001,7 +520,7 @@ pub fn revert<R: Runner>(
             dir.display()
         )?;
         for b in &list {
-            let bytes = backups.read(b)?;
+            let bytes = backups.read(b).map_err(backup_failure)?;
             let mark = if current.as_deref() == Some(&bytes[..]) {
                 "  = current definition"
             } else {
@@ -1015,10 +534,10 @@ pub fn revert<R: Runner>(
         unreachable!("List returned above")
     };
     if let Some(stamp) = to {
-        check_stamp(stamp).map_err(|m| failure(exit::USAGE, m))?;
+        check_stamp(stamp).map_err(backup_failure)?;
     }
     if list.is_empty() {
-        return Err(failure(
+        return Err(fail(
             exit::INPUT,
             format!("no backups of '{guest}' in {}", dir.display()),
         ));
@@ -1034,7 +553,7 @@ pub fn revert<R: Runner>(
             .find(|b| b.stamp == stamp)
             .cloned()
             .ok_or_else(|| {
-                failure(
+                fail(
                     exit::USAGE,
                     format!(
                         "no backup {stamp} of '{guest}'; available: {}",
@@ -1048,7 +567,7 @@ pub fn revert<R: Runner>(
         None => {
             let mut found = None;
             for b in list.iter().rev() {
-                if current.as_deref() != Some(&backups.read(b)?[..]) {
+                if current.as_deref() != Some(&backups.read(b).map_err(backup_failure)?[..]) {
                     found = Some(b.clone());
                     break;
                 }
@@ -1065,7 +584,7 @@ pub fn revert<R: Runner>(
             }
         }
     };
-    let bytes = backups.read(&chosen)?;
+    let bytes = backups.read(&chosen).map_err(backup_failure)?;
     if current.as_deref() == Some(&bytes[..]) {
         writeln!(
             out,
@@ -1076,11 +595,15 @@ pub fn revert<R: Runner>(
     }
     // The definition being replaced is saved too: a revert can itself be undone.
     let saved = match &current {
-        Some(xml) => Some(backups.save(guest, xml, SystemTime::now())?),
+        Some(xml) => Some(
+            backups
+                .save(guest, xml, SystemTime::now())
+                .map_err(backup_failure)?,
+        ),
         None => None,
     };
-    let scratch = backups.scratch(guest, &bytes)?;
-    virsh.define(&scratch.0, guest).map_err(lv)?;
+    let scratch = backups.scratch(guest, &bytes).map_err(backup_failure)?;
+    virsh.define(scratch.path(), guest).map_err(lv)?;
     drop(scratch);
     write!(out, "{guest}: restored backup {}", chosen.stamp)?;
     match saved {

@@ -6,6 +6,7 @@
 //! (CLI, hook) are the `kvmtune` binary's.
 
 pub mod admission;
+pub mod batch;
 pub mod cpuset;
 pub mod domain;
 pub mod host;

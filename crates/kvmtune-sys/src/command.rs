@@ -3,13 +3,25 @@
 //! commands depend on, so unit tests swap in a fake and never need libvirt.
 //!
 //! Every call is bounded: a libvirtd that hangs (or a virsh waiting on a lock)
-//! must not hang `kvmtune apply` forever. Output is read by helper threads while
-//! the child runs, so a chatty child cannot block on a full pipe.
+//! must not hang `kvmtune apply` forever. The child is waited for with the
+//! `wait-timeout` crate and killed at the timeout. Output is read by helper threads
+//! while the child runs, so a chatty child cannot block on a full pipe; once the
+//! child is gone they get [`READ_GRACE`] to drain the pipes and then stop, so a
+//! grandchild that inherited a pipe and keeps it open (a daemon `modprobe` or a
+//! helper started in the background) cannot hang the call either: what was read
+//! by then is the output.
 
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use wait_timeout::ChildExt;
 
 /// Output of a finished program.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -74,8 +86,64 @@ impl ProcessRunner {
     }
 }
 
-/// Largest output read from a child (a domain XML is at most 16 MiB).
-const MAX_OUTPUT: u64 = 64 * 1024 * 1024;
+/// Largest output read from a child (a domain XML is at most 16 MiB); the pipe is
+/// closed after that.
+const MAX_OUTPUT: usize = 64 * 1024 * 1024;
+
+/// How long the readers may still drain the pipes once the child has exited.
+pub const READ_GRACE: Duration = Duration::from_secs(2);
+
+/// How often a reader waiting on a silent pipe looks at its deadline.
+const READ_TICK_MS: u8 = 50;
+
+/// When the readers must stop: unset while the child runs.
+type StopAt = Arc<OnceLock<Instant>>;
+
+/// Reads `pipe` until end of file, [`MAX_OUTPUT`], or `stop_at` has passed; returns
+/// what it read. It only reads when `poll` says there is something, so it never
+/// blocks longer than [`READ_TICK_MS`] past the deadline.
+fn spawn_reader<P>(mut pipe: P, stop_at: StopAt) -> JoinHandle<Vec<u8>>
+where
+    P: Read + AsFd + Send + 'static,
+{
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        while buf.len() < MAX_OUTPUT && stop_at.get().is_none_or(|t| Instant::now() < *t) {
+            let ready = {
+                let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+                poll(&mut fds, PollTimeout::from(READ_TICK_MS))
+            };
+            match ready {
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+            match pipe.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let room = MAX_OUTPUT - buf.len();
+                    buf.extend_from_slice(&chunk[..n.min(room)]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        buf
+    })
+}
+
+/// Lets the readers finish by `deadline` and collects what they read.
+fn collect(reader: Option<JoinHandle<Vec<u8>>>, stop_at: &StopAt, deadline: Instant) -> Vec<u8> {
+    let _ = stop_at.set(deadline);
+    reader.and_then(|h| h.join().ok()).unwrap_or_default()
+}
+
+/// Kills and reaps a child that is being given up on.
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
 
 impl Runner for ProcessRunner {
     fn run(&self, program: &Path, args: &[String]) -> Result<Output, RunError> {
@@ -100,46 +168,42 @@ impl Runner for ProcessRunner {
                     message: e.to_string(),
                 },
             })?;
-        let stdout = child.stdout.take().map(|s| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let _ = s.take(MAX_OUTPUT).read_to_end(&mut buf);
-                buf
-            })
-        });
-        let stderr = child.stderr.take().map(|s| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let _ = s.take(MAX_OUTPUT).read_to_end(&mut buf);
-                buf
-            })
-        });
-        let started = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if started.elapsed() >= self.timeout => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    // The reader threads end when the pipes close; a grandchild that
-                    // kept them open would keep them alive, so they are not joined.
-                    return Err(RunError::Timeout {
-                        program: name,
-                        timeout: self.timeout,
-                    });
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => {
-                    let _ = child.kill();
-                    return Err(RunError::Io {
-                        program: name,
-                        message: e.to_string(),
-                    });
-                }
+        let stop_at: StopAt = Arc::default();
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| spawn_reader(s, Arc::clone(&stop_at)));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| spawn_reader(s, Arc::clone(&stop_at)));
+        let status = match child.wait_timeout(self.timeout) {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                kill(&mut child);
+                // Output of a killed child is not used: stop the readers now.
+                let now = Instant::now();
+                collect(stdout, &stop_at, now);
+                collect(stderr, &stop_at, now);
+                return Err(RunError::Timeout {
+                    program: name,
+                    timeout: self.timeout,
+                });
+            }
+            Err(e) => {
+                kill(&mut child);
+                let now = Instant::now();
+                collect(stdout, &stop_at, now);
+                collect(stderr, &stop_at, now);
+                return Err(RunError::Io {
+                    program: name,
+                    message: e.to_string(),
+                });
             }
         };
-        let stdout = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
-        let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
+        let deadline = Instant::now() + READ_GRACE;
+        let stdout = collect(stdout, &stop_at, deadline);
+        let stderr = collect(stderr, &stop_at, deadline);
         Ok(Output {
             code: status.code(),
             stdout,
@@ -196,6 +260,53 @@ mod tests {
         let err = ProcessRunner::new(Duration::from_millis(200))
             .run(&prog, &[])
             .unwrap_err();
+        assert!(matches!(err, RunError::Timeout { .. }), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_grandchild_holding_the_pipes_does_not_hang_the_call() {
+        let dir = tempfile::tempdir().unwrap();
+        // The background sleep inherits stdout and stderr and keeps them open
+        // after the script exits; its pid goes to stderr so the test can end it.
+        let prog = script(dir.path(), "bg", "sleep 30 & echo $! >&2; echo hi");
+        let started = Instant::now();
+        let out = ProcessRunner::new(Duration::from_secs(20))
+            .run(&prog, &[])
+            .unwrap();
+        let elapsed = started.elapsed();
+        let grandchild: i32 = out.stderr.trim().parse().unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(grandchild),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert_eq!(out.code, Some(0));
+        assert_eq!(out.stdout, b"hi\n");
+        assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    }
+
+    #[test]
+    fn a_killed_program_whose_grandchild_holds_the_pipes_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let prog = script(
+            dir.path(),
+            "bghang",
+            "sleep 30 & echo $! > \"$0.pid\"; exec sleep 30",
+        );
+        let started = Instant::now();
+        let err = ProcessRunner::new(Duration::from_millis(500))
+            .run(&prog, &[])
+            .unwrap_err();
+        let pidfile = dir.path().join("bghang.pid");
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         assert!(matches!(err, RunError::Timeout { .. }), "{err:?}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }

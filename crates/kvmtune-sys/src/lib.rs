@@ -2,11 +2,13 @@
 //! from one [`roots::Roots`] value. sysfs/procfs and the topology cache
 //! ([`sysfs`]), libvirt's status files ([`libvirt_run`]), the ledger store
 //! ([`ledger_store`]), the policy file ([`policy_file`]), thread affinity and
-//! cgroups ([`affinity`]), host tuning ([`hosttune`]), syslog ([`logging`]) and
-//! bounded child processes ([`command`]). Decisions are `kvmtune_core`'s.
+//! cgroups ([`affinity`]), host tuning ([`hosttune`]), syslog ([`logging`]),
+//! bounded child processes ([`command`]), libvirt through virsh ([`virsh`]) and the
+//! backups of replaced definitions ([`backups`]). Decisions are `kvmtune_core`'s.
 
 pub mod affinity;
 pub mod atomicfile;
+pub mod backups;
 pub mod command;
 pub mod hosttune;
 pub mod ledger_store;
@@ -15,3 +17,4 @@ pub mod logging;
 pub mod policy_file;
 pub mod roots;
 pub mod sysfs;
+pub mod virsh;
