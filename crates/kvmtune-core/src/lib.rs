@@ -5,6 +5,7 @@
 //! edits to the XML text. Reading the machine is `kvmtune_sys`'s job; the doors
 //! (CLI, hook) are the `kvmtune` binary's.
 
+pub mod conformance;
 pub mod cpuset;
 pub mod domain;
 pub mod host;
@@ -16,5 +17,6 @@ pub mod policy;
 pub mod rewrite;
 pub mod runstate;
 pub mod simulate;
+pub mod status;
 
 pub use cpuset::CpuSet;
