@@ -18,7 +18,7 @@ use crate::host::Host;
 use crate::ledger::{EntryState, Ledger, PREPARE_GRACE};
 use crate::placement::Occupancy;
 use crate::plan::plan;
-use crate::policy::{IrqCpus, Policy};
+use crate::policy::Policy;
 use crate::runstate::LiveGuest;
 
 /// Everything `status` shows.
@@ -171,24 +171,13 @@ pub struct Inputs<'a> {
     pub now: u64,
 }
 
-/// CPUs kept from guests for IRQs under the policy. Unlike the planner's and the
-/// simulator's copies, an `irq_cpus` list is cut to the online CPUs here, so the
-/// picture shows only CPUs the host has.
-fn irq_cpus(policy: &Policy, host: &Host) -> CpuSet {
-    match &policy.host.irq_cpus {
-        IrqCpus::Auto => host.irq_bound_cpus(),
-        IrqCpus::None => CpuSet::new(),
-        IrqCpus::List(set) => set.intersection(&host.online),
-    }
-}
-
 /// Gathers the status from what was read.
 pub fn build(inputs: &Inputs<'_>) -> Status {
     let Inputs {
         policy, host, live, ..
     } = inputs;
     let reserved = policy.host.reserved_cpus.intersection(&host.online);
-    let irq = irq_cpus(policy, host);
+    let irq = policy.irq_cpus(host);
     let (ledger, ledger_file) = match &inputs.ledger {
         None => (Ledger::default(), "absent"),
         Some(None) => (Ledger::default(), "unreadable"),
