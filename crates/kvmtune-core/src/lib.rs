@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod batch;
+pub mod conformance;
 pub mod cpuset;
 pub mod domain;
 pub mod host;
@@ -19,5 +20,6 @@ pub mod recovery;
 pub mod rewrite;
 pub mod runstate;
 pub mod simulate;
+pub mod status;
 
 pub use cpuset::CpuSet;

@@ -111,6 +111,19 @@ impl HostSettings {
     }
 }
 
+impl Policy {
+    /// The CPUs `host.irq_cpus` keeps from guests on `host`: with `auto` the CPUs
+    /// the host's IRQs are bound to ([`crate::host::Host::irq_bound_cpus`]), with
+    /// `none` no CPU, with a list the listed CPUs that are online.
+    pub fn irq_cpus(&self, host: &crate::host::Host) -> CpuSet {
+        match &self.host.irq_cpus {
+            IrqCpus::Auto => host.irq_bound_cpus(),
+            IrqCpus::None => CpuSet::new(),
+            IrqCpus::List(set) => set.intersection(&host.online),
+        }
+    }
+}
+
 /// `<numatune><memory mode=...>`; `Off` leaves numatune alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -1,61 +1,26 @@
-//! status on a fixture host with hand-made status files, ledger and /proc.
+//! What `status` reads before building: vCPU thread affinity from a hand-made
+//! /proc, and the ledger file (absent, unparsable, present).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::*;
-use kvmtune_core::ledger::{Entry, EntryState, Ledger};
-use kvmtune_core::placement::Pool;
 use kvmtune_core::runstate::parse_status;
-
-fn fixture_host() -> Host {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/hosts/intel-xeon-silver4108-2s8c2t-2node");
-    kvmtune_sys::sysfs::read_host(&root).unwrap()
-}
 
 fn set(s: &str) -> CpuSet {
     CpuSet::parse(s).unwrap()
 }
 
-/// A status file: `pins` = (vcpu, cpuset) pins in the live XML.
-fn status_xml(name: &str, pid: u32, vcpus: u32, pins: &[(u32, &str)], extra: &str) -> String {
+/// A status file of a guest with `vcpus` vCPUs, threads `pid+1`…, nothing pinned.
+fn status_xml(name: &str, pid: u32, vcpus: u32) -> String {
     let tids: String = (0..vcpus)
         .map(|v| format!("<vcpu id='{v}' pid='{}'/>", pid + 1 + v))
         .collect();
-    let cputune = if pins.is_empty() {
-        String::new()
-    } else {
-        let p: String = pins
-            .iter()
-            .map(|(v, s)| format!("<vcpupin vcpu='{v}' cpuset='{s}'/>"))
-            .collect();
-        format!("<cputune>{p}</cputune>")
-    };
     format!(
         "<domstatus state='running' pid='{pid}'><vcpus>{tids}</vcpus>\
          <domain type='kvm' id='1'><name>{name}</name><memory unit='KiB'>1048576</memory>\
-         <vcpu placement='static'>{vcpus}</vcpu>{cputune}{extra}\
-         <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none' io='native'/>\
-         <source file='/x.qcow2'/><target dev='vda' bus='virtio'/></disk></devices></domain></domstatus>"
+         <vcpu placement='static'>{vcpus}</vcpu></domain></domstatus>"
     )
-}
-
-fn entry(vcpus: &[&str], nodes: &str, state: EntryState, claimed_at: u64) -> Entry {
-    let vcpus: Vec<CpuSet> = vcpus.iter().map(|s| set(s)).collect();
-    Entry {
-        uuid: None,
-        cpus: vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s)),
-        nodes: set(nodes),
-        vcpus,
-        emulator: None,
-        memory_kib: 1048576,
-        pool: Pool::Shared,
-        claimed_at,
-        state,
-        rule: "defaults".into(),
-        floating: false,
-    }
 }
 
 /// /proc/PID/task/TID/status with Cpus_allowed_list.
@@ -69,330 +34,44 @@ fn proc_thread(root: &Path, pid: u32, tid: u32, cpus: &str) {
     .unwrap();
 }
 
-struct World {
-    policy: Policy,
-    host: Host,
-    live: BTreeMap<String, LiveGuest>,
-    ledger: Ledger,
-    proc: tempfile::TempDir,
-}
-
-const NOW: u64 = 1_000_000;
-
-fn world() -> World {
-    let conforming = "<memoryBacking><nosharepages/></memoryBacking><numatune><memory mode='preferred' nodeset='0'/></numatune>";
-    let mut live = BTreeMap::new();
-    // Pinned by its XML to the two threads of core 1 (CPUs 1 and 17), node 0.
-    let pinned = parse_status(&status_xml(
-        "pinned",
-        100,
-        2,
-        &[(0, "1"), (1, "17")],
-        &format!("{conforming}<cputune><emulatorpin cpuset='1,17'/></cputune>"),
-    ))
-    .unwrap();
-    live.insert("pinned".to_string(), pinned);
-    // Placed at runtime by the hook (ledger), threads agree; lacks <nosharepages/>.
-    live.insert(
-        "runtime".to_string(),
-        parse_status(&status_xml("runtime", 200, 2, &[], "")).unwrap(),
-    );
-    // No ledger entry, nothing pinned.
-    live.insert(
-        "stray".to_string(),
-        parse_status(&status_xml("stray", 300, 1, &[], conforming)).unwrap(),
-    );
-
-    let mut ledger = Ledger {
-        version: 1,
-        ..Ledger::default()
-    };
-    ledger.guests.insert(
-        "pinned".into(),
-        entry(&["1", "17"], "0", EntryState::Running, 10),
-    );
-    ledger.guests.insert(
-        "runtime".into(),
-        entry(&["2", "18"], "0", EntryState::Running, 10),
-    );
-    ledger
-        .guests
-        .insert("gone".into(), entry(&["3"], "0", EntryState::Running, 10));
-    ledger.guests.insert(
-        "booting".into(),
-        entry(&["4"], "0", EntryState::Prepared, NOW - 5),
-    );
-
+#[test]
+fn thread_affinity_is_read_per_vcpu_of_each_guest() {
     let proc = tempfile::tempdir().unwrap();
     proc_thread(proc.path(), 200, 201, "2");
     proc_thread(proc.path(), 200, 202, "18");
-    World {
-        policy: Policy::default(),
-        host: fixture_host(),
-        live,
-        ledger,
-        proc,
+    let mut live = BTreeMap::new();
+    for (name, pid, vcpus) in [("runtime", 200, 2), ("absent", 300, 1)] {
+        live.insert(
+            name.to_string(),
+            parse_status(&status_xml(name, pid, vcpus)).unwrap(),
+        );
     }
-}
+    let mut nopid = parse_status(&status_xml("nopid", 400, 1)).unwrap();
+    nopid.qemu_pid = None;
+    live.insert("nopid".to_string(), nopid);
 
-fn build_world(w: &World) -> Status {
-    build(&Inputs {
-        policy: &w.policy,
-        host: &w.host,
-        ledger_path: PathBuf::from("/run/kvmtune/ledger.json"),
-        ledger: Some(Some(w.ledger.clone())),
-        live: w.live.clone(),
-        proc_root: Some(w.proc.path().to_path_buf()),
-        now: NOW,
-    })
-}
+    let threads = read_threads(proc.path(), &live);
+    assert_eq!(threads["runtime"], vec![Some(set("2")), Some(set("18"))]);
+    // A guest whose threads /proc does not have: one unknown per vCPU.
+    assert_eq!(threads["absent"], vec![None]);
+    // Without a QEMU pid nothing is read.
+    assert!(!threads.contains_key("nopid"));
 
-fn thread(s: &Status, cpu: u32) -> &ThreadView {
-    s.host
-        .nodes
-        .iter()
-        .flat_map(|n| &n.groups)
-        .flat_map(|g| &g.cores)
-        .flat_map(|c| &c.threads)
-        .find(|t| t.cpu == cpu)
-        .unwrap()
-}
-
-fn check<'a>(g: &'a GuestView, rule: &str) -> &'a Check {
-    g.conformance.iter().find(|c| c.rule == rule).unwrap()
+    proc_thread(proc.path(), 200, 202, "0-31");
+    let threads = read_threads(proc.path(), &live);
+    assert_eq!(threads["runtime"], vec![Some(set("2")), Some(set("0-31"))]);
 }
 
 #[test]
-fn topology_is_nodes_then_sockets_then_cores_then_threads() {
-    let s = build_world(&world());
-    assert_eq!(s.host.summary, "2 sockets, 2 nodes, 16 cores, 32 threads");
-    assert_eq!(s.host.nodes.len(), 2);
-    let node0 = &s.host.nodes[0];
-    assert_eq!(node0.cpus, set("0-7,16-23"));
-    // The fixture has no L3 information: one socket group per node.
-    assert_eq!(node0.groups.len(), 1);
-    assert_eq!(node0.groups[0].kind, "socket");
-    assert_eq!(node0.groups[0].cores.len(), 8);
-    assert_eq!(node0.groups[0].cores[1].cpus, set("1,17"));
-    assert_eq!(
-        node0.hugepages,
-        vec![
-            HugePagesView {
-                size_kib: 2048,
-                total: 2048,
-                free: 2048
-            },
-            HugePagesView {
-                size_kib: 1048576,
-                total: 0,
-                free: 0
-            }
-        ]
-    );
-}
-
-#[test]
-fn threads_are_marked_with_roles_and_guest_vcpus() {
-    let mut w = world();
-    w.policy.host.reserved_cpus = set("16");
-    let s = build_world(&w);
-    assert_eq!(thread(&s, 0).role, Role::Cpu0);
-    assert_eq!(thread(&s, 16).role, Role::Reserved);
-    assert_eq!(thread(&s, 5).role, Role::Guests);
-    assert!(thread(&s, 5).guests.is_empty());
-    let uses = &thread(&s, 17).guests;
-    assert_eq!(
-        uses,
-        &vec![GuestUse {
-            guest: "pinned".into(),
-            vcpus: set("1")
-        }]
-    );
-    assert_eq!(thread(&s, 2).guests[0].guest, "runtime");
-    // The stale claim does not mark CPU 3: only running guests do.
-    assert!(thread(&s, 3).guests.is_empty());
-}
-
-#[test]
-fn guests_show_placement_source_and_conformance() {
-    let s = build_world(&world());
-    let names: Vec<&str> = s.guests.iter().map(|g| g.name.as_str()).collect();
-    assert_eq!(names, ["pinned", "runtime", "stray"]);
-
-    let pinned = &s.guests[0];
-    assert_eq!(pinned.source, Source::Xml);
-    assert_eq!(pinned.vcpu_cpus, vec![set("1"), set("17")]);
-    assert_eq!(pinned.nodes, set("0"));
-    assert!(pinned.ledger.agrees);
-    assert_eq!(check(pinned, "1.1").state, Conformance::Ok);
-    assert_eq!(check(pinned, "3.1").state, Conformance::Ok);
-
-    let runtime = &s.guests[1];
-    assert_eq!(runtime.source, Source::Ledger);
-    assert_eq!(runtime.threads, vec![Some(set("2")), Some(set("18"))]);
-    assert_eq!(check(runtime, "1.1").state, Conformance::RuntimeEnforced);
-    assert_eq!(
-        check(runtime, "1.1").detail,
-        "applied at start: vCPU→CPU 0→2 1→18; threads agree"
-    );
-    assert_eq!(
-        check(runtime, "1.2").detail,
-        "applied at start: memory node(s) 0"
-    );
-    assert_eq!(check(runtime, "1.2").state, Conformance::RuntimeEnforced);
-    assert_eq!(check(runtime, "3.1").state, Conformance::Differs);
-    assert_eq!(check(runtime, "2.1").state, Conformance::Ok);
-    assert_eq!(check(runtime, "5").state, Conformance::Ok);
-
-    let stray = &s.guests[2];
-    assert_eq!(stray.source, Source::None);
-    assert!(!stray.ledger.agrees);
-    // Without a ledger claim nobody applied the placement: it differs.
-    assert_eq!(check(stray, "1.1").state, Conformance::Differs);
-
-    assert_eq!(s.ledger.stale, vec!["gone".to_string()]);
-    assert_eq!(s.ledger.starting, vec!["booting".to_string()]);
-    assert!(!s.ledger.agrees);
-}
-
-#[test]
-fn threads_elsewhere_than_the_ledger_say_differs() {
-    let w = world();
-    proc_thread(w.proc.path(), 200, 202, "0-31");
-    let s = build_world(&w);
-    let c = check(&s.guests[1], "1.1");
-    assert_eq!(c.state, Conformance::Differs);
-    assert_eq!(c.detail, "vCPU 1 runs on 0-31, ledger says 18");
-}
-
-#[test]
-fn ledger_pins_that_differ_from_the_live_xml_disagree() {
-    let mut w = world();
-    w.ledger.guests.insert(
-        "pinned".into(),
-        entry(&["5", "21"], "0", EntryState::Running, 10),
-    );
-    let s = build_world(&w);
-    assert_eq!(
-        s.guests[0].ledger.detail,
-        "ledger says CPUs 5,21 but the live XML pins 1,17"
-    );
-    assert!(!s.guests[0].ledger.agrees);
-}
-
-#[test]
-fn opted_out_guests_are_not_expected_in_the_ledger() {
-    let text = "version: 1\nrules:\n  - name: hands-off\n    match:\n      name: \"stray\"\n    enabled: false\n";
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.yaml");
-    std::fs::write(&path, text).unwrap();
-    let mut w = world();
-    w.policy = kvmtune_sys::policy_file::load(&path).unwrap();
-    let s = build_world(&w);
-    let stray = &s.guests[2];
-    assert_eq!(stray.conformance.len(), 1);
-    assert_eq!(stray.conformance[0].state, Conformance::OptedOut);
-    assert!(stray.ledger.agrees);
-}
-
-#[test]
-fn no_ledger_file_and_no_guests() {
-    let w = world();
-    let s = build(&Inputs {
-        policy: &w.policy,
-        host: &w.host,
-        ledger_path: PathBuf::from("/nowhere/ledger.json"),
-        ledger: None,
-        live: BTreeMap::new(),
-        proc_root: None,
-        now: NOW,
-    });
-    assert_eq!(s.ledger.file, "absent");
-    assert!(s.ledger.agrees);
-    let text = render(&s, false);
-    assert!(text.contains("guests (0 running); ledger /nowhere/ledger.json (absent, 0 entries) agrees with libvirt\n  (none)\n"), "{text}");
-}
-
-#[test]
-fn picture_plain_and_coloured() {
-    let s = build_world(&world());
-    let plain = render(&s, false);
-    assert!(!plain.contains('\x1b'));
-    assert!(
-        plain.starts_with("host — 2 sockets, 2 nodes, 16 cores, 32 threads; policy <built-in>\n"),
-        "{plain}"
-    );
-    assert!(plain.contains("NUMA node 0  memory "), "{plain}");
-    assert!(
-        plain.contains("huge pages 2M 0 used/2048 free, 1G 0 used/0 free"),
-        "{plain}"
-    );
-    assert!(
-        plain.contains("└─ socket 0 (L3 unknown) 0-7,16-23\n"),
-        "{plain}"
-    );
-    let core1 = plain.lines().find(|l| l.contains("core 1,17")).unwrap();
-    assert_eq!(
-        core1.trim_end(),
-        "   ├─ core 1,17      1 pinned:v0   17 pinned:v1"
-    );
-    let core0 = plain.lines().find(|l| l.contains("core 0,16")).unwrap();
-    assert_eq!(
-        core0.trim_end(),
-        "   ├─ core 0,16      0 host        16 free"
-    );
-    assert!(
-        plain.contains("stale ledger entry: gone (not running)"),
-        "{plain}"
-    );
-    assert!(
-        plain.contains("    3.1 no KSM               differs          no KSM page merging"),
-        "{plain}"
-    );
-    assert!(plain.contains("    1.1 vCPU placement       runtime-enforced applied at start: vCPU→CPU 0→2 1→18; threads agree"), "{plain}");
-    assert!(
-        plain.contains("fix 'differs': kvmtune apply GUEST"),
-        "{plain}"
-    );
-    for line in plain.lines() {
-        assert_eq!(line, line.trim_end(), "trailing spaces in {line:?}");
-    }
-    let coloured = render(&s, true);
-    assert!(coloured.contains("\x1b[31;1mdiffers"), "{coloured}");
-    assert!(coloured.contains("\x1b[32mfree\x1b[0m"));
-}
-
-#[test]
-fn json_is_stable_for_monitoring() {
-    let s = build_world(&world());
-    let v: serde_json::Value = serde_json::to_value(&s).unwrap();
-    assert_eq!(v["guests"][1]["name"], "runtime");
-    assert_eq!(v["guests"][1]["source"], "ledger");
-    assert_eq!(v["guests"][1]["cpus"], "2,18");
-    assert_eq!(
-        v["guests"][1]["conformance"][0]["state"],
-        "runtime-enforced"
-    );
-    assert_eq!(
-        v["host"]["nodes"][0]["groups"][0]["cores"][0]["threads"][0]["role"],
-        "cpu0"
-    );
-    assert_eq!(v["ledger"]["stale"][0], "gone");
-}
-
-#[test]
-fn hostile_guest_names_do_not_reach_the_terminal_raw() {
-    let mut w = world();
-    let evil = "ev\x1b[2Jil";
-    let g = parse_status(&status_xml("evil", 400, 1, &[(0, "6")], "")).unwrap();
-    w.live.insert(
-        evil.to_string(),
-        LiveGuest {
-            name: evil.to_string(),
-            ..g
-        },
-    );
-    let s = build_world(&w);
-    let text = render(&s, false);
-    assert!(!text.contains('\x1b'), "{text}");
+fn ledger_file_absent_unparsable_or_present() {
+    let run = tempfile::tempdir().unwrap();
+    assert_eq!(read_ledger(run.path()), None);
+    std::fs::write(run.path().join("ledger.json"), "{not json").unwrap();
+    assert_eq!(read_ledger(run.path()), Some(None));
+    std::fs::write(
+        run.path().join("ledger.json"),
+        serde_json::to_string(&Ledger::default()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(read_ledger(run.path()), Some(Some(Ledger::default())));
 }

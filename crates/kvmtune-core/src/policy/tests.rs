@@ -1186,3 +1186,22 @@ fn mixing_pools_without_split_cpu_sets_is_a_warning() {
             .is_empty()
     );
 }
+
+#[test]
+fn irq_cpus_resolve_against_the_host() {
+    // 2 nodes of 2 cores of 2 threads: CPUs 0-7, no IRQ bound anywhere but 5.
+    let mut host = crate::host::Host::synthetic(1, 2, 2, 2, 1024);
+    host.irqs.push(crate::host::Irq {
+        number: 30,
+        affinity: set("5"),
+        actions: "eth0".to_string(),
+    });
+    let mut policy = Policy::default();
+    policy.host.irq_cpus = IrqCpus::Auto;
+    assert_eq!(policy.irq_cpus(&host), set("5"));
+    policy.host.irq_cpus = IrqCpus::None;
+    assert!(policy.irq_cpus(&host).is_empty());
+    // A listed CPU the host does not have online is not kept.
+    policy.host.irq_cpus = IrqCpus::List(set("2-3,12"));
+    assert_eq!(policy.irq_cpus(&host), set("2-3"));
+}

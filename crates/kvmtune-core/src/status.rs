@@ -1,0 +1,458 @@
+//! The model of `kvmtune status` and how it is built: a picture of the host (NUMA
+//! nodes → L3 groups, or sockets where the host reports no L3 → cores → threads,
+//! each thread with its role and the guest vCPUs that may run there, per-node memory
+//! and huge pages) and of every running guest (placement, where it was read from,
+//! [`crate::conformance`] rule by rule, agreement with kvmtune's ledger). Pure:
+//! [`build`] takes [`Inputs`] the caller has already read (host, policy, ledger,
+//! libvirt's live guests, per-vCPU thread affinity) and returns a [`Status`], which
+//! is also the `--json` output. Drawing it is the binary's job.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::conformance::{self, Check, Conformance};
+use crate::cpuset::CpuSet;
+use crate::host::Host;
+use crate::ledger::{EntryState, Ledger, PREPARE_GRACE};
+use crate::placement::Occupancy;
+use crate::plan::plan;
+use crate::policy::Policy;
+use crate::runstate::LiveGuest;
+
+/// Everything `status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    pub host: HostView,
+    pub guests: Vec<GuestView>,
+    pub ledger: LedgerView,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostView {
+    /// "2 sockets, 2 nodes, 16 cores, 32 threads".
+    pub summary: String,
+    pub policy: String,
+    pub reserved_cpus: CpuSet,
+    pub irq_cpus: CpuSet,
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeView {
+    pub id: u32,
+    pub cpus: CpuSet,
+    pub mem_total_kib: Option<u64>,
+    pub mem_free_kib: Option<u64>,
+    /// Memory of the running guests bound to this node (split evenly over their nodes).
+    pub guests_mem_kib: u64,
+    pub hugepages: Vec<HugePagesView>,
+    pub groups: Vec<GroupView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HugePagesView {
+    pub size_kib: u64,
+    pub total: u64,
+    pub free: u64,
+}
+
+/// CPUs sharing a last-level cache: an L3 group, or a socket when L3 is unknown.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupView {
+    /// `l3` or `socket`.
+    pub kind: &'static str,
+    pub socket: u32,
+    pub cpus: CpuSet,
+    pub cores: Vec<CoreView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CoreView {
+    pub cpus: CpuSet,
+    pub threads: Vec<ThreadView>,
+}
+
+/// What the host keeps a CPU for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// `host.reserved_cpus`.
+    Reserved,
+    /// An IRQ CPU (`irq_cpus`, or IRQs bound there with `auto`).
+    Irq,
+    /// CPU0, kept from guests (`allow_cpu0: false`).
+    Cpu0,
+    /// Guests may use it.
+    Guests,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThreadView {
+    pub cpu: u32,
+    pub role: Role,
+    /// Guests whose vCPUs may run here.
+    pub guests: Vec<GuestUse>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GuestUse {
+    pub guest: String,
+    /// The guest's vCPU numbers that may run on this CPU.
+    pub vcpus: CpuSet,
+}
+
+/// Where a guest's placement was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// The live XML pins the vCPUs (`<vcpupin>`/`<vcpu cpuset>`): libvirt applied them.
+    Xml,
+    /// The hook applied kvmtune's placement at `started` (ledger claim).
+    Ledger,
+    /// Nobody pinned it: the vCPUs float over every CPU.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GuestView {
+    pub name: String,
+    pub pid: Option<u32>,
+    pub vcpus: u32,
+    pub memory_kib: u64,
+    pub source: Source,
+    /// Host CPUs of each vCPU (empty when unpinned).
+    pub vcpu_cpus: Vec<CpuSet>,
+    pub cpus: CpuSet,
+    pub nodes: CpuSet,
+    pub emulator: Option<CpuSet>,
+    /// `Cpus_allowed_list` of each vCPU thread, when /proc could be read.
+    pub threads: Vec<Option<CpuSet>>,
+    pub policy_rule: String,
+    pub conformance: Vec<Check>,
+    pub ledger: Agreement,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Agreement {
+    pub agrees: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LedgerView {
+    pub path: PathBuf,
+    /// `present`, `absent` or `unreadable`.
+    pub file: &'static str,
+    pub entries: usize,
+    /// Claims of guests libvirt does not run (and that are not starting).
+    pub stale: Vec<String>,
+    /// Claims made at prepare for guests still starting.
+    pub starting: Vec<String>,
+    /// Whether the ledger and libvirt's status files agree on every guest.
+    pub agrees: bool,
+}
+
+// ---------------------------------------------------------------- building
+
+/// What [`build`] looks at, already read by the caller.
+pub struct Inputs<'a> {
+    pub policy: &'a Policy,
+    pub host: &'a Host,
+    pub ledger_path: PathBuf,
+    /// `None`: no ledger file; `Some(None)`: a file that does not parse.
+    pub ledger: Option<Option<Ledger>>,
+    pub live: BTreeMap<String, LiveGuest>,
+    /// `Cpus_allowed_list` of each vCPU thread of a guest, by guest name and vCPU
+    /// number (`None` where it could not be read). A guest missing here has no
+    /// thread affinity shown (not read, or no QEMU pid). See [`vcpu_count`].
+    pub threads: BTreeMap<String, Vec<Option<CpuSet>>>,
+    pub now: u64,
+}
+
+/// Gathers the status from what was read.
+pub fn build(inputs: &Inputs<'_>) -> Status {
+    let Inputs {
+        policy, host, live, ..
+    } = inputs;
+    let reserved = policy.host.reserved_cpus.intersection(&host.online);
+    let irq = policy.irq_cpus(host);
+    let (ledger, ledger_file) = match &inputs.ledger {
+        None => (Ledger::default(), "absent"),
+        Some(None) => (Ledger::default(), "unreadable"),
+        Some(Some(l)) => (l.clone(), "present"),
+    };
+
+    // Occupancy as the hook sees it, for planning each guest's live XML.
+    let claimed = ledger.occupancy();
+    let mut occupancy: Occupancy = claimed.clone();
+    occupancy
+        .guests
+        .extend(crate::runstate::pinned_by_others(live, &claimed).guests);
+
+    let mut guests = Vec::new();
+    for (name, guest) in live.iter() {
+        guests.push(guest_view(name, guest, inputs, &ledger, &occupancy));
+    }
+
+    let mut stale = Vec::new();
+    let mut starting = Vec::new();
+    for (name, entry) in &ledger.guests {
+        if live.contains_key(name) {
+            continue;
+        }
+        let young = inputs.now.saturating_sub(entry.claimed_at) < PREPARE_GRACE.as_secs();
+        if entry.state == EntryState::Prepared && young {
+            starting.push(name.clone());
+        } else {
+            stale.push(name.clone());
+        }
+    }
+    let agrees =
+        stale.is_empty() && ledger_file != "unreadable" && guests.iter().all(|g| g.ledger.agrees);
+
+    // Which guest vCPUs may run on which CPU.
+    let mut uses: BTreeMap<u32, Vec<GuestUse>> = BTreeMap::new();
+    for g in &guests {
+        let mut per_cpu: BTreeMap<u32, CpuSet> = BTreeMap::new();
+        for (v, set) in g.vcpu_cpus.iter().enumerate() {
+            for cpu in set.iter() {
+                per_cpu.entry(cpu).or_default().insert(v as u32);
+            }
+        }
+        for (cpu, vcpus) in per_cpu {
+            uses.entry(cpu).or_default().push(GuestUse {
+                guest: g.name.clone(),
+                vcpus,
+            });
+        }
+    }
+    let role = |cpu: u32| {
+        if reserved.contains(cpu) {
+            Role::Reserved
+        } else if irq.contains(cpu) {
+            Role::Irq
+        } else if cpu == 0 && !policy.host.allow_cpu0 {
+            Role::Cpu0
+        } else {
+            Role::Guests
+        }
+    };
+
+    let mut nodes = Vec::new();
+    for node in host.nodes.values() {
+        let mut groups: Vec<GroupView> = Vec::new();
+        let mut cores: Vec<&crate::host::Core> =
+            host.cores.iter().filter(|c| c.node == node.id).collect();
+        cores.sort_by_key(|c| c.cpus.first());
+        for core in cores {
+            let Some(first) = core.cpus.first() else {
+                continue;
+            };
+            let (kind, cpus) = match host.l3_of(first) {
+                Some(l3) => ("l3", l3.intersection(&node.cpus)),
+                None => (
+                    "socket",
+                    host.sockets
+                        .get(&core.socket)
+                        .cloned()
+                        .unwrap_or_default()
+                        .intersection(&node.cpus),
+                ),
+            };
+            let threads = core
+                .cpus
+                .iter()
+                .map(|cpu| ThreadView {
+                    cpu,
+                    role: role(cpu),
+                    guests: uses.get(&cpu).cloned().unwrap_or_default(),
+                })
+                .collect();
+            let view = CoreView {
+                cpus: core.cpus.clone(),
+                threads,
+            };
+            match groups.iter_mut().find(|g| g.kind == kind && g.cpus == cpus) {
+                Some(g) => g.cores.push(view),
+                None => groups.push(GroupView {
+                    kind,
+                    socket: core.socket,
+                    cpus,
+                    cores: vec![view],
+                }),
+            }
+        }
+        let guests_mem_kib = guests
+            .iter()
+            .filter(|g| g.nodes.contains(node.id))
+            .map(|g| g.memory_kib / g.nodes.len().max(1) as u64)
+            .sum();
+        nodes.push(NodeView {
+            id: node.id,
+            cpus: node.cpus.clone(),
+            mem_total_kib: node.mem_total_kib,
+            mem_free_kib: node.mem_free_kib,
+            guests_mem_kib,
+            hugepages: node
+                .hugepages
+                .iter()
+                .map(|(size, h)| HugePagesView {
+                    size_kib: *size,
+                    total: h.total,
+                    free: h.free,
+                })
+                .collect(),
+            groups,
+        });
+    }
+
+    Status {
+        host: HostView {
+            summary: host.summary(),
+            policy: policy.source.display().to_string(),
+            reserved_cpus: reserved,
+            irq_cpus: irq,
+            nodes,
+        },
+        guests,
+        ledger: LedgerView {
+            path: inputs.ledger_path.clone(),
+            file: ledger_file,
+            entries: ledger.guests.len(),
+            stale,
+            starting,
+            agrees,
+        },
+    }
+}
+
+/// How many vCPUs a running guest has: its live XML's `<vcpu>`, else the vCPU
+/// threads libvirt recorded. The caller reads that many thread affinities for
+/// [`Inputs::threads`].
+pub fn vcpu_count(guest: &LiveGuest) -> u32 {
+    guest
+        .domain
+        .as_ref()
+        .map_or(guest.vcpu_tids.len() as u32, |d| d.vcpus_max)
+}
+
+fn guest_view(
+    name: &str,
+    guest: &LiveGuest,
+    inputs: &Inputs<'_>,
+    ledger: &Ledger,
+    occupancy: &Occupancy,
+) -> GuestView {
+    let entry = ledger.guests.get(name);
+    let domain = guest.domain.as_ref();
+    let vcpus = vcpu_count(guest);
+    let memory_kib = domain.map_or(0, |d| d.memory_kib);
+    let xml_pins = domain.filter(|d| d.pins_explicitly());
+    let (source, vcpu_cpus, nodes, emulator) = if let Some(d) = xml_pins {
+        let pinned = d.pinned_cpus();
+        let per_vcpu: Vec<CpuSet> = (0..d.vcpus_max)
+            .map(|v| {
+                d.pinned_cpus_of(v)
+                    .cloned()
+                    .unwrap_or_else(|| pinned.clone())
+            })
+            .collect();
+        let nodes = d
+            .numa_memory
+            .as_ref()
+            .and_then(|m| m.nodeset.clone())
+            .unwrap_or_else(|| inputs.host.nodes_of(&pinned));
+        (Source::Xml, per_vcpu, nodes, d.emulator_pin.clone())
+    } else if let Some(e) = entry {
+        (
+            Source::Ledger,
+            e.vcpus.clone(),
+            e.nodes.clone(),
+            domain
+                .and_then(|d| d.emulator_pin.clone())
+                .or_else(|| e.emulator.clone()),
+        )
+    } else {
+        (
+            Source::None,
+            Vec::new(),
+            CpuSet::new(),
+            domain.and_then(|d| d.emulator_pin.clone()),
+        )
+    };
+    let cpus = vcpu_cpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
+    let threads = inputs.threads.get(name).cloned().unwrap_or_default();
+
+    // Conformance: plan the live XML as the hook would.
+    let planned = domain.map(|d| plan(inputs.policy, inputs.host, occupancy, d));
+    let (policy_rule, conformance) = match planned {
+        None => (
+            String::new(),
+            vec![Check {
+                rule: "-",
+                what: "live XML",
+                state: Conformance::Unknown,
+                detail: "the status file holds no parsable <domain>".into(),
+            }],
+        ),
+        Some(Err(e)) => (
+            String::new(),
+            vec![Check {
+                rule: "-",
+                what: "plan",
+                state: Conformance::Unknown,
+                detail: e.to_string(),
+            }],
+        ),
+        Some(Ok(p)) => (
+            p.policy_rule.clone(),
+            conformance::checks(&p, source, &vcpu_cpus, &threads, entry),
+        ),
+    };
+
+    let opted_out = conformance.iter().any(|c| c.state == Conformance::OptedOut);
+    let ledger_agreement = match (entry, source) {
+        (None, _) if opted_out => Agreement {
+            agrees: true,
+            detail: "not tracked (opted out by policy)".into(),
+        },
+        (None, _) => Agreement {
+            agrees: false,
+            detail: "no ledger entry (started before the hook was installed, or the hook failed)"
+                .into(),
+        },
+        (Some(e), Source::Xml) if e.vcpus != vcpu_cpus => Agreement {
+            agrees: false,
+            detail: format!("ledger says CPUs {} but the live XML pins {}", e.cpus, cpus),
+        },
+        (Some(e), _) if e.state == EntryState::Prepared => Agreement {
+            agrees: true,
+            detail: "claimed at prepare; started not seen yet".into(),
+        },
+        (Some(_), _) => Agreement {
+            agrees: true,
+            detail: "agrees".into(),
+        },
+    };
+
+    GuestView {
+        name: name.to_string(),
+        pid: guest.qemu_pid,
+        vcpus,
+        memory_kib,
+        source,
+        vcpu_cpus,
+        cpus,
+        nodes,
+        emulator,
+        threads,
+        policy_rule,
+        conformance,
+        ledger: ledger_agreement,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,343 @@
+//! status on a synthetic host numbered like the fixture
+//! `intel-xeon-silver4108-2s8c2t-2node` (2 sockets, 2 nodes, 8 cores a node, 2
+//! threads a core, no L3 information, 2M pages on each node), with hand-made status
+//! files, ledger and vCPU thread affinities.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::host::HugePages;
+use crate::ledger::{Entry, EntryState, Ledger};
+use crate::placement::Pool;
+use crate::runstate::parse_status;
+
+/// Like the fixture: CPU c and c+16 are siblings, node 0 = 0-7,16-23; the fixture
+/// reports no L3 (groups are sockets) and 2048 free 2M pages and no 1G pages a node.
+fn fixture_host() -> Host {
+    let mut host = Host::synthetic(2, 1, 8, 2, 47_925_628);
+    host.l3_groups.clear();
+    for cpu in host.cpus.values_mut() {
+        cpu.l3 = None;
+    }
+    for node in host.nodes.values_mut() {
+        node.hugepages.insert(
+            2048,
+            HugePages {
+                total: 2048,
+                free: 2048,
+            },
+        );
+        node.hugepages.insert(1_048_576, HugePages::default());
+    }
+    host
+}
+
+fn set(s: &str) -> CpuSet {
+    CpuSet::parse(s).unwrap()
+}
+
+/// A status file: `pins` = (vcpu, cpuset) pins in the live XML.
+fn status_xml(name: &str, pid: u32, vcpus: u32, pins: &[(u32, &str)], extra: &str) -> String {
+    let tids: String = (0..vcpus)
+        .map(|v| format!("<vcpu id='{v}' pid='{}'/>", pid + 1 + v))
+        .collect();
+    let cputune = if pins.is_empty() {
+        String::new()
+    } else {
+        let p: String = pins
+            .iter()
+            .map(|(v, s)| format!("<vcpupin vcpu='{v}' cpuset='{s}'/>"))
+            .collect();
+        format!("<cputune>{p}</cputune>")
+    };
+    format!(
+        "<domstatus state='running' pid='{pid}'><vcpus>{tids}</vcpus>\
+         <domain type='kvm' id='1'><name>{name}</name><memory unit='KiB'>1048576</memory>\
+         <vcpu placement='static'>{vcpus}</vcpu>{cputune}{extra}\
+         <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none' io='native'/>\
+         <source file='/x.qcow2'/><target dev='vda' bus='virtio'/></disk></devices></domain></domstatus>"
+    )
+}
+
+fn entry(vcpus: &[&str], nodes: &str, state: EntryState, claimed_at: u64) -> Entry {
+    let vcpus: Vec<CpuSet> = vcpus.iter().map(|s| set(s)).collect();
+    Entry {
+        uuid: None,
+        cpus: vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s)),
+        nodes: set(nodes),
+        vcpus,
+        emulator: None,
+        memory_kib: 1048576,
+        pool: Pool::Shared,
+        claimed_at,
+        state,
+        rule: "defaults".into(),
+        floating: false,
+    }
+}
+
+struct World {
+    policy: Policy,
+    host: Host,
+    live: BTreeMap<String, LiveGuest>,
+    ledger: Ledger,
+    /// Cpus_allowed_list of the vCPU threads, by guest.
+    threads: BTreeMap<String, Vec<Option<CpuSet>>>,
+}
+
+const NOW: u64 = 1_000_000;
+
+fn world() -> World {
+    let conforming = "<memoryBacking><nosharepages/></memoryBacking><numatune><memory mode='preferred' nodeset='0'/></numatune>";
+    let mut live = BTreeMap::new();
+    // Pinned by its XML to the two threads of core 1 (CPUs 1 and 17), node 0.
+    let pinned = parse_status(&status_xml(
+        "pinned",
+        100,
+        2,
+        &[(0, "1"), (1, "17")],
+        &format!("{conforming}<cputune><emulatorpin cpuset='1,17'/></cputune>"),
+    ))
+    .unwrap();
+    live.insert("pinned".to_string(), pinned);
+    // Placed at runtime by the hook (ledger), threads agree; lacks <nosharepages/>.
+    live.insert(
+        "runtime".to_string(),
+        parse_status(&status_xml("runtime", 200, 2, &[], "")).unwrap(),
+    );
+    // No ledger entry, nothing pinned.
+    live.insert(
+        "stray".to_string(),
+        parse_status(&status_xml("stray", 300, 1, &[], conforming)).unwrap(),
+    );
+
+    let mut ledger = Ledger {
+        version: 1,
+        ..Ledger::default()
+    };
+    ledger.guests.insert(
+        "pinned".into(),
+        entry(&["1", "17"], "0", EntryState::Running, 10),
+    );
+    ledger.guests.insert(
+        "runtime".into(),
+        entry(&["2", "18"], "0", EntryState::Running, 10),
+    );
+    ledger
+        .guests
+        .insert("gone".into(), entry(&["3"], "0", EntryState::Running, 10));
+    ledger.guests.insert(
+        "booting".into(),
+        entry(&["4"], "0", EntryState::Prepared, NOW - 5),
+    );
+
+    // As read from /proc: only the "runtime" guest's threads exist there.
+    let mut threads = BTreeMap::new();
+    threads.insert("pinned".to_string(), vec![None, None]);
+    threads.insert("runtime".to_string(), vec![Some(set("2")), Some(set("18"))]);
+    threads.insert("stray".to_string(), vec![None]);
+    World {
+        policy: Policy::default(),
+        host: fixture_host(),
+        live,
+        ledger,
+        threads,
+    }
+}
+
+fn build_world(w: &World) -> Status {
+    build(&Inputs {
+        policy: &w.policy,
+        host: &w.host,
+        ledger_path: PathBuf::from("/run/kvmtune/ledger.json"),
+        ledger: Some(Some(w.ledger.clone())),
+        live: w.live.clone(),
+        threads: w.threads.clone(),
+        now: NOW,
+    })
+}
+
+fn thread(s: &Status, cpu: u32) -> &ThreadView {
+    s.host
+        .nodes
+        .iter()
+        .flat_map(|n| &n.groups)
+        .flat_map(|g| &g.cores)
+        .flat_map(|c| &c.threads)
+        .find(|t| t.cpu == cpu)
+        .unwrap()
+}
+
+fn check<'a>(g: &'a GuestView, rule: &str) -> &'a Check {
+    g.conformance.iter().find(|c| c.rule == rule).unwrap()
+}
+
+#[test]
+fn topology_is_nodes_then_sockets_then_cores_then_threads() {
+    let s = build_world(&world());
+    assert_eq!(s.host.summary, "2 sockets, 2 nodes, 16 cores, 32 threads");
+    assert_eq!(s.host.nodes.len(), 2);
+    let node0 = &s.host.nodes[0];
+    assert_eq!(node0.cpus, set("0-7,16-23"));
+    // The fixture has no L3 information: one socket group per node.
+    assert_eq!(node0.groups.len(), 1);
+    assert_eq!(node0.groups[0].kind, "socket");
+    assert_eq!(node0.groups[0].cores.len(), 8);
+    assert_eq!(node0.groups[0].cores[1].cpus, set("1,17"));
+    assert_eq!(
+        node0.hugepages,
+        vec![
+            HugePagesView {
+                size_kib: 2048,
+                total: 2048,
+                free: 2048
+            },
+            HugePagesView {
+                size_kib: 1048576,
+                total: 0,
+                free: 0
+            }
+        ]
+    );
+}
+
+#[test]
+fn threads_are_marked_with_roles_and_guest_vcpus() {
+    let mut w = world();
+    w.policy.host.reserved_cpus = set("16");
+    let s = build_world(&w);
+    assert_eq!(thread(&s, 0).role, Role::Cpu0);
+    assert_eq!(thread(&s, 16).role, Role::Reserved);
+    assert_eq!(thread(&s, 5).role, Role::Guests);
+    assert!(thread(&s, 5).guests.is_empty());
+    let uses = &thread(&s, 17).guests;
+    assert_eq!(
+        uses,
+        &vec![GuestUse {
+            guest: "pinned".into(),
+            vcpus: set("1")
+        }]
+    );
+    assert_eq!(thread(&s, 2).guests[0].guest, "runtime");
+    // The stale claim does not mark CPU 3: only running guests do.
+    assert!(thread(&s, 3).guests.is_empty());
+}
+
+#[test]
+fn guests_show_placement_source_and_conformance() {
+    let s = build_world(&world());
+    let names: Vec<&str> = s.guests.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["pinned", "runtime", "stray"]);
+
+    let pinned = &s.guests[0];
+    assert_eq!(pinned.source, Source::Xml);
+    assert_eq!(pinned.vcpu_cpus, vec![set("1"), set("17")]);
+    assert_eq!(pinned.nodes, set("0"));
+    assert!(pinned.ledger.agrees);
+    assert_eq!(check(pinned, "1.1").state, Conformance::Ok);
+    assert_eq!(check(pinned, "3.1").state, Conformance::Ok);
+
+    let runtime = &s.guests[1];
+    assert_eq!(runtime.source, Source::Ledger);
+    assert_eq!(runtime.threads, vec![Some(set("2")), Some(set("18"))]);
+    assert_eq!(check(runtime, "1.1").state, Conformance::RuntimeEnforced);
+    assert_eq!(
+        check(runtime, "1.1").detail,
+        "applied at start: vCPU→CPU 0→2 1→18; threads agree"
+    );
+    assert_eq!(
+        check(runtime, "1.2").detail,
+        "applied at start: memory node(s) 0"
+    );
+    assert_eq!(check(runtime, "1.2").state, Conformance::RuntimeEnforced);
+    assert_eq!(check(runtime, "3.1").state, Conformance::Differs);
+    assert_eq!(check(runtime, "2.1").state, Conformance::Ok);
+    assert_eq!(check(runtime, "5").state, Conformance::Ok);
+
+    let stray = &s.guests[2];
+    assert_eq!(stray.source, Source::None);
+    assert!(!stray.ledger.agrees);
+    // Without a ledger claim nobody applied the placement: it differs.
+    assert_eq!(check(stray, "1.1").state, Conformance::Differs);
+
+    assert_eq!(s.ledger.stale, vec!["gone".to_string()]);
+    assert_eq!(s.ledger.starting, vec!["booting".to_string()]);
+    assert!(!s.ledger.agrees);
+}
+
+#[test]
+fn threads_elsewhere_than_the_ledger_say_differs() {
+    let mut w = world();
+    // /proc says vCPU 1 may run anywhere.
+    w.threads.insert(
+        "runtime".to_string(),
+        vec![Some(set("2")), Some(set("0-31"))],
+    );
+    let s = build_world(&w);
+    let c = check(&s.guests[1], "1.1");
+    assert_eq!(c.state, Conformance::Differs);
+    assert_eq!(c.detail, "vCPU 1 runs on 0-31, ledger says 18");
+}
+
+#[test]
+fn ledger_pins_that_differ_from_the_live_xml_disagree() {
+    let mut w = world();
+    w.ledger.guests.insert(
+        "pinned".into(),
+        entry(&["5", "21"], "0", EntryState::Running, 10),
+    );
+    let s = build_world(&w);
+    assert_eq!(
+        s.guests[0].ledger.detail,
+        "ledger says CPUs 5,21 but the live XML pins 1,17"
+    );
+    assert!(!s.guests[0].ledger.agrees);
+}
+
+#[test]
+fn opted_out_guests_are_not_expected_in_the_ledger() {
+    let text = "version: 1\nrules:\n  - name: hands-off\n    match:\n      name: \"stray\"\n    enabled: false\n";
+    let mut w = world();
+    w.policy = Policy::parse(text, Path::new("p.yaml")).unwrap();
+    let s = build_world(&w);
+    let stray = &s.guests[2];
+    assert_eq!(stray.conformance.len(), 1);
+    assert_eq!(stray.conformance[0].state, Conformance::OptedOut);
+    assert!(stray.ledger.agrees);
+}
+
+#[test]
+fn no_ledger_file_and_no_guests() {
+    let w = world();
+    let s = build(&Inputs {
+        policy: &w.policy,
+        host: &w.host,
+        ledger_path: PathBuf::from("/nowhere/ledger.json"),
+        ledger: None,
+        live: BTreeMap::new(),
+        threads: BTreeMap::new(),
+        now: NOW,
+    });
+    assert_eq!(s.ledger.file, "absent");
+    assert!(s.ledger.agrees);
+    // The picture of this status: see the renderer's tests.
+}
+
+#[test]
+fn json_is_stable_for_monitoring() {
+    let s = build_world(&world());
+    let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+    assert_eq!(v["guests"][1]["name"], "runtime");
+    assert_eq!(v["guests"][1]["source"], "ledger");
+    assert_eq!(v["guests"][1]["cpus"], "2,18");
+    assert_eq!(
+        v["guests"][1]["conformance"][0]["state"],
+        "runtime-enforced"
+    );
+    assert_eq!(
+        v["host"]["nodes"][0]["groups"][0]["cores"][0]["threads"][0]["role"],
+        "cpu0"
+    );
+    assert_eq!(v["ledger"]["stale"][0], "gone");
+}
