@@ -57,8 +57,9 @@ OUT=${OUT:-$TARGET_DIR/packages}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-VERSION=$(awk -F'"' '/^\[/ { in_pkg = ($0 == "[package]") } in_pkg && /^version *=/ { print $2; exit }' "$REPO/Cargo.toml")
-[ -n "$VERSION" ] || die "no version in Cargo.toml [package]"
+# The root package's version, or the workspace's when it says `version.workspace = true`.
+VERSION=$(awk -F'"' '/^\[/ { in_pkg = ($0 == "[package]" || $0 == "[workspace.package]") } in_pkg && /^version *=/ { print $2; exit }' "$REPO/Cargo.toml")
+[ -n "$VERSION" ] || die "no version in Cargo.toml [package] or [workspace.package]"
 DEB_ARCH=$(dpkg --print-architecture)
 RPM_ARCH=$(uname -m)
 
