@@ -5,7 +5,8 @@
 #
 #   --release N   package revision/release (default 1): kvmtune_VERSION-N_ARCH.deb,
 #                 kvmtune-VERSION-N.ARCH.rpm
-#   --no-build    package the existing release binary instead of running cargo
+#   --no-build    package the existing release binary instead of building it (the
+#                 xtask that writes the man pages and completions is still built)
 #   --out DIR     where the packages go (default: $CARGO_TARGET_DIR or target/,
 #                 then /packages)
 #
@@ -56,8 +57,9 @@ OUT=${OUT:-$TARGET_DIR/packages}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-VERSION=$(awk -F'"' '/^\[/ { in_pkg = ($0 == "[package]") } in_pkg && /^version *=/ { print $2; exit }' "$REPO/Cargo.toml")
-[ -n "$VERSION" ] || die "no version in Cargo.toml [package]"
+# The root package's version, or the workspace's when it says `version.workspace = true`.
+VERSION=$(awk -F'"' '/^\[/ { in_pkg = ($0 == "[package]" || $0 == "[workspace.package]") } in_pkg && /^version *=/ { print $2; exit }' "$REPO/Cargo.toml")
+[ -n "$VERSION" ] || die "no version in Cargo.toml [package] or [workspace.package]"
 DEB_ARCH=$(dpkg --print-architecture)
 RPM_ARCH=$(uname -m)
 
@@ -66,12 +68,21 @@ SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/d
 export SOURCE_DATE_EPOCH
 
 # ------------------------------------------------------------------ the binary
+# The man pages and completions come from the xtask (xtask/, `cargo xtask man`),
+# built from the same sources next to kvmtune; with --no-build it is still built
+# (a no-op when it is up to date), since the existing binary may have been built
+# without it.
 if [ "$BUILD" = 1 ]; then
-    say "cargo build --release --locked"
-    (cd "$REPO" && cargo build --release --locked)
+    say "cargo build --release --locked -p kvmtune -p xtask"
+    (cd "$REPO" && cargo build --release --locked -p kvmtune -p xtask)
+else
+    say "cargo build --release --locked -p xtask (--no-build: kvmtune as built)"
+    (cd "$REPO" && cargo build --release --locked -p xtask)
 fi
 BIN=$TARGET_DIR/release/kvmtune
+XTASK=$TARGET_DIR/release/xtask
 [ -x "$BIN" ] || die "no binary at $BIN"
+[ -x "$XTASK" ] || die "no xtask at $XTASK"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvmtune-pkg.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -88,8 +99,8 @@ fi
 say "kvmtune $VERSION-$RELEASE, needs glibc >= $NEED_GLIBC"
 
 # ------------------------------------------------------------------ generated docs
-"$WORK/kvmtune" generate man "$WORK/man" >/dev/null
-"$WORK/kvmtune" generate completions "$WORK/completions" >/dev/null
+"$XTASK" man "$WORK/man" >/dev/null
+"$XTASK" completions "$WORK/completions" >/dev/null
 
 # Both families get the same tree, except where their conventions differ:
 #   zsh completion   deb /usr/share/zsh/vendor-completions   rpm /usr/share/zsh/site-functions

@@ -65,9 +65,6 @@ pub enum Command {
     /// Replay a workload of guest arrivals and departures on a host and report the
     /// placement quality (kvmtune or a baseline strategy).
     Simulate(commands::simulate::SimulateArgs),
-    /// Write the man pages or shell completions (packaging).
-    #[command(hide = true)]
-    Generate(commands::generate::GenerateArgs),
 }
 
 /// Runs the parsed command line.
@@ -81,6 +78,5 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => commands::status::run_status(&args),
         Command::Host(args) => commands::host::run_host(&args),
         Command::Simulate(args) => commands::simulate::run(&args),
-        Command::Generate(args) => commands::generate::run(&args),
     }
 }

@@ -3,7 +3,6 @@
 
 pub mod apply;
 pub mod check;
-pub mod generate;
 pub mod host;
 pub mod plan;
 pub mod simulate;

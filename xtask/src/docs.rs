@@ -1,32 +1,31 @@
-//! Generated documentation: the man pages kvmtune(8), one kvmtune-SUBCOMMAND(8)
-//! per visible subcommand, kvmtune-policy(5), and the bash and zsh completions.
-//! The hidden `kvmtune generate` subcommand writes them when the packages are built
-//! (packaging/build.sh), so they always describe the binary they ship with.
+//! The generated documentation: kvmtune(8), one kvmtune-SUBCOMMAND(8) per visible
+//! subcommand, kvmtune-policy(5), and the bash and zsh completions. packaging/build.sh
+//! runs `cargo xtask man DIR` and `cargo xtask completions DIR` when it builds the
+//! packages, from the same sources as the binary they ship with.
 //!
-//! kvmtune(8) comes from the clap definition ([`crate::cli::Cli`]) through
-//! clap_mangen, plus a few sections clap does not know (the hook, files). The policy
-//! page comes from `docs/policy.md`, compiled in: that Markdown is the policy
-//! reference's one source, kept to a small subset that [`markdown_to_roff`] turns
-//! into man macros (a `###` heading that is one code span is a policy key). The
-//! tests below hold the reference to `config/policy.yaml` and the policy parser.
+//! kvmtune(8) comes from the clap definition ([`kvmtune::cli::Cli`]) through
+//! clap_mangen, plus a few sections clap does not know (the hook, files), written
+//! in Markdown like the policy page. kvmtune-policy(5) comes from `docs/policy.md`,
+//! compiled in: that Markdown is the policy reference's one source, turned into man
+//! macros by [`crate::markdown`]. The tests below hold the reference to
+//! `config/policy.yaml` and the policy parser.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
-use clap::{Args, CommandFactory, Subcommand};
+use anyhow::{Context, Result};
+use clap::CommandFactory;
 use clap_complete::Shell;
 use clap_mangen::Man;
-use clap_mangen::roff::{Inline, Roff, bold, italic, line_break, roman};
-use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd};
+use kvmtune::cli::Cli;
+use roff::{Roff, bold, roman};
 
-use crate::cli::Cli;
+use crate::markdown::{markdown_to_man, markdown_to_roff, section};
 
 /// The policy reference, the source of kvmtune-policy(5).
 pub const POLICY_REFERENCE: &str = include_str!("../../docs/policy.md");
 
-/// Sections of kvmtune(8) that the clap definition cannot carry; same Markdown subset.
+/// Sections of kvmtune(8) that the clap definition cannot carry; Markdown.
 const KVMTUNE_8_EXTRA: &str = "\
 ## LIBVIRT HOOK
 
@@ -56,36 +55,12 @@ libvirtd (or virtqemud on hosts with modular daemons). Running guests keep runni
   writable by others.
 ";
 
-#[derive(Debug, Args)]
-pub struct GenerateArgs {
-    #[command(subcommand)]
-    pub what: Generate,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Generate {
-    /// Write kvmtune.8, kvmtune-SUBCOMMAND.8 and kvmtune-policy.5 into DIR
-    Man {
-        #[arg(value_name = "DIR")]
-        dir: PathBuf,
-    },
-    /// Write the bash (kvmtune.bash) and zsh (_kvmtune) completions into DIR
-    Completions {
-        #[arg(value_name = "DIR")]
-        dir: PathBuf,
-    },
-}
-
-/// Runs `kvmtune generate`; prints the files written, one per line.
-pub fn run(args: &GenerateArgs) -> Result<ExitCode> {
-    let written = match &args.what {
-        Generate::Man { dir } => write_man_pages(dir, &man_date())?,
-        Generate::Completions { dir } => write_completions(dir)?,
-    };
-    for path in written {
-        println!("{}", path.display());
-    }
-    Ok(ExitCode::SUCCESS)
+/// kvmtune's version, as its clap definition carries it (the `kvmtune` package's).
+fn kvmtune_version() -> String {
+    Cli::command()
+        .get_version()
+        .unwrap_or(env!("CARGO_PKG_VERSION"))
+        .to_string()
 }
 
 /// Writes every man page into `dir` (created if missing); returns the paths.
@@ -123,6 +98,7 @@ pub fn write_completions(dir: &Path) -> Result<Vec<PathBuf>> {
 fn visible_command() -> clap::Command {
     let cli = Cli::command();
     let mut root = clap::Command::new("kvmtune")
+        // The workspace's version, which is kvmtune's (`version.workspace = true`).
         .version(env!("CARGO_PKG_VERSION"))
         .args(cli.get_arguments().cloned())
         .subcommands(cli.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
@@ -169,12 +145,11 @@ fn command_pages(date: &str) -> Result<Vec<(String, String)>> {
 
 /// One page from a clap command: clap_mangen's sections, except that the
 /// `after_help` text (prose, `Heading:` blocks of examples) is laid out here
-/// instead of as clap_mangen's preformatted-less "EXTRA" section.
+/// instead of as clap_mangen's preformatting-less "EXTRA" section.
 fn render_man(cmd: clap::Command, date: &str) -> Result<String> {
     let version = cmd
         .get_version()
-        .unwrap_or(env!("CARGO_PKG_VERSION"))
-        .to_string();
+        .map_or_else(kvmtune_version, str::to_string);
     let after_help = cmd
         .get_after_long_help()
         .or(cmd.get_after_help())
@@ -205,7 +180,7 @@ fn render_man(cmd: clap::Command, date: &str) -> Result<String> {
     }
     let mut roff = Roff::new();
     for (heading, lines) in blocks {
-        roff.control("SH", [heading.to_uppercase().as_str()]);
+        section(&mut roff, &heading);
         roff.control("nf", []);
         for line in lines {
             roff.text([roman(line)]);
@@ -260,13 +235,13 @@ fn see_also_section(pages: &[String]) -> String {
 
 /// kvmtune-policy(5), rendered from [`POLICY_REFERENCE`].
 pub fn policy_man_page(date: &str) -> Result<String> {
-    let source = format!("kvmtune {}", env!("CARGO_PKG_VERSION"));
+    let source = format!("kvmtune {}", kvmtune_version());
     markdown_to_man(POLICY_REFERENCE, date, &source, "kvmtune")
 }
 
 /// The man page date: `SOURCE_DATE_EPOCH` (reproducible builds) or today, as
 /// YYYY-MM-DD in UTC.
-fn man_date() -> String {
+pub fn man_date() -> String {
     let seconds = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())
@@ -291,376 +266,13 @@ fn civil_date(days: i64) -> String {
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}")
 }
-
-/// A whole man page from Markdown: `# name(section)`, then one paragraph that
-/// becomes the NAME section, then `##` sections.
-pub fn markdown_to_man(markdown: &str, date: &str, source: &str, manual: &str) -> Result<String> {
-    let mut conv = Converter::new(true);
-    conv.run(markdown)?;
-    let Some((name, section)) = conv.title.clone() else {
-        bail!("no `# name(section)` title");
-    };
-    let mut head = Roff::new();
-    head.control(
-        "TH",
-        [
-            name.to_uppercase().as_str(),
-            section.as_str(),
-            date,
-            source,
-            manual,
-        ],
-    );
-    Ok(head.render() + &conv.roff.render())
-}
-
-/// Man page sections from Markdown that starts at a `##` heading (no title).
-pub fn markdown_to_roff(markdown: &str) -> Result<String> {
-    let mut conv = Converter::new(false);
-    conv.run(markdown)?;
-    Ok(conv.roff.render())
-}
-
-/// What the inline text being collected belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Block {
-    None,
-    Title,
-    Section,
-    Subsection,
-    Paragraph,
-    Item,
-    Code,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Font {
-    Roman,
-    Bold,
-    Italic,
-}
-
-/// Markdown events to man(7) macros. Keeps to the subset docs/policy.md uses and
-/// refuses the rest (tables, quotes, images, HTML other than comments), so a
-/// construct that would render badly fails the build instead.
-struct Converter {
-    roff: Roff,
-    expect_title: bool,
-    title: Option<(String, String)>,
-    /// The paragraph after the title is the NAME section.
-    name_pending: bool,
-    block: Block,
-    inlines: Vec<Inline>,
-    /// Only code spans so far in the current heading (a key heading).
-    heading_codes: usize,
-    heading_other: bool,
-    fonts: Vec<Font>,
-    links: Vec<String>,
-    code: String,
-    /// Open lists: whether ordered, and the next number.
-    lists: Vec<Option<u64>>,
-    /// The current list item has printed its tag and nothing else yet.
-    item_fresh: bool,
-    /// Inside a key's indented body (`.RS` open).
-    in_key: bool,
-    /// The key heading was just written: its first paragraph needs no break.
-    key_fresh: bool,
-    /// An HTML block started and its first line is still to come.
-    html_block_fresh: bool,
-}
-
-impl Converter {
-    fn new(expect_title: bool) -> Self {
-        Converter {
-            roff: Roff::new(),
-            expect_title,
-            title: None,
-            name_pending: false,
-            block: Block::None,
-            inlines: Vec::new(),
-            heading_codes: 0,
-            heading_other: false,
-            fonts: Vec::new(),
-            links: Vec::new(),
-            code: String::new(),
-            lists: Vec::new(),
-            item_fresh: false,
-            in_key: false,
-            key_fresh: false,
-            html_block_fresh: false,
-        }
-    }
-
-    fn run(&mut self, markdown: &str) -> Result<()> {
-        for event in Parser::new_ext(markdown, Options::empty()) {
-            self.event(event)?;
-        }
-        self.close_key();
-        if self.expect_title && self.title.is_none() {
-            bail!("no `# name(section)` title");
-        }
-        Ok(())
-    }
-
-    fn font(&self) -> Font {
-        self.fonts.last().copied().unwrap_or(Font::Roman)
-    }
-
-    fn push_text(&mut self, text: &str, font: Font) {
-        if self.block == Block::Code {
-            self.code.push_str(text);
-            return;
-        }
-        if matches!(self.block, Block::Section | Block::Subsection) {
-            self.heading_other |= !text.trim().is_empty();
-        }
-        self.inlines.push(match font {
-            Font::Roman => roman(text),
-            Font::Bold => bold(text),
-            Font::Italic => italic(text),
-        });
-    }
-
-    fn inline_text(&self) -> String {
-        self.inlines
-            .iter()
-            .map(|i| match i {
-                Inline::Roman(s) | Inline::Bold(s) | Inline::Italic(s) => s.as_str(),
-                Inline::LineBreak => " ",
-            })
-            .collect()
-    }
-
-    fn close_key(&mut self) {
-        if self.in_key {
-            self.roff.control("RE", []);
-            self.in_key = false;
-        }
-    }
-
-    fn event(&mut self, event: Event<'_>) -> Result<()> {
-        match event {
-            Event::Start(tag) => self.start(tag)?,
-            Event::End(tag) => self.end(tag)?,
-            Event::Text(text) => {
-                let font = self.font();
-                self.push_text(&text, font);
-            }
-            Event::Code(code) => {
-                if matches!(self.block, Block::Section | Block::Subsection) {
-                    self.heading_codes += 1;
-                }
-                self.inlines.push(bold(code.as_ref()));
-            }
-            Event::SoftBreak => self.push_text(" ", Font::Roman),
-            Event::HardBreak => self.inlines.push(line_break()),
-            // Comments only: the reference's own note to its editors.
-            Event::Html(html) => {
-                if self.html_block_fresh && !html.trim_start().starts_with("<!--") {
-                    bail!("HTML is not supported: {}", html.trim());
-                }
-                self.html_block_fresh = false;
-            }
-            Event::InlineHtml(html) => {
-                if !html.starts_with("<!--") {
-                    bail!("HTML is not supported: {}", html.trim());
-                }
-            }
-            other => bail!("Markdown construct not supported in a man page: {other:?}"),
-        }
-        Ok(())
-    }
-
-    fn start(&mut self, tag: Tag<'_>) -> Result<()> {
-        match tag {
-            Tag::Heading { level, .. } => {
-                self.inlines.clear();
-                self.heading_codes = 0;
-                self.heading_other = false;
-                self.block = match level {
-                    HeadingLevel::H1 if self.expect_title && self.title.is_none() => Block::Title,
-                    HeadingLevel::H2 => Block::Section,
-                    HeadingLevel::H3 => Block::Subsection,
-                    other => bail!("heading level {other:?} is not supported"),
-                };
-            }
-            Tag::Paragraph => {
-                self.inlines.clear();
-                if self.block == Block::Item {
-                    if !self.item_fresh {
-                        // A further paragraph of the item: no tag, same indent.
-                        self.roff.control("IP", []);
-                    }
-                } else if self.name_pending {
-                    self.roff.control("SH", ["NAME"]);
-                } else if !self.key_fresh {
-                    self.roff.control("PP", []);
-                }
-                self.key_fresh = false;
-                if self.block != Block::Item {
-                    self.block = Block::Paragraph;
-                }
-            }
-            Tag::List(start) => {
-                self.key_fresh = false;
-                self.flush_item_text();
-                if !self.lists.is_empty() {
-                    self.roff.control("RS", ["2"]);
-                }
-                self.lists.push(start);
-            }
-            Tag::Item => {
-                self.inlines.clear();
-                let tag = match self.lists.last_mut() {
-                    Some(Some(n)) => {
-                        let tag = format!("{n}.");
-                        *n += 1;
-                        tag
-                    }
-                    _ => "\\(bu".to_string(),
-                };
-                let indent = if tag.ends_with('.') { "4" } else { "2" };
-                self.roff.control("IP", [tag.as_str(), indent]);
-                self.block = Block::Item;
-                self.item_fresh = true;
-            }
-            Tag::CodeBlock(_) => {
-                self.key_fresh = false;
-                self.flush_item_text();
-                self.code.clear();
-                self.roff.control("PP", []);
-                self.roff.control("RS", ["4"]);
-                self.roff.control("nf", []);
-                self.block = Block::Code;
-            }
-            Tag::Emphasis => self.fonts.push(Font::Italic),
-            Tag::Strong => self.fonts.push(Font::Bold),
-            Tag::Link { dest_url, .. } => self.links.push(dest_url.to_string()),
-            Tag::HtmlBlock => self.html_block_fresh = true,
-            other => bail!("Markdown construct not supported in a man page: {other:?}"),
-        }
-        Ok(())
-    }
-
-    fn end(&mut self, tag: TagEnd) -> Result<()> {
-        match tag {
-            TagEnd::Heading(_) => {
-                let text = self.inline_text();
-                match self.block {
-                    Block::Title => {
-                        let Some((name, section)) = text
-                            .trim()
-                            .strip_suffix(')')
-                            .and_then(|t| t.split_once('('))
-                        else {
-                            bail!("the title must read `name(section)`, not `{text}`");
-                        };
-                        self.title = Some((name.to_string(), section.to_string()));
-                        self.name_pending = true;
-                    }
-                    Block::Section => {
-                        self.close_key();
-                        self.roff.control("SH", [text.to_uppercase().as_str()]);
-                    }
-                    Block::Subsection if self.heading_codes == 1 && !self.heading_other => {
-                        // A key: its name in bold, its description indented below.
-                        self.close_key();
-                        self.roff.control("PP", []);
-                        self.roff.text([bold(text)]);
-                        self.roff.control("RS", ["4"]);
-                        self.in_key = true;
-                        self.key_fresh = true;
-                    }
-                    Block::Subsection => {
-                        self.close_key();
-                        self.roff.control("SS", [text.as_str()]);
-                    }
-                    _ => {}
-                }
-                self.inlines.clear();
-                self.block = Block::None;
-            }
-            TagEnd::Paragraph => {
-                let inlines = std::mem::take(&mut self.inlines);
-                self.roff.text(inlines);
-                self.name_pending = false;
-                if self.block == Block::Item {
-                    self.item_fresh = false;
-                } else {
-                    self.block = Block::None;
-                }
-            }
-            TagEnd::Item => {
-                self.flush_item_text();
-                self.block = if self.lists.is_empty() {
-                    Block::None
-                } else {
-                    Block::Item
-                };
-                self.item_fresh = false;
-            }
-            TagEnd::List(_) => {
-                self.flush_item_text();
-                self.lists.pop();
-                if self.lists.is_empty() {
-                    self.block = Block::None;
-                } else {
-                    self.roff.control("RE", []);
-                    self.block = Block::Item;
-                }
-            }
-            TagEnd::CodeBlock => {
-                let code = std::mem::take(&mut self.code);
-                for line in code.trim_end_matches('\n').split('\n') {
-                    self.roff.text([roman(line)]);
-                }
-                self.roff.control("fi", []);
-                self.roff.control("RE", []);
-                self.block = if self.lists.is_empty() {
-                    Block::None
-                } else {
-                    Block::Item
-                };
-            }
-            TagEnd::Emphasis | TagEnd::Strong => {
-                self.fonts.pop();
-            }
-            TagEnd::Link => {
-                let url = self.links.pop().unwrap_or_default();
-                let shown = self.inlines_since_link_text();
-                if shown != url && !url.is_empty() {
-                    self.inlines.push(roman(format!(" <{url}>")));
-                }
-            }
-            TagEnd::HtmlBlock => {}
-            other => bail!("Markdown construct not supported in a man page: {other:?}"),
-        }
-        Ok(())
-    }
-
-    /// The text of the last inline element (a link's text, for autolinks).
-    fn inlines_since_link_text(&self) -> String {
-        match self.inlines.last() {
-            Some(Inline::Roman(s) | Inline::Bold(s) | Inline::Italic(s)) => s.clone(),
-            _ => String::new(),
-        }
-    }
-
-    /// Text of a tight list item (no paragraph events) goes out as one line.
-    fn flush_item_text(&mut self) {
-        if self.block == Block::Item && !self.inlines.is_empty() {
-            let inlines = std::mem::take(&mut self.inlines);
-            self.roff.text(inlines);
-            self.item_fresh = false;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
-    use clap::Parser as _;
+    use std::collections::BTreeSet;
+
+    use pulldown_cmark::{Event, HeadingLevel, Parser, Tag, TagEnd};
     use serde_yaml_ng::Value;
 
     use super::*;
@@ -890,47 +502,6 @@ mod tests {
     }
 
     #[test]
-    fn converter_escapes_and_structures() {
-        let md = "# demo(7)\n\ndemo - a demo\n\n## Usage\n\n.starts with a dot, \
-                  back\\\\slash and `--flag`\n\n- one\n- two `x`\n\n1. first\n2. second\n\n\
-                  ```\n.nf looks like a request\n\nblank above\n```\n\n### `some.key`\n\n\
-                  Body *it* **bold** [libvirt](https://libvirt.org) <https://x.org>\n\n\
-                  ### Plain sub\n\ntext\n";
-        let page = markdown_to_man(md, "2026-01-02", "src", "man").unwrap();
-        assert!(page.contains(".TH DEMO 7 2026-01-02 src man\n"), "{page}");
-        assert!(page.contains(".SH NAME\ndemo \\- a demo\n"), "{page}");
-        assert!(page.contains(".SH USAGE\n"), "{page}");
-        assert!(
-            page.contains("\\&.starts with a dot, back\\\\slash"),
-            "{page}"
-        );
-        assert!(page.contains("\\fB\\-\\-flag\\fR"), "{page}");
-        assert!(page.contains(".IP \\(bu 2\none\n"), "{page}");
-        assert!(page.contains(".IP 2. 4\nsecond\n"), "{page}");
-        assert!(
-            page.contains(".nf\n\\&.nf looks like a request\n\nblank above\n.fi\n"),
-            "{page}"
-        );
-        assert!(page.contains(".PP\n\\fBsome.key\\fR\n.RS 4\n"), "{page}");
-        assert!(page.contains("\\fIit\\fR"), "{page}");
-        assert!(page.contains("libvirt <https://libvirt.org>"), "{page}");
-        assert!(!page.contains("https://x.org <"), "{page}");
-        assert!(page.contains(".RE\n.SS \"Plain sub\"\n"), "{page}");
-    }
-
-    #[test]
-    fn converter_refuses_what_it_cannot_render() {
-        for md in [
-            "# t(1)\n\n> quote\n",
-            "# t(1)\n\n![img](x.png)\n",
-            "# t(1)\n\n<b>x</b>\n",
-        ] {
-            assert!(markdown_to_man(md, "", "", "").is_err(), "{md}");
-        }
-        let _ = markdown_to_man("## no title\n", "", "", "").unwrap_err();
-    }
-
-    #[test]
     fn civil_dates() {
         assert_eq!(civil_date(0), "1970-01-01");
         assert_eq!(civil_date(19_782), "2024-02-29");
@@ -938,41 +509,75 @@ mod tests {
     }
 
     #[test]
-    fn generate_writes_man_pages_and_completions() {
+    fn man_pages_cover_every_subcommand_and_exit_code() {
         let dir = tempfile::tempdir().unwrap();
         let man = dir.path().join("man");
-        let cli = Cli::parse_from(["kvmtune", "generate", "man", man.to_str().unwrap()]);
-        crate::cli::run(cli).unwrap();
+        let written = write_man_pages(&man, "2026-01-01").unwrap();
         let mut cmd = Cli::command().disable_help_subcommand(true);
         cmd.build();
-        for sub in cmd.get_subcommands() {
-            let page = man.join(format!("kvmtune-{}.8", sub.get_name()));
-            assert_eq!(page.exists(), !sub.is_hide_set(), "{}", page.display());
-        }
+        let mut expected: BTreeSet<PathBuf> = cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+            .map(|s| man.join(format!("kvmtune-{}.8", s.get_name())))
+            .collect();
+        expected.insert(man.join("kvmtune.8"));
+        expected.insert(man.join("kvmtune-policy.5"));
+        assert_eq!(written.iter().cloned().collect::<BTreeSet<_>>(), expected);
+        assert!(expected.len() > 8, "{expected:?}");
         assert!(!man.join("kvmtune-help.8").exists());
+
         let main = fs::read_to_string(man.join("kvmtune.8")).unwrap();
         assert!(main.contains("\n.TH kvmtune 8 "), "{main}");
-        assert!(main.contains(".SH \"LIBVIRT HOOK\""), "{main}");
+        assert!(main.contains(".SH\nLIBVIRT HOOK\n"), "{main}");
+        assert!(main.contains(".SH\nEXAMPLES\n"), "{main}");
         assert!(main.contains("\\fBkvmtune\\-policy\\fR(5)"), "{main}");
-        assert!(
-            !main.contains("generate"),
-            "the hidden subcommand leaked: {main}"
-        );
-        assert!(man.join("kvmtune-policy.5").exists());
-
-        let comp = dir.path().join("completions");
-        let cli = Cli::parse_from(["kvmtune", "generate", "completions", comp.to_str().unwrap()]);
-        crate::cli::run(cli).unwrap();
-        let bash = fs::read_to_string(comp.join("kvmtune.bash")).unwrap();
-        assert!(bash.contains("complete -F _kvmtune"), "{bash}");
-        let zsh = fs::read_to_string(comp.join("_kvmtune")).unwrap();
-        assert!(zsh.starts_with("#compdef kvmtune"), "{zsh}");
-        for (shell, text) in [("bash", &bash), ("zsh", &zsh)] {
-            assert!(text.contains("plan"), "{shell}: {text}");
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let name = sub.get_name().replace('-', "\\-");
             assert!(
-                !text.contains("generate"),
-                "{shell} offers the hidden command"
+                main.contains(&format!("\\fBkvmtune\\-{name}\\fR(8)")),
+                "kvmtune.8 does not refer to kvmtune-{name}(8)"
             );
+            assert!(
+                main.contains(&format!("kvmtune\\-{name}(8)")),
+                "kvmtune.8 lists no {name}"
+            );
+        }
+        use kvmtune::exit::{FINDINGS, INPUT, LIBVIRT, OK, USAGE};
+        let exit = main
+            .split_once("Exit codes: ")
+            .map(|(_, rest)| rest.lines().next().unwrap_or(""))
+            .unwrap_or_else(|| panic!("kvmtune.8 lists no exit codes: {main}"));
+        for code in [OK, FINDINGS, USAGE, INPUT, LIBVIRT] {
+            assert!(
+                exit.starts_with(&format!("{code} ")) || exit.contains(&format!(", {code} ")),
+                "kvmtune.8 does not explain exit code {code}: {exit}"
+            );
+        }
+        for page in &written {
+            let text = fs::read_to_string(page).unwrap();
+            assert!(text.contains(".SH NAME\n"), "{}: no NAME", page.display());
+            assert!(text.contains(".SH \"SEE ALSO\"\n") || page.ends_with("kvmtune-policy.5"));
+        }
+    }
+
+    #[test]
+    fn completions_offer_every_subcommand() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_completions(dir.path()).unwrap();
+        assert_eq!(written.len(), 2);
+        let bash = fs::read_to_string(dir.path().join("kvmtune.bash")).unwrap();
+        assert!(bash.contains("complete -F _kvmtune"), "{bash}");
+        let zsh = fs::read_to_string(dir.path().join("_kvmtune")).unwrap();
+        assert!(zsh.starts_with("#compdef kvmtune"), "{zsh}");
+        for sub in Cli::command().get_subcommands() {
+            for (shell, text) in [("bash", &bash), ("zsh", &zsh)] {
+                assert_eq!(
+                    text.contains(sub.get_name()),
+                    !sub.is_hide_set(),
+                    "{shell}: {}",
+                    sub.get_name()
+                );
+            }
         }
     }
 }
