@@ -14,6 +14,7 @@ pub mod placement;
 pub mod plan;
 pub mod policy;
 pub mod rewrite;
+pub mod rules;
 pub mod runstate;
 pub mod simulate;
 
