@@ -550,12 +550,58 @@ pub(crate) fn device<'a, 'i>(
 
 // ---- guest NUMA -------------------------------------------------------------------
 
+/// Each planned cell by id: the cell, its `cpus` value and its memnode mode.
+type Cells<'c> = BTreeMap<u32, (&'c GuestCell, String, &'static str)>;
+
 fn guest_numa(
     ed: &mut Editor<'_>,
     root: Node<'_, '_>,
     cells: &[GuestCell],
 ) -> Result<(), RewriteError> {
-    let mut by_id: BTreeMap<u32, (&GuestCell, String, &'static str)> = BTreeMap::new();
+    let by_id = cells_by_id(cells)?;
+    if by_id.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<u32> = by_id.keys().copied().collect();
+
+    // New containers, numatune first: when both go to the same place (a bare
+    // domain), one insertion keeps libvirt's order.
+    let mut new_children = Vec::new();
+    match child(root, "numatune") {
+        None => new_children.push((
+            anchor_in(root, order::DOMAIN, "numatune", |_| false),
+            Elem::new("numatune").children(ids.iter().map(|id| memnode_elem(&by_id, *id))),
+        )),
+        Some(numatune) => sync_memnodes(ed, numatune, &by_id, &ids)?,
+    }
+    let numa = || Elem::new("numa").children(ids.iter().map(|id| cell_elem(&by_id, *id)));
+    match child(root, "cpu") {
+        None => new_children.push((
+            anchor_in(root, order::DOMAIN, "cpu", |_| false),
+            Elem::new("cpu").children([numa()]),
+        )),
+        Some(cpu) => match child(cpu, "numa") {
+            None => ed.insert(anchor_in(cpu, order::CPU, "numa", |_| false), &[numa()]),
+            Some(existing) => sync_cells(ed, existing, &by_id, &ids)?,
+        },
+    }
+    let mut groups: Vec<(Anchor<'_, '_>, Vec<Elem>)> = Vec::new();
+    for (anchor, elem) in new_children {
+        match groups.iter_mut().find(|(a, _)| a.key() == anchor.key()) {
+            Some((_, elems)) => elems.push(elem),
+            None => groups.push((anchor, vec![elem])),
+        }
+    }
+    for (anchor, elems) in groups {
+        ed.insert(anchor, &elems);
+    }
+    Ok(())
+}
+
+/// The planned cells by id, each checked: vCPUs, memory, a memory mode, an id
+/// named once.
+fn cells_by_id(cells: &[GuestCell]) -> Result<Cells<'_>, RewriteError> {
+    let mut by_id = Cells::new();
     for cell in cells {
         let cpus = nonempty(&cell.vcpus, &format!("guest NUMA cell {}", cell.id))?;
         if cell.memory_kib == 0 {
@@ -574,118 +620,103 @@ fn guest_numa(
             )));
         }
     }
-    if by_id.is_empty() {
-        return Ok(());
-    }
-    let cell_elem = |id: u32| {
-        let (cell, cpus, _) = &by_id[&id];
-        Elem::new("cell")
-            .attr("id", id.to_string())
-            .attr("cpus", cpus.clone())
-            .attr("memory", cell.memory_kib.to_string())
-            .attr("unit", "KiB")
-    };
-    let memnode_elem = |id: u32| {
-        let (cell, _, mode) = &by_id[&id];
-        Elem::new("memnode")
-            .attr("cellid", id.to_string())
-            .attr("mode", *mode)
-            .attr("nodeset", cell.host_node.to_string())
-    };
-    let ids: Vec<u32> = by_id.keys().copied().collect();
+    Ok(by_id)
+}
 
-    // New containers, numatune first: when both go to the same place (a bare
-    // domain), one insertion keeps libvirt's order.
-    let mut new_children = Vec::new();
-    match child(root, "numatune") {
-        None => new_children.push((
-            anchor_in(root, order::DOMAIN, "numatune", |_| false),
-            Elem::new("numatune").children(ids.iter().map(|id| memnode_elem(*id))),
-        )),
-        Some(numatune) => {
-            let memnodes = children(numatune, "memnode").map(|n| {
-                let id = attribute(n, "cellid").and_then(|a| a.value().trim().parse().ok());
-                (n, id)
-            });
-            sync_by_id(
-                ed,
-                numatune,
-                order::NUMATUNE,
-                "memnode",
-                memnodes.collect(),
-                &ids,
-                &memnode_elem,
-                |ed, node, id| {
-                    let (cell, _, mode) = &by_id[&id];
-                    match attribute(node, "mode") {
-                        // An absent mode means strict.
-                        None if *mode == "strict" => {}
-                        _ => ed.set_attr(node, "mode", mode, same_text(mode))?,
-                    }
-                    let node_set = CpuSet::single(cell.host_node);
-                    ed.set_attr(
-                        node,
-                        "nodeset",
-                        &node_set.to_string(),
-                        same_cpuset(&node_set),
-                    )
-                },
-            )?;
-        }
-    }
-    let numa = || Elem::new("numa").children(ids.iter().map(|id| cell_elem(*id)));
-    match child(root, "cpu") {
-        None => new_children.push((
-            anchor_in(root, order::DOMAIN, "cpu", |_| false),
-            Elem::new("cpu").children([numa()]),
-        )),
-        Some(cpu) => match child(cpu, "numa") {
-            None => ed.insert(anchor_in(cpu, order::CPU, "numa", |_| false), &[numa()]),
-            Some(existing) => {
-                let cells = children(existing, "cell").enumerate().map(|(i, n)| {
-                    let id = match attribute(n, "id") {
-                        Some(a) => a.value().trim().parse().ok(),
-                        None => u32::try_from(i).ok(),
-                    };
-                    (n, id)
-                });
-                sync_by_id(
-                    ed,
-                    existing,
-                    order::NUMA,
-                    "cell",
-                    cells.collect(),
-                    &ids,
-                    &cell_elem,
-                    |ed, node, id| {
-                        let (cell, cpus, _) = &by_id[&id];
-                        ed.set_attr(node, "cpus", cpus, same_cpuset(&cell.vcpus))?;
-                        let unit = attribute(node, "unit").map(|u| u.value());
-                        let current =
-                            attribute(node, "memory").and_then(|m| size_in_kib(m.value(), unit));
-                        if current != Some(cell.memory_kib) {
-                            ed.set_attr(node, "memory", &cell.memory_kib.to_string(), |_| false)?;
-                            if unit.is_some() {
-                                ed.set_attr(node, "unit", "KiB", same_text("KiB"))?;
-                            }
-                        }
-                        Ok(())
-                    },
-                )?;
+/// A new `<cell>` in `<cpu><numa>`.
+fn cell_elem(by_id: &Cells<'_>, id: u32) -> Elem {
+    let (cell, cpus, _) = &by_id[&id];
+    Elem::new("cell")
+        .attr("id", id.to_string())
+        .attr("cpus", cpus.clone())
+        .attr("memory", cell.memory_kib.to_string())
+        .attr("unit", "KiB")
+}
+
+/// A new `<memnode>` in `<numatune>`.
+fn memnode_elem(by_id: &Cells<'_>, id: u32) -> Elem {
+    let (cell, _, mode) = &by_id[&id];
+    Elem::new("memnode")
+        .attr("cellid", id.to_string())
+        .attr("mode", *mode)
+        .attr("nodeset", cell.host_node.to_string())
+}
+
+/// The `<memnode>`s of an existing `<numatune>`: one per cell, mode and nodeset
+/// as planned.
+fn sync_memnodes(
+    ed: &mut Editor<'_>,
+    numatune: Node<'_, '_>,
+    by_id: &Cells<'_>,
+    ids: &[u32],
+) -> Result<(), RewriteError> {
+    let memnodes = children(numatune, "memnode").map(|n| {
+        let id = attribute(n, "cellid").and_then(|a| a.value().trim().parse().ok());
+        (n, id)
+    });
+    sync_by_id(
+        ed,
+        numatune,
+        order::NUMATUNE,
+        "memnode",
+        memnodes.collect(),
+        ids,
+        &|id| memnode_elem(by_id, id),
+        |ed, node, id| {
+            let (cell, _, mode) = &by_id[&id];
+            match attribute(node, "mode") {
+                // An absent mode means strict.
+                None if *mode == "strict" => {}
+                _ => ed.set_attr(node, "mode", mode, same_text(mode))?,
             }
+            let node_set = CpuSet::single(cell.host_node);
+            ed.set_attr(
+                node,
+                "nodeset",
+                &node_set.to_string(),
+                same_cpuset(&node_set),
+            )
         },
-    }
-    let mut groups: Vec<(Anchor<'_, '_>, Vec<Elem>)> = Vec::new();
-    for (anchor, elem) in new_children {
-        match groups.iter_mut().find(|(a, _)| a.key() == anchor.key()) {
-            Some((_, elems)) => elems.push(elem),
-            None => groups.push((anchor, vec![elem])),
-        }
-    }
-    for (anchor, elems) in groups {
-        ed.insert(anchor, &elems);
-    }
-    Ok(())
+    )
+}
+
+/// The `<cell>`s of an existing `<cpu><numa>`: one per cell, cpus and memory as
+/// planned. A `<cell>` without `id` counts by position, as libvirt numbers it.
+fn sync_cells(
+    ed: &mut Editor<'_>,
+    numa: Node<'_, '_>,
+    by_id: &Cells<'_>,
+    ids: &[u32],
+) -> Result<(), RewriteError> {
+    let cells = children(numa, "cell").enumerate().map(|(i, n)| {
+        let id = match attribute(n, "id") {
+            Some(a) => a.value().trim().parse().ok(),
+            None => u32::try_from(i).ok(),
+        };
+        (n, id)
+    });
+    sync_by_id(
+        ed,
+        numa,
+        order::NUMA,
+        "cell",
+        cells.collect(),
+        ids,
+        &|id| cell_elem(by_id, id),
+        |ed, node, id| {
+            let (cell, cpus, _) = &by_id[&id];
+            ed.set_attr(node, "cpus", cpus, same_cpuset(&cell.vcpus))?;
+            let unit = attribute(node, "unit").map(|u| u.value());
+            let current = attribute(node, "memory").and_then(|m| size_in_kib(m.value(), unit));
+            if current != Some(cell.memory_kib) {
+                ed.set_attr(node, "memory", &cell.memory_kib.to_string(), |_| false)?;
+                if unit.is_some() {
+                    ed.set_attr(node, "unit", "KiB", same_text("KiB"))?;
+                }
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Makes the children `name` of `parent` (each with its id, `None` when
