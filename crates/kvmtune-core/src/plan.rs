@@ -1,6 +1,8 @@
 //! The pure planner: policy + host + occupancy + domain → placement and edits, each
 //! edit with the rule of TUNING-RULES.md and the policy rule that chose it.
 //! No I/O happens here; every caller (CLI, hook, apply) gets the same answer.
+//! Placement (rules 1.1–1.3) is planned here; the XML-level rules' steps live
+//! in their modules under [`crate::rules`], which this planner runs in order.
 
 use serde::Serialize;
 

@@ -49,7 +49,10 @@
 //! - A DOCTYPE is refused (roxmltree's default; libvirt never writes one).
 //!
 //! # What each change does
-//! See [`Change`]. Choices the plan leaves to the rewrite:
+//! See [`Change`]. The edits specific to one tuning rule (`DiskDriver`,
+//! `NoSharePages`, `HugePages`, `InterfaceDriver`, `CpuHostModel`) are written
+//! by that rule's module in [`crate::rules`]; this module dispatches to them and
+//! holds the placement edits. Choices the plan leaves to the rewrite:
 //! - `VcpuPins`: `<vcpu placement='auto'>` becomes `placement='static'` (libvirt
 //!   ignores `cpuset` under `auto`); `current` is kept; a missing `<vcpu>` is
 //!   created as `<vcpu placement='static' cpuset='…'>1</vcpu>` (libvirt's default

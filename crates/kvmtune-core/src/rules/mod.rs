@@ -5,7 +5,7 @@
 //! policy keys (the values themselves stay fields of [`Settings`], parsed in
 //! `policy.rs`), its plan step (what change the rule asks of a domain, with the
 //! reason `plan --explain` prints), its XML edit (how `rewrite` writes that
-//! change), and its conformance check ([`RuleKind::Xml::conforms`]: whether a
+//! change), and its conformance check ([`RuleInfo::conforms`]: whether a
 //! parsed domain already meets the rule, which `kvmtune status` reports). The
 //! plan step and the conformance check share one decision function, so they
 //! cannot disagree.
@@ -24,12 +24,13 @@
 //!    edit `pub(crate) fn rewrite(..)` when the rule needs a new [`Change`]
 //!    (add the variant in `plan.rs` and its arm in `rewrite::apply_change` and
 //!    `rewrite::scopes`).
-//! 2. One entry in [`RULES`], in the order the plan should run it (the order of
+//! 2. Its `pub mod` line and one entry in [`RULES`], in the order the plan should
+//!    run it (the order of
 //!    the edits is the order of `plan --explain` and of the rewrite).
 //! 3. Its key(s) documented in docs/policy.md with `[ID]` and a `Default:`;
 //!    `tests/rules_table.rs` then checks the entry (unique id, keys, defaults
 //!    and id in the docs) and wants a violating and a conforming domain for it
-//!    in its `FIXTURES` list: add those.
+//!    from its `fixtures` function: add those two.
 //!
 //! [`Change`]: crate::plan::Change
 
