@@ -24,9 +24,9 @@
 //!    edit `pub(crate) fn rewrite(..)` when the rule needs a new [`Change`]
 //!    (add the variant in `plan.rs` and its arm in `rewrite::apply_change` and
 //!    `rewrite::scopes`).
-//! 2. Its `pub mod` line and one entry in [`RULES`], in the order the plan should
-//!    run it (the order of
-//!    the edits is the order of `plan --explain` and of the rewrite).
+//! 2. Its `pub mod` line and one entry in [`RULES`], in the order the plan
+//!    should run it (the order of the edits is the order of `plan --explain`
+//!    and of the rewrite).
 //! 3. Its key(s) documented in docs/policy.md with `[ID]` and a `Default:`;
 //!    `tests/rules_table.rs` then checks the entry (unique id, keys, defaults
 //!    and id in the docs) and wants a violating and a conforming domain for it
