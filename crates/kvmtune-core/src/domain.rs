@@ -176,217 +176,37 @@ impl Domain {
             .filter(|n| !n.is_empty())
             .ok_or(DomainError::NoName)?
             .to_string();
-        let bad = |element: &str, value: &str, why: String| DomainError::BadValue {
-            guest: name.clone(),
-            element: element.to_string(),
-            value: value.to_string(),
-            why,
-        };
-        let cpuset_of = |element: &str, value: &str| -> Result<CpuSet, DomainError> {
-            CpuSet::parse(value).map_err(|e: CpuListError| bad(element, value, e.to_string()))
-        };
+        let r = Reader { guest: &name };
 
+        // Read in a fixed order: of several bad values, the one reported does not
+        // depend on where the elements stand in the XML.
         let vcpu = child(root, "vcpu");
-        let vcpus_max = match vcpu.map(text_of) {
-            Some(text) => parse_count(text.trim(), 1, MAX_VCPUS)
-                .ok_or_else(|| bad("vcpu", text.trim(), format!("expected 1..={MAX_VCPUS}")))?,
-            None => 1,
-        };
-        let vcpus_current = match vcpu.and_then(|v| v.attribute("current")) {
-            Some(c) => parse_count(c, 1, vcpus_max)
-                .ok_or_else(|| bad("vcpu current", c, format!("expected 1..={vcpus_max}")))?,
-            None => vcpus_max,
-        };
-        let vcpu_cpuset = match vcpu.and_then(|v| v.attribute("cpuset")) {
-            Some(c) => Some(cpuset_of("vcpu cpuset", c)?),
-            None => None,
-        };
-        let memory_kib = match child(root, "memory") {
-            Some(m) => {
-                let joined = text_of(m);
-                let text = joined.trim();
-                memory_to_kib(text, m.attribute("unit")).ok_or_else(|| {
-                    bad("memory", text, "expected a size in the given unit".into())
-                })?
-            }
-            None => 0,
-        };
-
-        let mut vcpu_pins = BTreeMap::new();
-        let mut emulator_pin = None;
-        let mut iothread_pins = BTreeMap::new();
-        if let Some(cputune) = child(root, "cputune") {
-            for pin in children(cputune, "vcpupin") {
-                let (Some(id), Some(set)) = (pin.attribute("vcpu"), pin.attribute("cpuset")) else {
-                    continue;
-                };
-                let id = parse_count(id, 0, MAX_VCPUS)
-                    .ok_or_else(|| bad("vcpupin vcpu", id, "not a vCPU number".into()))?;
-                vcpu_pins.insert(id, cpuset_of("vcpupin cpuset", set)?);
-            }
-            if let Some(set) = child(cputune, "emulatorpin").and_then(|e| e.attribute("cpuset")) {
-                emulator_pin = Some(cpuset_of("emulatorpin cpuset", set)?);
-            }
-            for pin in children(cputune, "iothreadpin") {
-                let (Some(id), Some(set)) = (pin.attribute("iothread"), pin.attribute("cpuset"))
-                else {
-                    continue;
-                };
-                let id = parse_count(id, 0, u32::MAX)
-                    .ok_or_else(|| bad("iothreadpin iothread", id, "not a number".into()))?;
-                iothread_pins.insert(id, cpuset_of("iothreadpin cpuset", set)?);
-            }
-        }
-
-        let mut iothread_ids: Vec<u32> = child(root, "iothreadids")
-            .map(|ids| {
-                children(ids, "iothread")
-                    .filter_map(|t| t.attribute("id").and_then(|i| i.parse().ok()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if iothread_ids.is_empty()
-            && let Some(n) = child(root, "iothreads").map(text_of)
-        {
-            let n = parse_count(n.trim(), 0, 1024)
-                .ok_or_else(|| bad("iothreads", n.trim(), "expected 0..=1024".into()))?;
-            iothread_ids = (1..=n).collect();
-        }
-
-        let mut numa_memory = None;
-        let mut numa_memnodes = 0;
-        if let Some(numatune) = child(root, "numatune") {
-            if let Some(mem) = child(numatune, "memory") {
-                let nodeset = match mem.attribute("nodeset") {
-                    Some(s) => Some(cpuset_of("numatune memory nodeset", s)?),
-                    None => None,
-                };
-                numa_memory = Some(NumaMemory {
-                    mode: mem.attribute("mode").map(str::to_string),
-                    nodeset,
-                    placement: mem.attribute("placement").map(str::to_string),
-                });
-            }
-            numa_memnodes = children(numatune, "memnode").count();
-        }
-
-        let memory_backing = child(root, "memoryBacking")
-            .map(|mb| {
-                let hugepages = child(mb, "hugepages");
-                MemoryBacking {
-                    present: true,
-                    hugepages: hugepages.is_some(),
-                    hugepage_sizes_kib: hugepages
-                        .map(|h| {
-                            children(h, "page")
-                                .filter_map(|p| {
-                                    memory_to_kib(p.attribute("size")?, p.attribute("unit"))
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    nosharepages: child(mb, "nosharepages").is_some(),
-                    locked: child(mb, "locked").is_some(),
-                    source: child(mb, "source")
-                        .and_then(|s| s.attribute("type"))
-                        .map(str::to_string),
-                    access: child(mb, "access")
-                        .and_then(|s| s.attribute("mode"))
-                        .map(str::to_string),
-                }
-            })
-            .unwrap_or_default();
-
+        let (vcpus_max, vcpus_current, vcpu_cpuset) = r.vcpus(vcpu)?;
+        let memory_kib = r.memory(root)?;
+        let cputune = r.cputune(root)?;
+        let iothread_ids = r.iothread_ids(root)?;
+        let (numa_memory, numa_memnodes) = r.numatune(root)?;
+        let memory_backing = memory_backing(root);
         let cpu = child(root, "cpu");
-        let cpu_mode = match cpu.and_then(|c| c.attribute("mode")) {
-            None => CpuMode::Unspecified,
-            Some("host-passthrough") => CpuMode::HostPassthrough,
-            Some("host-model") => CpuMode::HostModel,
-            Some("maximum") => CpuMode::Maximum,
-            Some("custom") => CpuMode::Custom,
-            Some(other) => CpuMode::Other(other.to_string()),
-        };
         let guest_numa_cells = cpu
             .and_then(|c| child(c, "numa"))
             .map(|n| children(n, "cell").count())
             .unwrap_or(0);
-
-        let mut disks = Vec::new();
-        let mut interfaces = Vec::new();
-        if let Some(devices) = child(root, "devices") {
-            for disk in children(devices, "disk") {
-                let driver = child(disk, "driver");
-                disks.push(Disk {
-                    device: disk.attribute("device").unwrap_or("disk").to_string(),
-                    source_type: disk.attribute("type").unwrap_or("file").to_string(),
-                    target: child(disk, "target")
-                        .and_then(|t| t.attribute("dev"))
-                        .unwrap_or("?")
-                        .to_string(),
-                    bus: child(disk, "target")
-                        .and_then(|t| t.attribute("bus"))
-                        .map(str::to_string),
-                    driver_name: driver.and_then(|d| d.attribute("name")).map(str::to_string),
-                    driver_type: driver.and_then(|d| d.attribute("type")).map(str::to_string),
-                    cache: driver
-                        .and_then(|d| d.attribute("cache"))
-                        .map(str::to_string),
-                    io: driver.and_then(|d| d.attribute("io")).map(str::to_string),
-                    readonly: child(disk, "readonly").is_some(),
-                    shareable: child(disk, "shareable").is_some(),
-                });
-            }
-            for (index, iface) in children(devices, "interface").enumerate() {
-                let driver = child(iface, "driver");
-                let queues =
-                    match driver.and_then(|d| d.attribute("queues")) {
-                        Some(q) => Some(parse_count(q, 0, 1024).ok_or_else(|| {
-                            bad("interface driver queues", q, "not a count".into())
-                        })?),
-                        None => None,
-                    };
-                let label = child(iface, "target")
-                    .and_then(|t| t.attribute("dev"))
-                    .or_else(|| child(iface, "mac").and_then(|m| m.attribute("address")))
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("interface #{index}"));
-                interfaces.push(Interface {
-                    kind: iface.attribute("type").unwrap_or("").to_string(),
-                    model: child(iface, "model")
-                        .and_then(|m| m.attribute("type"))
-                        .map(str::to_string),
-                    driver_name: driver.and_then(|d| d.attribute("name")).map(str::to_string),
-                    queues,
-                    label,
-                });
-            }
-        }
-
+        let (disks, interfaces) = match child(root, "devices") {
+            Some(devices) => (
+                children(devices, "disk").map(disk).collect(),
+                children(devices, "interface")
+                    .enumerate()
+                    .map(|(index, iface)| r.interface(index, iface))
+                    .collect::<Result<_, _>>()?,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
         let metadata = child(root, "metadata");
-        let kvmtune_rule = metadata
-            .and_then(|m| {
-                m.descendants().find(|n| {
-                    n.is_element()
-                        && n.tag_name().namespace() == Some(METADATA_NAMESPACE)
-                        && n.tag_name().name() == "rule"
-                })
-            })
-            .map(|n| text_of(n).trim().to_string());
-        let nova_flavor = metadata
-            .and_then(|m| {
-                m.descendants().find(|n| {
-                    n.is_element()
-                        && n.tag_name().namespace() == Some(NOVA_NAMESPACE)
-                        && n.tag_name().name() == "flavor"
-                })
-            })
-            .and_then(|n| n.attribute("name"))
-            .map(str::to_string);
 
         Ok(Domain {
             uuid: child(root, "uuid").map(|u| text_of(u).trim().to_string()),
             hypervisor: root.attribute("type").unwrap_or("").to_string(),
-            name,
             vcpus_max,
             vcpus_current,
             vcpu_cpuset,
@@ -394,19 +214,25 @@ impl Domain {
                 .and_then(|v| v.attribute("placement"))
                 .map(str::to_string),
             memory_kib,
-            vcpu_pins,
-            emulator_pin,
-            iothread_pins,
+            vcpu_pins: cputune.vcpu_pins,
+            emulator_pin: cputune.emulator_pin,
+            iothread_pins: cputune.iothread_pins,
             iothread_ids,
             numa_memory,
             numa_memnodes,
             guest_numa_cells,
             memory_backing,
-            cpu_mode,
+            cpu_mode: cpu_mode(cpu),
             disks,
             interfaces,
-            kvmtune_rule,
-            nova_flavor,
+            kvmtune_rule: metadata
+                .and_then(|m| metadata_element(m, METADATA_NAMESPACE, "rule"))
+                .map(|n| text_of(n).trim().to_string()),
+            nova_flavor: metadata
+                .and_then(|m| metadata_element(m, NOVA_NAMESPACE, "flavor"))
+                .and_then(|n| n.attribute("name"))
+                .map(str::to_string),
+            name,
         })
     }
 
@@ -431,6 +257,233 @@ impl Domain {
         }
         all
     }
+}
+
+// ---- the parts of Domain::parse ---------------------------------------------
+
+/// Reads the parts of one guest's XML whose values can be wrong, naming the
+/// guest in the error.
+struct Reader<'g> {
+    guest: &'g str,
+}
+
+/// `<cputune>`'s pins.
+#[derive(Default)]
+struct Cputune {
+    vcpu_pins: BTreeMap<u32, CpuSet>,
+    emulator_pin: Option<CpuSet>,
+    iothread_pins: BTreeMap<u32, CpuSet>,
+}
+
+impl Reader<'_> {
+    fn bad(&self, element: &str, value: &str, why: String) -> DomainError {
+        DomainError::BadValue {
+            guest: self.guest.to_string(),
+            element: element.to_string(),
+            value: value.to_string(),
+            why,
+        }
+    }
+
+    fn cpuset(&self, element: &str, value: &str) -> Result<CpuSet, DomainError> {
+        CpuSet::parse(value).map_err(|e: CpuListError| self.bad(element, value, e.to_string()))
+    }
+
+    /// `<vcpu>`: the maximum count (1 without the element), `current` and `cpuset`.
+    fn vcpus(&self, vcpu: Option<Node<'_, '_>>) -> Result<(u32, u32, Option<CpuSet>), DomainError> {
+        let vcpus_max = match vcpu.map(text_of) {
+            Some(text) => parse_count(text.trim(), 1, MAX_VCPUS).ok_or_else(|| {
+                self.bad("vcpu", text.trim(), format!("expected 1..={MAX_VCPUS}"))
+            })?,
+            None => 1,
+        };
+        let vcpus_current = match vcpu.and_then(|v| v.attribute("current")) {
+            Some(c) => parse_count(c, 1, vcpus_max)
+                .ok_or_else(|| self.bad("vcpu current", c, format!("expected 1..={vcpus_max}")))?,
+            None => vcpus_max,
+        };
+        let vcpu_cpuset = match vcpu.and_then(|v| v.attribute("cpuset")) {
+            Some(c) => Some(self.cpuset("vcpu cpuset", c)?),
+            None => None,
+        };
+        Ok((vcpus_max, vcpus_current, vcpu_cpuset))
+    }
+
+    /// `<memory>` in KiB (0 without the element).
+    fn memory(&self, root: Node<'_, '_>) -> Result<u64, DomainError> {
+        let Some(m) = child(root, "memory") else {
+            return Ok(0);
+        };
+        let joined = text_of(m);
+        let text = joined.trim();
+        memory_to_kib(text, m.attribute("unit"))
+            .ok_or_else(|| self.bad("memory", text, "expected a size in the given unit".into()))
+    }
+
+    /// `<cputune>`'s vcpupin, emulatorpin and iothreadpin; a pin without its id
+    /// or cpuset is skipped, as libvirt would refuse it anyway.
+    fn cputune(&self, root: Node<'_, '_>) -> Result<Cputune, DomainError> {
+        let mut tune = Cputune::default();
+        let Some(cputune) = child(root, "cputune") else {
+            return Ok(tune);
+        };
+        for pin in children(cputune, "vcpupin") {
+            let (Some(id), Some(set)) = (pin.attribute("vcpu"), pin.attribute("cpuset")) else {
+                continue;
+            };
+            let id = parse_count(id, 0, MAX_VCPUS)
+                .ok_or_else(|| self.bad("vcpupin vcpu", id, "not a vCPU number".into()))?;
+            tune.vcpu_pins
+                .insert(id, self.cpuset("vcpupin cpuset", set)?);
+        }
+        if let Some(set) = child(cputune, "emulatorpin").and_then(|e| e.attribute("cpuset")) {
+            tune.emulator_pin = Some(self.cpuset("emulatorpin cpuset", set)?);
+        }
+        for pin in children(cputune, "iothreadpin") {
+            let (Some(id), Some(set)) = (pin.attribute("iothread"), pin.attribute("cpuset")) else {
+                continue;
+            };
+            let id = parse_count(id, 0, u32::MAX)
+                .ok_or_else(|| self.bad("iothreadpin iothread", id, "not a number".into()))?;
+            tune.iothread_pins
+                .insert(id, self.cpuset("iothreadpin cpuset", set)?);
+        }
+        Ok(tune)
+    }
+
+    /// `<iothreadids>`, else 1..=`<iothreads>`.
+    fn iothread_ids(&self, root: Node<'_, '_>) -> Result<Vec<u32>, DomainError> {
+        let ids: Vec<u32> = child(root, "iothreadids")
+            .map(|ids| {
+                children(ids, "iothread")
+                    .filter_map(|t| t.attribute("id").and_then(|i| i.parse().ok()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            return Ok(ids);
+        }
+        let Some(n) = child(root, "iothreads").map(text_of) else {
+            return Ok(ids);
+        };
+        let n = parse_count(n.trim(), 0, 1024)
+            .ok_or_else(|| self.bad("iothreads", n.trim(), "expected 0..=1024".into()))?;
+        Ok((1..=n).collect())
+    }
+
+    /// `<numatune>`: its `<memory>` and how many `<memnode>`s it has.
+    fn numatune(&self, root: Node<'_, '_>) -> Result<(Option<NumaMemory>, usize), DomainError> {
+        let Some(numatune) = child(root, "numatune") else {
+            return Ok((None, 0));
+        };
+        let mut numa_memory = None;
+        if let Some(mem) = child(numatune, "memory") {
+            let nodeset = match mem.attribute("nodeset") {
+                Some(s) => Some(self.cpuset("numatune memory nodeset", s)?),
+                None => None,
+            };
+            numa_memory = Some(NumaMemory {
+                mode: mem.attribute("mode").map(str::to_string),
+                nodeset,
+                placement: mem.attribute("placement").map(str::to_string),
+            });
+        }
+        Ok((numa_memory, children(numatune, "memnode").count()))
+    }
+
+    /// One `<interface>`; `index` labels one without target dev or MAC.
+    fn interface(&self, index: usize, iface: Node<'_, '_>) -> Result<Interface, DomainError> {
+        let driver = child(iface, "driver");
+        let queues = match driver.and_then(|d| d.attribute("queues")) {
+            Some(q) => Some(
+                parse_count(q, 0, 1024)
+                    .ok_or_else(|| self.bad("interface driver queues", q, "not a count".into()))?,
+            ),
+            None => None,
+        };
+        let label = child(iface, "target")
+            .and_then(|t| t.attribute("dev"))
+            .or_else(|| child(iface, "mac").and_then(|m| m.attribute("address")))
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("interface #{index}"));
+        Ok(Interface {
+            kind: iface.attribute("type").unwrap_or("").to_string(),
+            model: child(iface, "model")
+                .and_then(|m| m.attribute("type"))
+                .map(str::to_string),
+            driver_name: driver.and_then(|d| d.attribute("name")).map(str::to_string),
+            queues,
+            label,
+        })
+    }
+}
+
+/// `<memoryBacking>` (all absent without the element).
+fn memory_backing(root: Node<'_, '_>) -> MemoryBacking {
+    let Some(mb) = child(root, "memoryBacking") else {
+        return MemoryBacking::default();
+    };
+    let hugepages = child(mb, "hugepages");
+    MemoryBacking {
+        present: true,
+        hugepages: hugepages.is_some(),
+        hugepage_sizes_kib: hugepages
+            .map(|h| {
+                children(h, "page")
+                    .filter_map(|p| memory_to_kib(p.attribute("size")?, p.attribute("unit")))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        nosharepages: child(mb, "nosharepages").is_some(),
+        locked: child(mb, "locked").is_some(),
+        source: child(mb, "source")
+            .and_then(|s| s.attribute("type"))
+            .map(str::to_string),
+        access: child(mb, "access")
+            .and_then(|s| s.attribute("mode"))
+            .map(str::to_string),
+    }
+}
+
+/// `<cpu mode>`.
+fn cpu_mode(cpu: Option<Node<'_, '_>>) -> CpuMode {
+    match cpu.and_then(|c| c.attribute("mode")) {
+        None => CpuMode::Unspecified,
+        Some("host-passthrough") => CpuMode::HostPassthrough,
+        Some("host-model") => CpuMode::HostModel,
+        Some("maximum") => CpuMode::Maximum,
+        Some("custom") => CpuMode::Custom,
+        Some(other) => CpuMode::Other(other.to_string()),
+    }
+}
+
+/// One `<disk>`; libvirt's defaults for what it leaves out.
+fn disk(disk: Node<'_, '_>) -> Disk {
+    let driver = child(disk, "driver");
+    let driver_attr = |name: &str| driver.and_then(|d| d.attribute(name)).map(str::to_string);
+    let target = child(disk, "target");
+    Disk {
+        device: disk.attribute("device").unwrap_or("disk").to_string(),
+        source_type: disk.attribute("type").unwrap_or("file").to_string(),
+        target: target
+            .and_then(|t| t.attribute("dev"))
+            .unwrap_or("?")
+            .to_string(),
+        bus: target.and_then(|t| t.attribute("bus")).map(str::to_string),
+        driver_name: driver_attr("name"),
+        driver_type: driver_attr("type"),
+        cache: driver_attr("cache"),
+        io: driver_attr("io"),
+        readonly: child(disk, "readonly").is_some(),
+        shareable: child(disk, "shareable").is_some(),
+    }
+}
+
+/// The first element `name` in namespace `ns` anywhere under `<metadata>`.
+fn metadata_element<'a, 'i>(metadata: Node<'a, 'i>, ns: &str, name: &str) -> Option<Node<'a, 'i>> {
+    metadata.descendants().find(|n| {
+        n.is_element() && n.tag_name().namespace() == Some(ns) && n.tag_name().name() == name
+    })
 }
 
 /// Parses with roxmltree's safe defaults: no DTD (so no entity expansion), bounded

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod policy;
 pub mod recovery;
 pub mod rewrite;
+pub mod rules;
 pub mod runstate;
 pub mod simulate;
 pub mod status;

@@ -191,8 +191,44 @@ pub fn eligible_cpus(
 /// Places `request` on `host` given `occupancy`.
 pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Placement, NoRoom> {
     let wanted = request.vcpus.max(1) as usize;
-    // One pass over the running guests, without allocating a set per vCPU: the
-    // vCPU load per CPU (as `Occupancy::cpu_load`) and the dedicated CPUs.
+    let (load, dedicated) = load_and_dedicated(host, occupancy);
+    let load_of = |cpu: u32| load.get(cpu as usize).copied().unwrap_or(0.0);
+    let available = available_cpus(request, &load_of, &dedicated)?;
+    let (available, free_cores) =
+        thread_policy_cpus(host, request, available, &load_of, &dedicated)?;
+
+    // Memory first: the chosen node(s) must have the guest's memory free. When no
+    // node (set) has, the CPUs still go where they fit best and the memory comes
+    // from wherever the kernel finds it, unless the memory binding is strict.
+    for memory in [true, false] {
+        if !memory && request.memory_strict {
+            if search(host, request, &available, &load_of, false).is_some() {
+                return Err(NoRoom(format!(
+                    "no node (set) with room for the {wanted} vCPUs has the guest's {} MiB free, and strict memory binding never overcommits a node",
+                    request.memory_kib / 1024
+                )));
+            }
+            break;
+        }
+        if let Some(mut placement) = search(host, request, &available, &load_of, memory) {
+            if let Some((policy, free)) = &free_cores {
+                hold_whole_cores(host, &mut placement, *policy, free);
+            }
+            if !memory {
+                placement.why.push_str(
+                    "; no node with these CPUs has the guest's memory free, so memory also comes from other nodes",
+                );
+            }
+            return Ok(placement);
+        }
+    }
+    fit_nowhere(host, request, &available, &load_of)
+}
+
+/// One pass over the running guests, without allocating a set per vCPU: the
+/// vCPU load per CPU (as `Occupancy::cpu_load`, indexed by CPU number) and the
+/// CPUs dedicated guests hold.
+fn load_and_dedicated(host: &Host, occupancy: &Occupancy) -> (Vec<f64>, CpuSet) {
     let mut load = vec![0.0f64; host.online.iter().last().map_or(0, |c| c as usize + 1)];
     let mut dedicated = CpuSet::new();
     for claim in occupancy.guests.values() {
@@ -208,17 +244,26 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
             }
         }
     }
-    let load_of = |cpu: u32| load.get(cpu as usize).copied().unwrap_or(0.0);
+    (load, dedicated)
+}
+
+/// The CPUs the request's pool may still use: shared CPUs under the allocation
+/// ratio, or dedicated CPUs nobody uses; `NoRoom` when there is none.
+fn available_cpus(
+    request: &Request,
+    load_of: &dyn Fn(u32) -> f64,
+    dedicated: &CpuSet,
+) -> Result<CpuSet, NoRoom> {
     let available: CpuSet = match request.pool {
         Pool::Shared => request
             .eligible
-            .difference(&dedicated)
+            .difference(dedicated)
             .iter()
             .filter(|c| load_of(*c) + 1.0 <= request.cpu_allocation_ratio.max(1.0))
             .collect(),
         Pool::Dedicated => request
             .eligible
-            .difference(&dedicated)
+            .difference(dedicated)
             .iter()
             .filter(|c| load_of(*c) == 0.0)
             .collect(),
@@ -235,14 +280,29 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
             Pool::Shared => "every eligible CPU is at the CPU allocation ratio".to_string(),
         }));
     }
+    Ok(available)
+}
 
-    // Thread policy (dedicated only): only cores no other guest touches; isolate
-    // searches one thread per core (a vCPU per core), require whole cores.
+/// Under `isolate`/`require`: the policy and the CPUs of the free cores, which
+/// the guest then holds whole.
+type WholeCores = (ThreadPolicy, CpuSet);
+
+/// The CPUs to search and, under `isolate`/`require`, the free cores the guest
+/// then holds whole. Thread policy (dedicated only): only cores no other guest
+/// touches; isolate searches one thread per core (a vCPU per core), require
+/// whole cores.
+fn thread_policy_cpus(
+    host: &Host,
+    request: &Request,
+    available: CpuSet,
+    load_of: &dyn Fn(u32) -> f64,
+    dedicated: &CpuSet,
+) -> Result<(CpuSet, Option<WholeCores>), NoRoom> {
     let thread_policy = match request.pool {
         Pool::Dedicated => request.thread_policy,
         Pool::Shared => ThreadPolicy::Prefer,
     };
-    let (available, free_cores) = match thread_policy {
+    Ok(match thread_policy {
         ThreadPolicy::Prefer => (available, None),
         policy => {
             let name = thread_policy_name(policy);
@@ -293,34 +353,18 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
             }
             (searched, Some((policy, free)))
         }
-    };
+    })
+}
 
-    // Memory first: the chosen node(s) must have the guest's memory free. When no
-    // node (set) has, the CPUs still go where they fit best and the memory comes
-    // from wherever the kernel finds it, unless the memory binding is strict.
-    for memory in [true, false] {
-        if !memory && request.memory_strict {
-            if search(host, request, &available, &load_of, false).is_some() {
-                return Err(NoRoom(format!(
-                    "no node (set) with room for the {wanted} vCPUs has the guest's {} MiB free, and strict memory binding never overcommits a node",
-                    request.memory_kib / 1024
-                )));
-            }
-            break;
-        }
-        if let Some(mut placement) = search(host, request, &available, &load_of, memory) {
-            if let Some((policy, free)) = &free_cores {
-                hold_whole_cores(host, &mut placement, *policy, free);
-            }
-            if !memory {
-                placement.why.push_str(
-                    "; no node with these CPUs has the guest's memory free, so memory also comes from other nodes",
-                );
-            }
-            return Ok(placement);
-        }
-    }
-
+/// When no level fits the CPUs: a shared guest is overcommitted across every
+/// usable CPU while the ratio leaves room; a dedicated one has no room.
+fn fit_nowhere(
+    host: &Host,
+    request: &Request,
+    available: &CpuSet,
+    load_of: &dyn Fn(u32) -> f64,
+) -> Result<Placement, NoRoom> {
+    let wanted = request.vcpus.max(1) as usize;
     match request.pool {
         Pool::Shared => {
             let ratio = request.cpu_allocation_ratio.max(1.0);
@@ -334,7 +378,7 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
                     available.len()
                 )));
             }
-            let vcpus = assign_overcommitted(host, &available, wanted, &load_of, ratio);
+            let vcpus = assign_overcommitted(host, available, wanted, load_of, ratio);
             // CPUs at the ratio got no vCPU: the placement is what was used.
             let cpus = vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
             let nodes = nodes_of(host, &cpus);

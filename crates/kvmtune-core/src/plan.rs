@@ -1,18 +1,20 @@
 //! The pure planner: policy + host + occupancy + domain → placement and edits, each
 //! edit with the rule of TUNING-RULES.md and the policy rule that chose it.
 //! No I/O happens here; every caller (CLI, hook, apply) gets the same answer.
+//! Placement (rules 1.1–1.3) is planned here; the XML-level rules' steps live
+//! in their modules under [`crate::rules`], which this planner runs in order.
 
 use serde::Serialize;
 
 use crate::cpuset::CpuSet;
-use crate::domain::{CpuMode, Domain};
+use crate::domain::Domain;
 use crate::host::Host;
 use crate::placement::{
     Level, NoRoom, Occupancy, Placement, Pool, Request, eligible_cpus, nodes_of, place,
 };
 use crate::policy::{
-    CpuModeAction, DedicatedFallback, DiskCache, DiskIo, EmulatorPlacement, ExistingPins,
-    GuestFacts, HugePagesMode, IrqCpus, MemoryMode, Policy, Settings,
+    DedicatedFallback, DiskCache, DiskIo, EmulatorPlacement, ExistingPins, GuestFacts, IrqCpus,
+    MemoryMode, Policy, Settings,
 };
 
 /// One change to the domain XML. Indexes count elements in document order
@@ -122,6 +124,16 @@ pub enum Enforcement {
     /// Only a changed definition can bring it (disk cache, memory backing, CPU
     /// mode, NIC driver): unmet at start = a violation.
     XmlOnly,
+}
+
+impl Enforcement {
+    /// How `plan --explain` says a change takes effect.
+    pub fn how(self) -> &'static str {
+        match self {
+            Enforcement::Runtime => "hook applies at start",
+            Enforcement::XmlOnly => "needs kvmtune apply",
+        }
+    }
 }
 
 impl Change {
@@ -267,10 +279,7 @@ impl Plan {
         // applies placement at start; the rest needs the definition changed
         // (`kvmtune apply`), and until then is a violation at start.
         for edit in &self.edits {
-            let how = match edit.change.enforcement() {
-                Enforcement::Runtime => "hook applies at start",
-                Enforcement::XmlOnly => "needs kvmtune apply",
-            };
+            let how = edit.change.enforcement().how();
             let _ = writeln!(out, "  change: {} ({how})", edit.reason);
         }
         for note in &self.notes {
@@ -343,20 +352,20 @@ pub fn plan(
         plan: &mut plan,
     };
     planner.placement(occupancy);
-    planner.disks();
-    planner.memory_backing();
-    planner.guest_numa();
-    planner.interfaces();
-    planner.cpu_mode();
+    // Disks, memory backing, guest NUMA cells, NICs, CPU mode: see crate::rules.
+    crate::rules::plan_xml_rules(&mut planner);
     Ok(plan)
 }
 
-struct Planner<'a> {
-    policy: &'a Policy,
-    host: &'a Host,
-    domain: &'a Domain,
-    settings: &'a Settings,
-    plan: &'a mut Plan,
+/// The plan being made for one guest, and what it is made from. The XML-level
+/// rules' steps (crate::rules) add to it through [`Planner::edit`] and
+/// [`Planner::note`].
+pub(crate) struct Planner<'a> {
+    pub(crate) policy: &'a Policy,
+    pub(crate) host: &'a Host,
+    pub(crate) domain: &'a Domain,
+    pub(crate) settings: &'a Settings,
+    pub(crate) plan: &'a mut Plan,
 }
 
 impl Planner<'_> {
@@ -368,7 +377,9 @@ impl Planner<'_> {
         }
     }
 
-    fn edit(&mut self, rule: &'static str, change: Change, text: String) {
+    /// Adds a change; one that only a changed definition can bring is also a
+    /// violation at start.
+    pub(crate) fn edit(&mut self, rule: &'static str, change: Change, text: String) {
         if change.enforcement() == Enforcement::XmlOnly {
             self.plan.violations.push(Violation {
                 rule,
@@ -380,7 +391,7 @@ impl Planner<'_> {
         self.plan.edits.push(Edit { change, reason });
     }
 
-    fn note(&mut self, rule: &'static str, text: String) {
+    pub(crate) fn note(&mut self, rule: &'static str, text: String) {
         self.plan.notes.push(Note { rule, text });
     }
 
@@ -706,7 +717,7 @@ impl Planner<'_> {
     /// A guest whose vCPUs span several host nodes gets guest NUMA cells mirroring
     /// them (one per node, in node order) and a `<memnode>` binding each cell's
     /// memory to its node, so the guest OS keeps its memory next to its vCPUs.
-    fn guest_numa(&mut self) {
+    pub(crate) fn guest_numa(&mut self) {
         let mode = self.settings.memory_mode;
         let Some(placement) = self.plan.placement.as_ref() else {
             return;
@@ -811,191 +822,6 @@ impl Planner<'_> {
         });
         planned.or(existing).unwrap_or(1024).max(1024)
     }
-
-    fn disks(&mut self) {
-        let cache = self.settings.disk_cache;
-        let io = self.settings.disk_io;
-        let disks = self.domain.disks.clone();
-        for (index, disk) in disks.iter().enumerate() {
-            if disk.device != "disk" {
-                continue;
-            }
-            if disk.driver_name.as_deref().is_some_and(|n| n != "qemu") {
-                self.note(
-                    "2.1",
-                    format!(
-                        "disk {}: driver '{}' is not qemu; left alone",
-                        disk.target,
-                        disk.driver_name.as_deref().unwrap_or("")
-                    ),
-                );
-                continue;
-            }
-            let want_cache = (cache != DiskCache::Keep
-                && disk.cache.as_deref() != Some(cache_name(cache)))
-            .then_some(cache);
-            let effective_cache = match want_cache {
-                Some(c) => Some(cache_name(c)),
-                None => disk.cache.as_deref(),
-            };
-            let direct = matches!(effective_cache, Some("none") | Some("directsync"));
-            let io_applies = matches!(disk.source_type.as_str(), "file" | "block" | "volume");
-            let want_io =
-                if io == DiskIo::Keep || !io_applies || disk.io.as_deref() == Some(io_name(io)) {
-                    None
-                } else if io == DiskIo::Native && !direct {
-                    self.note(
-                        "2.1",
-                        format!(
-                            "disk {}: io='native' needs cache none or directsync; io left alone",
-                            disk.target
-                        ),
-                    );
-                    None
-                } else {
-                    Some(io)
-                };
-            if want_cache.is_none() && want_io.is_none() {
-                continue;
-            }
-            let mut what = Vec::new();
-            if let Some(c) = want_cache {
-                what.push(format!(
-                    "cache='{}' (was {})",
-                    cache_name(c),
-                    disk.cache.as_deref().unwrap_or("default")
-                ));
-            }
-            if let Some(i) = want_io {
-                what.push(format!("io='{}'", io_name(i)));
-            }
-            self.edit(
-                "2.1",
-                Change::DiskDriver {
-                    index,
-                    target: disk.target.clone(),
-                    cache: want_cache,
-                    io: want_io,
-                },
-                format!("disk {}: {}", disk.target, what.join(", ")),
-            );
-        }
-    }
-
-    fn memory_backing(&mut self) {
-        let mb = &self.domain.memory_backing;
-        if self.settings.nosharepages && !mb.nosharepages {
-            self.edit(
-                "3.1",
-                Change::NoSharePages,
-                "no KSM page merging for this guest (<nosharepages/>)".into(),
-            );
-        }
-        if self.settings.hugepages == HugePagesMode::Auto && !mb.hugepages {
-            let size = self.settings.hugepage_size_kib;
-            let nodes = self
-                .plan
-                .placement
-                .as_ref()
-                .map(|p| p.nodes.clone())
-                .unwrap_or_else(|| self.host.nodes.keys().copied().collect());
-            let needed = self.domain.memory_kib.div_ceil(size.max(1));
-            let free: u64 = nodes
-                .iter()
-                .filter_map(|n| self.host.nodes.get(&n))
-                .filter_map(|n| n.hugepages.get(&size))
-                .map(|h| h.free)
-                .sum();
-            let size_text = size_name(size);
-            if needed > 0 && free >= needed {
-                self.edit(
-                    "3.2",
-                    Change::HugePages { size_kib: size },
-                    format!("back memory with {size_text} huge pages: node(s) {nodes} have {free} free, the guest needs {needed}"),
-                );
-            } else {
-                self.note(
-                    "3.2",
-                    format!("huge pages skipped: node(s) {nodes} have {free} free {size_text} pages, the guest needs {needed}"),
-                );
-            }
-        }
-    }
-
-    fn interfaces(&mut self) {
-        let interfaces = self.domain.interfaces.clone();
-        let queues_wanted = self.domain.vcpus_max.min(self.settings.max_net_queues);
-        for (index, iface) in interfaces.iter().enumerate() {
-            if !self.settings.vhost_net {
-                break;
-            }
-            if !matches!(
-                iface.kind.as_str(),
-                "network" | "bridge" | "ethernet" | "direct"
-            ) {
-                continue;
-            }
-            if iface.model.as_deref() != Some("virtio") {
-                self.note("4.1", format!("interface {}: model {} is not virtio; changing the model changes the guest's hardware, left alone", iface.label, iface.model.as_deref().unwrap_or("default")));
-                continue;
-            }
-            if iface.driver_name.as_deref().is_some_and(|n| n != "vhost") {
-                self.note(
-                    "4.1",
-                    format!(
-                        "interface {}: driver '{}' chosen explicitly; left alone",
-                        iface.label,
-                        iface.driver_name.as_deref().unwrap_or("")
-                    ),
-                );
-                continue;
-            }
-            let vhost = iface.driver_name.is_none();
-            let queues = (iface.queues.is_none() && queues_wanted > 1).then_some(queues_wanted);
-            if !vhost && queues.is_none() {
-                continue;
-            }
-            let mut what = Vec::new();
-            if vhost {
-                what.push("vhost-net backend".to_string());
-            }
-            if let Some(q) = queues {
-                what.push(format!(
-                    "{q} queues (min of {} vCPUs and max_net_queues {})",
-                    self.domain.vcpus_max, self.settings.max_net_queues
-                ));
-            }
-            self.edit(
-                if queues.is_some() { "4.2" } else { "4.1" },
-                Change::InterfaceDriver {
-                    index,
-                    target: iface.label.clone(),
-                    vhost,
-                    queues,
-                },
-                format!("interface {}: {}", iface.label, what.join(", ")),
-            );
-        }
-    }
-
-    fn cpu_mode(&mut self) {
-        if self.domain.cpu_mode != CpuMode::HostPassthrough {
-            return;
-        }
-        match self.settings.cpu_mode {
-            CpuModeAction::HostModel => self.edit(
-                "5",
-                Change::CpuHostModel,
-                "CPU mode host-passthrough → host-model (host-passthrough caused host kernel panics)".into(),
-            ),
-            CpuModeAction::Refuse => self.plan.violations.push(Violation {
-                rule: "5",
-                what: "CPU mode host-passthrough is refused by policy (it caused host kernel panics)".into(),
-                refuse_always: true,
-            }),
-            CpuModeAction::Keep => {}
-        }
-    }
 }
 
 fn emulator_name(e: EmulatorPlacement) -> &'static str {
@@ -1040,32 +866,4 @@ pub fn mode_name(mode: MemoryMode) -> &'static str {
     }
 }
 
-/// libvirt's name for a disk cache mode.
-pub fn cache_name(cache: DiskCache) -> &'static str {
-    match cache {
-        DiskCache::None => "none",
-        DiskCache::Writethrough => "writethrough",
-        DiskCache::Writeback => "writeback",
-        DiskCache::Directsync => "directsync",
-        DiskCache::Unsafe => "unsafe",
-        DiskCache::Keep => "keep",
-    }
-}
-
-/// libvirt's name for a disk io mode.
-pub fn io_name(io: DiskIo) -> &'static str {
-    match io {
-        DiskIo::Native => "native",
-        DiskIo::Threads => "threads",
-        DiskIo::IoUring => "io_uring",
-        DiskIo::Keep => "keep",
-    }
-}
-
-fn size_name(kib: u64) -> String {
-    match kib {
-        1048576 => "1 GiB".into(),
-        2048 => "2 MiB".into(),
-        other => format!("{other} KiB"),
-    }
-}
+pub use crate::rules::disk_cache::{cache_name, io_name};

@@ -49,7 +49,10 @@
 //! - A DOCTYPE is refused (roxmltree's default; libvirt never writes one).
 //!
 //! # What each change does
-//! See [`Change`]. Choices the plan leaves to the rewrite:
+//! See [`Change`]. The edits specific to one tuning rule (`DiskDriver`,
+//! `NoSharePages`, `HugePages`, `InterfaceDriver`, `CpuHostModel`) are written
+//! by that rule's module in [`crate::rules`]; this module dispatches to them and
+//! holds the placement edits. Choices the plan leaves to the rewrite:
 //! - `VcpuPins`: `<vcpu placement='auto'>` becomes `placement='static'` (libvirt
 //!   ignores `cpuset` under `auto`); `current` is kept; a missing `<vcpu>` is
 //!   created as `<vcpu placement='static' cpuset='…'>1</vcpu>` (libvirt's default
@@ -81,8 +84,10 @@
 //!   missing one is added in id order; cells and memnodes of other ids are
 //!   kept. A `<cell>` without `id` counts by position, as libvirt numbers it.
 
-mod order;
-mod splice;
+// The rule-specific edits (disk driver, memory backing pages, interface
+// driver, CPU mode) live with their rules in crate::rules and use these.
+pub(crate) mod order;
+pub(crate) mod splice;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -91,7 +96,8 @@ use roxmltree::{Document, Node};
 use self::splice::{Anchor, Editor, Elem, anchor_in, attribute, child, children};
 use crate::cpuset::CpuSet;
 use crate::plan::{Change, GuestCell};
-use crate::policy::{DiskCache, DiskIo, MemoryMode};
+use crate::policy::MemoryMode;
+use crate::rules::{cpu_mode, disk_cache, hugepages, nosharepages, vhost_multiqueue};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RewriteError {
@@ -244,16 +250,16 @@ fn apply_change(
             target,
             cache,
             io,
-        } => disk_driver(ed, root, *index, target, *cache, *io)?,
-        Change::NoSharePages => no_share_pages(ed, root),
-        Change::HugePages { size_kib } => huge_pages(ed, root, *size_kib)?,
+        } => disk_cache::rewrite(ed, root, *index, target, *cache, *io)?,
+        Change::NoSharePages => nosharepages::rewrite(ed, root),
+        Change::HugePages { size_kib } => hugepages::rewrite(ed, root, *size_kib)?,
         Change::InterfaceDriver {
             index,
             target,
             vhost,
             queues,
-        } => interface_driver(ed, root, *index, target, *vhost, *queues)?,
-        Change::CpuHostModel => cpu_host_model(ed, root)?,
+        } => vhost_multiqueue::rewrite(ed, root, *index, target, *vhost, *queues)?,
+        Change::CpuHostModel => cpu_mode::rewrite(ed, root)?,
         Change::GuestNuma { cells } => guest_numa(ed, root, cells)?,
     }
     Ok(())
@@ -273,32 +279,12 @@ fn same_cpuset(set: &CpuSet) -> impl Fn(&str) -> bool + '_ {
     move |v| CpuSet::parse(v.trim()).is_ok_and(|s| s == *set)
 }
 
-fn same_text(want: &str) -> impl Fn(&str) -> bool + '_ {
+pub(crate) fn same_text(want: &str) -> impl Fn(&str) -> bool + '_ {
     move |v| v.trim() == want
 }
 
-fn same_number(want: u64) -> impl Fn(&str) -> bool {
+pub(crate) fn same_number(want: u64) -> impl Fn(&str) -> bool {
     move |v| v.trim().parse::<u64>() == Ok(want)
-}
-
-fn cache_value(cache: Option<DiskCache>) -> Option<&'static str> {
-    match cache? {
-        DiskCache::None => Some("none"),
-        DiskCache::Writethrough => Some("writethrough"),
-        DiskCache::Writeback => Some("writeback"),
-        DiskCache::Directsync => Some("directsync"),
-        DiskCache::Unsafe => Some("unsafe"),
-        DiskCache::Keep => None,
-    }
-}
-
-fn io_value(io: Option<DiskIo>) -> Option<&'static str> {
-    match io? {
-        DiskIo::Native => Some("native"),
-        DiskIo::Threads => Some("threads"),
-        DiskIo::IoUring => Some("io_uring"),
-        DiskIo::Keep => None,
-    }
 }
 
 fn memory_mode_value(mode: MemoryMode) -> Option<&'static str> {
@@ -313,7 +299,7 @@ fn memory_mode_value(mode: MemoryMode) -> Option<&'static str> {
 
 /// A libvirt scaled size in KiB (`size` + `unit`, unit defaulting to KiB), or
 /// `None` when it is not a whole number of KiB or the unit is unknown.
-fn size_in_kib(size: &str, unit: Option<&str>) -> Option<u64> {
+pub(crate) fn size_in_kib(size: &str, unit: Option<&str>) -> Option<u64> {
     let size: u128 = size.trim().parse().ok()?;
     let unit = unit
         .map(str::trim)
@@ -528,7 +514,7 @@ fn numa_memory(
 
 /// Adds `elem` (named `name`) at its place in `<memoryBacking>`, creating that
 /// when missing.
-fn memory_backing_add(ed: &mut Editor<'_>, root: Node<'_, '_>, elem: Elem, name: &str) {
+pub(crate) fn memory_backing_add(ed: &mut Editor<'_>, root: Node<'_, '_>, elem: Elem, name: &str) {
     match child(root, "memoryBacking") {
         None => {
             let backing = Elem::new("memoryBacking").children([elem]);
@@ -544,53 +530,11 @@ fn memory_backing_add(ed: &mut Editor<'_>, root: Node<'_, '_>, elem: Elem, name:
     }
 }
 
-fn no_share_pages(ed: &mut Editor<'_>, root: Node<'_, '_>) {
-    let present = child(root, "memoryBacking").is_some_and(|b| child(b, "nosharepages").is_some());
-    if !present {
-        memory_backing_add(ed, root, Elem::new("nosharepages"), "nosharepages");
-    }
-}
-
-fn huge_pages(ed: &mut Editor<'_>, root: Node<'_, '_>, size_kib: u64) -> Result<(), RewriteError> {
-    if size_kib == 0 {
-        return Err(RewriteError::Invalid("huge page size 0".to_owned()));
-    }
-    let size = size_kib.to_string();
-    let page = || {
-        Elem::new("page")
-            .attr("size", size.clone())
-            .attr("unit", "KiB")
-    };
-    let hugepages = child(root, "memoryBacking").and_then(|b| child(b, "hugepages"));
-    let Some(hugepages) = hugepages else {
-        let elem = Elem::new("hugepages").children([page()]);
-        memory_backing_add(ed, root, elem, "hugepages");
-        return Ok(());
-    };
-    let default_page = children(hugepages, "page").find(|p| attribute(*p, "nodeset").is_none());
-    match default_page {
-        None => ed.insert(
-            anchor_in(hugepages, &["page"], "page", |_| false),
-            &[page()],
-        ),
-        Some(existing) => {
-            let current = attribute(existing, "size").and_then(|s| {
-                size_in_kib(s.value(), attribute(existing, "unit").map(|u| u.value()))
-            });
-            if current != Some(size_kib) {
-                ed.set_attr(existing, "size", &size, |_| false)?;
-                if attribute(existing, "unit").is_some() {
-                    ed.set_attr(existing, "unit", "KiB", same_text("KiB"))?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 // ---- devices ------------------------------------------------------------------
 
-fn device<'a, 'i>(
+/// The `index`-th `<devices>` child `kind`, or `Missing` naming it (and the
+/// `target` the plan gave it).
+pub(crate) fn device<'a, 'i>(
     root: Node<'a, 'i>,
     kind: &str,
     index: usize,
@@ -607,168 +551,60 @@ fn device<'a, 'i>(
     children(devices, kind).nth(index).ok_or_else(missing)
 }
 
-fn disk_driver(
-    ed: &mut Editor<'_>,
-    root: Node<'_, '_>,
-    index: usize,
-    target: &str,
-    cache: Option<DiskCache>,
-    io: Option<DiskIo>,
-) -> Result<(), RewriteError> {
-    let disk = device(root, "disk", index, target)?;
-    let dev = child(disk, "target").and_then(|t| attribute(t, "dev"));
-    if let Some(dev) = dev
-        && !target.is_empty()
-        && dev.value() != target
-    {
-        return Err(RewriteError::Missing(format!(
-            "disk #{index} ({target}): that disk's target is {}",
-            dev.value()
-        )));
-    }
-    let wanted: Vec<(&'static str, &'static str)> =
-        [("cache", cache_value(cache)), ("io", io_value(io))]
-            .into_iter()
-            .filter_map(|(name, value)| value.map(|v| (name, v)))
-            .collect();
-    if wanted.is_empty() {
-        return Ok(());
-    }
-    match child(disk, "driver") {
-        Some(driver) => {
-            for (name, value) in wanted {
-                ed.set_attr(driver, name, value, same_text(value))?;
-            }
-        }
-        None => {
-            let driver = wanted.into_iter().fold(
-                Elem::new("driver").attr("name", "qemu"),
-                |e, (name, value)| e.attr(name, value),
-            );
-            ed.insert(splice::first_child_anchor(disk), &[driver]);
-        }
-    }
-    Ok(())
-}
-
-fn interface_driver(
-    ed: &mut Editor<'_>,
-    root: Node<'_, '_>,
-    index: usize,
-    target: &str,
-    vhost: bool,
-    queues: Option<u32>,
-) -> Result<(), RewriteError> {
-    let interface = device(root, "interface", index, target)?;
-    // The plan labels an interface by its target dev, else its MAC address.
-    let label = |elem: &str, attr: &str| {
-        child(interface, elem)
-            .and_then(|e| attribute(e, attr))
-            .map(|a| a.value().to_owned())
-    };
-    let (dev, mac) = (label("target", "dev"), label("mac", "address"));
-    if !target.is_empty()
-        && !target.starts_with("interface #")
-        && (dev.is_some() || mac.is_some())
-        && dev.as_deref() != Some(target)
-        && !mac
-            .as_deref()
-            .is_some_and(|m| m.eq_ignore_ascii_case(target))
-    {
-        return Err(RewriteError::Missing(format!(
-            "interface #{index} ({target}): that interface is {}",
-            dev.or(mac).unwrap_or_default()
-        )));
-    }
-    if queues == Some(0) {
-        return Err(RewriteError::Invalid(format!(
-            "interface #{index}: 0 queues"
-        )));
-    }
-    if !vhost && queues.is_none() {
-        return Ok(());
-    }
-    match child(interface, "driver") {
-        Some(driver) => {
-            if vhost {
-                ed.set_attr(driver, "name", "vhost", same_text("vhost"))?;
-            }
-            if let Some(queues) = queues {
-                ed.set_attr(
-                    driver,
-                    "queues",
-                    &queues.to_string(),
-                    same_number(u64::from(queues)),
-                )?;
-            }
-        }
-        None => {
-            let mut driver = Elem::new("driver");
-            if vhost {
-                driver = driver.attr("name", "vhost");
-            }
-            if let Some(queues) = queues {
-                driver = driver.attr("queues", queues.to_string());
-            }
-            ed.insert(
-                anchor_in(interface, order::INTERFACE, "driver", |_| false),
-                &[driver],
-            );
-        }
-    }
-    Ok(())
-}
-
-// ---- cpu ----------------------------------------------------------------------
-
-fn cpu_host_model(ed: &mut Editor<'_>, root: Node<'_, '_>) -> Result<(), RewriteError> {
-    let Some(cpu) = child(root, "cpu") else {
-        return Ok(());
-    };
-    if attribute(cpu, "mode").is_none_or(|m| m.value().trim() != "host-passthrough") {
-        return Ok(());
-    }
-    ed.set_attr(cpu, "mode", "host-model", same_text("host-model"))?;
-    ed.remove_attr(cpu, "check");
-    ed.remove_attr(cpu, "migratable");
-
-    let passthrough_only =
-        |n: Node<'_, '_>| attribute(n, "mode").is_some_and(|m| m.value().trim() == "passthrough");
-    let drop: Vec<Node<'_, '_>> = cpu
-        .children()
-        .filter(|n| {
-            splice::is_libvirt(*n, "model")
-                || splice::is_libvirt(*n, "vendor")
-                || ((splice::is_libvirt(*n, "cache") || splice::is_libvirt(*n, "maxphysaddr"))
-                    && passthrough_only(*n))
-        })
-        .collect();
-    if drop.is_empty() {
-        return Ok(());
-    }
-    let only_blank_left = cpu.children().all(|n| {
-        drop.contains(&n) || (n.is_text() && n.text().is_some_and(|t| t.trim().is_empty()))
-    });
-    if only_blank_left && !ed.is_self_closing(cpu) {
-        // `<cpu mode='host-model'>…</cpu>` → `<cpu mode='host-model'/>`.
-        let tag_end = ed.start_tag_end(cpu);
-        ed.replace(tag_end - 1..cpu.range().end, "/>");
-    } else {
-        for node in drop {
-            ed.remove_element(node);
-        }
-    }
-    Ok(())
-}
-
 // ---- guest NUMA -------------------------------------------------------------------
+
+/// Each planned cell by id: the cell, its `cpus` value and its memnode mode.
+type Cells<'c> = BTreeMap<u32, (&'c GuestCell, String, &'static str)>;
 
 fn guest_numa(
     ed: &mut Editor<'_>,
     root: Node<'_, '_>,
     cells: &[GuestCell],
 ) -> Result<(), RewriteError> {
-    let mut by_id: BTreeMap<u32, (&GuestCell, String, &'static str)> = BTreeMap::new();
+    let by_id = cells_by_id(cells)?;
+    if by_id.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<u32> = by_id.keys().copied().collect();
+
+    // New containers, numatune first: when both go to the same place (a bare
+    // domain), one insertion keeps libvirt's order.
+    let mut new_children = Vec::new();
+    match child(root, "numatune") {
+        None => new_children.push((
+            anchor_in(root, order::DOMAIN, "numatune", |_| false),
+            Elem::new("numatune").children(ids.iter().map(|id| memnode_elem(&by_id, *id))),
+        )),
+        Some(numatune) => sync_memnodes(ed, numatune, &by_id, &ids)?,
+    }
+    let numa = || Elem::new("numa").children(ids.iter().map(|id| cell_elem(&by_id, *id)));
+    match child(root, "cpu") {
+        None => new_children.push((
+            anchor_in(root, order::DOMAIN, "cpu", |_| false),
+            Elem::new("cpu").children([numa()]),
+        )),
+        Some(cpu) => match child(cpu, "numa") {
+            None => ed.insert(anchor_in(cpu, order::CPU, "numa", |_| false), &[numa()]),
+            Some(existing) => sync_cells(ed, existing, &by_id, &ids)?,
+        },
+    }
+    let mut groups: Vec<(Anchor<'_, '_>, Vec<Elem>)> = Vec::new();
+    for (anchor, elem) in new_children {
+        match groups.iter_mut().find(|(a, _)| a.key() == anchor.key()) {
+            Some((_, elems)) => elems.push(elem),
+            None => groups.push((anchor, vec![elem])),
+        }
+    }
+    for (anchor, elems) in groups {
+        ed.insert(anchor, &elems);
+    }
+    Ok(())
+}
+
+/// The planned cells by id, each checked: vCPUs, memory, a memory mode, an id
+/// named once.
+fn cells_by_id(cells: &[GuestCell]) -> Result<Cells<'_>, RewriteError> {
+    let mut by_id = Cells::new();
     for cell in cells {
         let cpus = nonempty(&cell.vcpus, &format!("guest NUMA cell {}", cell.id))?;
         if cell.memory_kib == 0 {
@@ -787,118 +623,103 @@ fn guest_numa(
             )));
         }
     }
-    if by_id.is_empty() {
-        return Ok(());
-    }
-    let cell_elem = |id: u32| {
-        let (cell, cpus, _) = &by_id[&id];
-        Elem::new("cell")
-            .attr("id", id.to_string())
-            .attr("cpus", cpus.clone())
-            .attr("memory", cell.memory_kib.to_string())
-            .attr("unit", "KiB")
-    };
-    let memnode_elem = |id: u32| {
-        let (cell, _, mode) = &by_id[&id];
-        Elem::new("memnode")
-            .attr("cellid", id.to_string())
-            .attr("mode", *mode)
-            .attr("nodeset", cell.host_node.to_string())
-    };
-    let ids: Vec<u32> = by_id.keys().copied().collect();
+    Ok(by_id)
+}
 
-    // New containers, numatune first: when both go to the same place (a bare
-    // domain), one insertion keeps libvirt's order.
-    let mut new_children = Vec::new();
-    match child(root, "numatune") {
-        None => new_children.push((
-            anchor_in(root, order::DOMAIN, "numatune", |_| false),
-            Elem::new("numatune").children(ids.iter().map(|id| memnode_elem(*id))),
-        )),
-        Some(numatune) => {
-            let memnodes = children(numatune, "memnode").map(|n| {
-                let id = attribute(n, "cellid").and_then(|a| a.value().trim().parse().ok());
-                (n, id)
-            });
-            sync_by_id(
-                ed,
-                numatune,
-                order::NUMATUNE,
-                "memnode",
-                memnodes.collect(),
-                &ids,
-                &memnode_elem,
-                |ed, node, id| {
-                    let (cell, _, mode) = &by_id[&id];
-                    match attribute(node, "mode") {
-                        // An absent mode means strict.
-                        None if *mode == "strict" => {}
-                        _ => ed.set_attr(node, "mode", mode, same_text(mode))?,
-                    }
-                    let node_set = CpuSet::single(cell.host_node);
-                    ed.set_attr(
-                        node,
-                        "nodeset",
-                        &node_set.to_string(),
-                        same_cpuset(&node_set),
-                    )
-                },
-            )?;
-        }
-    }
-    let numa = || Elem::new("numa").children(ids.iter().map(|id| cell_elem(*id)));
-    match child(root, "cpu") {
-        None => new_children.push((
-            anchor_in(root, order::DOMAIN, "cpu", |_| false),
-            Elem::new("cpu").children([numa()]),
-        )),
-        Some(cpu) => match child(cpu, "numa") {
-            None => ed.insert(anchor_in(cpu, order::CPU, "numa", |_| false), &[numa()]),
-            Some(existing) => {
-                let cells = children(existing, "cell").enumerate().map(|(i, n)| {
-                    let id = match attribute(n, "id") {
-                        Some(a) => a.value().trim().parse().ok(),
-                        None => u32::try_from(i).ok(),
-                    };
-                    (n, id)
-                });
-                sync_by_id(
-                    ed,
-                    existing,
-                    order::NUMA,
-                    "cell",
-                    cells.collect(),
-                    &ids,
-                    &cell_elem,
-                    |ed, node, id| {
-                        let (cell, cpus, _) = &by_id[&id];
-                        ed.set_attr(node, "cpus", cpus, same_cpuset(&cell.vcpus))?;
-                        let unit = attribute(node, "unit").map(|u| u.value());
-                        let current =
-                            attribute(node, "memory").and_then(|m| size_in_kib(m.value(), unit));
-                        if current != Some(cell.memory_kib) {
-                            ed.set_attr(node, "memory", &cell.memory_kib.to_string(), |_| false)?;
-                            if unit.is_some() {
-                                ed.set_attr(node, "unit", "KiB", same_text("KiB"))?;
-                            }
-                        }
-                        Ok(())
-                    },
-                )?;
+/// A new `<cell>` in `<cpu><numa>`.
+fn cell_elem(by_id: &Cells<'_>, id: u32) -> Elem {
+    let (cell, cpus, _) = &by_id[&id];
+    Elem::new("cell")
+        .attr("id", id.to_string())
+        .attr("cpus", cpus.clone())
+        .attr("memory", cell.memory_kib.to_string())
+        .attr("unit", "KiB")
+}
+
+/// A new `<memnode>` in `<numatune>`.
+fn memnode_elem(by_id: &Cells<'_>, id: u32) -> Elem {
+    let (cell, _, mode) = &by_id[&id];
+    Elem::new("memnode")
+        .attr("cellid", id.to_string())
+        .attr("mode", *mode)
+        .attr("nodeset", cell.host_node.to_string())
+}
+
+/// The `<memnode>`s of an existing `<numatune>`: one per cell, mode and nodeset
+/// as planned.
+fn sync_memnodes(
+    ed: &mut Editor<'_>,
+    numatune: Node<'_, '_>,
+    by_id: &Cells<'_>,
+    ids: &[u32],
+) -> Result<(), RewriteError> {
+    let memnodes = children(numatune, "memnode").map(|n| {
+        let id = attribute(n, "cellid").and_then(|a| a.value().trim().parse().ok());
+        (n, id)
+    });
+    sync_by_id(
+        ed,
+        numatune,
+        order::NUMATUNE,
+        "memnode",
+        memnodes.collect(),
+        ids,
+        &|id| memnode_elem(by_id, id),
+        |ed, node, id| {
+            let (cell, _, mode) = &by_id[&id];
+            match attribute(node, "mode") {
+                // An absent mode means strict.
+                None if *mode == "strict" => {}
+                _ => ed.set_attr(node, "mode", mode, same_text(mode))?,
             }
+            let node_set = CpuSet::single(cell.host_node);
+            ed.set_attr(
+                node,
+                "nodeset",
+                &node_set.to_string(),
+                same_cpuset(&node_set),
+            )
         },
-    }
-    let mut groups: Vec<(Anchor<'_, '_>, Vec<Elem>)> = Vec::new();
-    for (anchor, elem) in new_children {
-        match groups.iter_mut().find(|(a, _)| a.key() == anchor.key()) {
-            Some((_, elems)) => elems.push(elem),
-            None => groups.push((anchor, vec![elem])),
-        }
-    }
-    for (anchor, elems) in groups {
-        ed.insert(anchor, &elems);
-    }
-    Ok(())
+    )
+}
+
+/// The `<cell>`s of an existing `<cpu><numa>`: one per cell, cpus and memory as
+/// planned. A `<cell>` without `id` counts by position, as libvirt numbers it.
+fn sync_cells(
+    ed: &mut Editor<'_>,
+    numa: Node<'_, '_>,
+    by_id: &Cells<'_>,
+    ids: &[u32],
+) -> Result<(), RewriteError> {
+    let cells = children(numa, "cell").enumerate().map(|(i, n)| {
+        let id = match attribute(n, "id") {
+            Some(a) => a.value().trim().parse().ok(),
+            None => u32::try_from(i).ok(),
+        };
+        (n, id)
+    });
+    sync_by_id(
+        ed,
+        numa,
+        order::NUMA,
+        "cell",
+        cells.collect(),
+        ids,
+        &|id| cell_elem(by_id, id),
+        |ed, node, id| {
+            let (cell, cpus, _) = &by_id[&id];
+            ed.set_attr(node, "cpus", cpus, same_cpuset(&cell.vcpus))?;
+            let unit = attribute(node, "unit").map(|u| u.value());
+            let current = attribute(node, "memory").and_then(|m| size_in_kib(m.value(), unit));
+            if current != Some(cell.memory_kib) {
+                ed.set_attr(node, "memory", &cell.memory_kib.to_string(), |_| false)?;
+                if unit.is_some() {
+                    ed.set_attr(node, "unit", "KiB", same_text("KiB"))?;
+                }
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Makes the children `name` of `parent` (each with its id, `None` when

@@ -5,7 +5,7 @@
 //! `dumpxml` does not move our additions around.
 
 /// Children of `<domain>`.
-pub(super) const DOMAIN: &[&str] = &[
+pub(crate) const DOMAIN: &[&str] = &[
     "name",
     "uuid",
     "genid",
@@ -47,7 +47,7 @@ pub(super) const DOMAIN: &[&str] = &[
 ];
 
 /// Children of `<cputune>`.
-pub(super) const CPUTUNE: &[&str] = &[
+pub(crate) const CPUTUNE: &[&str] = &[
     "shares",
     "global_period",
     "global_quota",
@@ -68,10 +68,10 @@ pub(super) const CPUTUNE: &[&str] = &[
 ];
 
 /// Children of `<numatune>`.
-pub(super) const NUMATUNE: &[&str] = &["memory", "memnode"];
+pub(crate) const NUMATUNE: &[&str] = &["memory", "memnode"];
 
 /// Children of `<cpu>` (virCPUDefFormatBuf, then the guest NUMA topology).
-pub(super) const CPU: &[&str] = &[
+pub(crate) const CPU: &[&str] = &[
     "model",
     "vendor",
     "topology",
@@ -82,10 +82,10 @@ pub(super) const CPU: &[&str] = &[
 ];
 
 /// Children of `<cpu><numa>`.
-pub(super) const NUMA: &[&str] = &["cell", "interconnects"];
+pub(crate) const NUMA: &[&str] = &["cell", "interconnects"];
 
 /// Children of `<memoryBacking>`.
-pub(super) const MEMORY_BACKING: &[&str] = &[
+pub(crate) const MEMORY_BACKING: &[&str] = &[
     "hugepages",
     "nosharepages",
     "locked",
@@ -97,7 +97,7 @@ pub(super) const MEMORY_BACKING: &[&str] = &[
 
 /// Children of `<interface>`, as far as they matter for placing `<driver>`
 /// (right after `<model>`).
-pub(super) const INTERFACE: &[&str] = &[
+pub(crate) const INTERFACE: &[&str] = &[
     "mac",
     "source",
     "vlan",

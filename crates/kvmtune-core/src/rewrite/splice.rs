@@ -14,7 +14,7 @@ use super::RewriteError;
 
 /// A new element, rendered in the document's own style when inserted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Elem {
+pub(crate) struct Elem {
     name: &'static str,
     attrs: Vec<(&'static str, String)>,
     text: Option<String>,
@@ -22,7 +22,7 @@ pub(super) struct Elem {
 }
 
 impl Elem {
-    pub(super) fn new(name: &'static str) -> Self {
+    pub(crate) fn new(name: &'static str) -> Self {
         Elem {
             name,
             attrs: Vec::new(),
@@ -31,17 +31,17 @@ impl Elem {
         }
     }
 
-    pub(super) fn attr(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    pub(crate) fn attr(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.attrs.push((name, value.into()));
         self
     }
 
-    pub(super) fn text(mut self, text: impl Into<String>) -> Self {
+    pub(crate) fn text(mut self, text: impl Into<String>) -> Self {
         self.text = Some(text.into());
         self
     }
 
-    pub(super) fn children(mut self, children: impl IntoIterator<Item = Elem>) -> Self {
+    pub(crate) fn children(mut self, children: impl IntoIterator<Item = Elem>) -> Self {
         self.children.extend(children);
         self
     }
@@ -49,7 +49,7 @@ impl Elem {
 
 /// Where new elements go, relative to an existing node.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Anchor<'a, 'i> {
+pub(crate) enum Anchor<'a, 'i> {
     /// As following siblings of this element (after any comment on its line).
     After(Node<'a, 'i>),
     /// As preceding siblings of this element.
@@ -61,7 +61,7 @@ pub(super) enum Anchor<'a, 'i> {
 
 impl Anchor<'_, '_> {
     /// Identifies the anchor (kind + node) so that insertions can be grouped.
-    pub(super) fn key(&self) -> (u8, usize) {
+    pub(crate) fn key(&self) -> (u8, usize) {
         match self {
             Anchor::After(n) => (0, n.range().start),
             Anchor::Before(n) => (1, n.range().start),
@@ -77,7 +77,7 @@ struct Edit {
 }
 
 /// Collects edits against one version of the text and splices them.
-pub(super) struct Editor<'i> {
+pub(crate) struct Editor<'i> {
     src: &'i str,
     /// The document's line break (`\n` or `\r\n`).
     nl: &'static str,
@@ -89,12 +89,12 @@ pub(super) struct Editor<'i> {
 }
 
 /// The first element child named `name` in no namespace (libvirt's vocabulary).
-pub(super) fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
+pub(crate) fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
     children(node, name).next()
 }
 
 /// All element children named `name` in no namespace, in document order.
-pub(super) fn children<'a, 'i>(
+pub(crate) fn children<'a, 'i>(
     node: Node<'a, 'i>,
     name: &str,
 ) -> impl Iterator<Item = Node<'a, 'i>> {
@@ -102,14 +102,14 @@ pub(super) fn children<'a, 'i>(
 }
 
 /// Whether `node` is an element named `name` in no namespace.
-pub(super) fn is_libvirt(node: Node<'_, '_>, name: &str) -> bool {
+pub(crate) fn is_libvirt(node: Node<'_, '_>, name: &str) -> bool {
     node.is_element()
         && node.tag_name().namespace().is_none_or(str::is_empty)
         && node.tag_name().name() == name
 }
 
 /// The unprefixed attribute `name` of `node`.
-pub(super) fn attribute<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Attribute<'a, 'i>> {
+pub(crate) fn attribute<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Attribute<'a, 'i>> {
     node.attributes()
         .find(|a| a.namespace().is_none_or(str::is_empty) && a.name() == name)
 }
@@ -119,7 +119,7 @@ pub(super) fn attribute<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Attrib
 /// else before the first child ranked after it, else after the last element,
 /// else as the first child. Children for which `skip` holds (being removed) are
 /// never used as anchors.
-pub(super) fn anchor_in<'a, 'i>(
+pub(crate) fn anchor_in<'a, 'i>(
     parent: Node<'a, 'i>,
     order: &[&str],
     name: &str,
@@ -156,7 +156,7 @@ pub(super) fn anchor_in<'a, 'i>(
 }
 
 /// The anchor that makes new elements the first children of `parent`.
-pub(super) fn first_child_anchor<'a, 'i>(parent: Node<'a, 'i>) -> Anchor<'a, 'i> {
+pub(crate) fn first_child_anchor<'a, 'i>(parent: Node<'a, 'i>) -> Anchor<'a, 'i> {
     match parent.children().find(|n| n.is_element()) {
         Some(first) => Anchor::Before(first),
         None => Anchor::Into(parent),
@@ -191,7 +191,7 @@ fn escape_text(value: &str) -> String {
 impl<'i> Editor<'i> {
     /// Detects the document's style (line break, indentation step, quote) from
     /// the text and its root element.
-    pub(super) fn new(src: &'i str, root: Node<'_, 'i>) -> Self {
+    pub(crate) fn new(src: &'i str, root: Node<'_, 'i>) -> Self {
         let mut editor = Editor {
             src,
             nl: if src.contains("\r\n") { "\r\n" } else { "\n" },
@@ -275,7 +275,7 @@ impl<'i> Editor<'i> {
     }
 
     /// The position just past the `>` of `node`'s start tag.
-    pub(super) fn start_tag_end(&self, node: Node<'_, '_>) -> usize {
+    pub(crate) fn start_tag_end(&self, node: Node<'_, '_>) -> usize {
         let range = node.range();
         let bytes = self.src.as_bytes();
         let mut quote = None;
@@ -294,7 +294,7 @@ impl<'i> Editor<'i> {
         range.end
     }
 
-    pub(super) fn is_self_closing(&self, node: Node<'_, '_>) -> bool {
+    pub(crate) fn is_self_closing(&self, node: Node<'_, '_>) -> bool {
         let end = node.range().end;
         self.start_tag_end(node) == end && end >= 2 && self.src.get(end - 2..end) == Some("/>")
     }
@@ -329,7 +329,7 @@ impl<'i> Editor<'i> {
     /// Sets attribute `name` of `node` to `value` unless `satisfied` says the
     /// current value already means the same; replaces the value in place (same
     /// quote) or appends the attribute at the end of the start tag.
-    pub(super) fn set_attr(
+    pub(crate) fn set_attr(
         &mut self,
         node: Node<'_, '_>,
         name: &str,
@@ -372,7 +372,7 @@ impl<'i> Editor<'i> {
     }
 
     /// Removes attribute `name` of `node` with the whitespace before it.
-    pub(super) fn remove_attr(&mut self, node: Node<'_, '_>, name: &str) {
+    pub(crate) fn remove_attr(&mut self, node: Node<'_, '_>, name: &str) {
         if let Some(attr) = attribute(node, name) {
             let range = attr.range();
             let mut start = range.start;
@@ -389,19 +389,19 @@ impl<'i> Editor<'i> {
 
     /// Removes `node`; when it starts its own line, the line break and
     /// indentation before it go too.
-    pub(super) fn remove_element(&mut self, node: Node<'_, '_>) {
+    pub(crate) fn remove_element(&mut self, node: Node<'_, '_>) {
         let range = node.range();
         let start = self.break_before(range.start).unwrap_or(range.start);
         self.push(start..range.end, String::new());
     }
 
     /// Replaces `range` of the original text.
-    pub(super) fn replace(&mut self, range: Range<usize>, text: impl Into<String>) {
+    pub(crate) fn replace(&mut self, range: Range<usize>, text: impl Into<String>) {
         self.push(range, text.into());
     }
 
     /// Inserts `elems` at `anchor`, indented like their new siblings.
-    pub(super) fn insert(&mut self, anchor: Anchor<'_, '_>, elems: &[Elem]) {
+    pub(crate) fn insert(&mut self, anchor: Anchor<'_, '_>, elems: &[Elem]) {
         if elems.is_empty() {
             return;
         }
@@ -518,7 +518,7 @@ impl<'i> Editor<'i> {
 
     /// Splices all edits into the text. Insertions at the same position keep
     /// the order they were made in.
-    pub(super) fn finish(mut self) -> Result<String, RewriteError> {
+    pub(crate) fn finish(mut self) -> Result<String, RewriteError> {
         if self.edits.is_empty() {
             return Ok(self.src.to_owned());
         }
