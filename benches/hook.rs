@@ -123,6 +123,7 @@ fn main() {
                     claimed_at: kvmtune_sys::ledger_store::now(),
                     state: kvmtune_core::ledger::EntryState::Running,
                     rule: "defaults".into(),
+                    floating: false,
                 },
             );
         }

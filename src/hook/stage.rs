@@ -34,6 +34,17 @@ pub(super) struct Stage<'a> {
 /// guest's CPUs out again. Each such guest is recorded once, so its status file is
 /// parsed once, not on every call.
 pub(super) fn locked_ledger(ctx: &Stage<'_>) -> Result<(Locked, Occupancy, Vec<String>)> {
+    locked_ledger_recovering(ctx, false)
+}
+
+/// [`locked_ledger`]; `recover_self`: also recover the guest of this call from what
+/// runs (`reconnect`). Other stages admit their own guest instead: a guest that
+/// starts while the ledger lacks its claim must pass the invariant, not be
+/// recorded wherever libvirt put it.
+pub(super) fn locked_ledger_recovering(
+    ctx: &Stage<'_>,
+    recover_self: bool,
+) -> Result<(Locked, Occupancy, Vec<String>)> {
     let mut locked = Locked::acquire(&ctx.env.paths.run_dir, LOCK_TIMEOUT)?;
     // A guest is running while its status file exists, even when that file does not
     // parse (or is too large): freeing its claim would hand its CPUs out twice.
@@ -65,6 +76,7 @@ pub(super) fn locked_ledger(ctx: &Stage<'_>) -> Result<(Locked, Occupancy, Vec<S
     let unknown: BTreeMap<String, PathBuf> = running
         .iter()
         .filter(|(name, _)| !locked.ledger.guests.contains_key(*name))
+        .filter(|(name, _)| recover_self || **name != ctx.domain.name)
         .map(|(n, p)| (n.clone(), p.clone()))
         .collect();
     if !unknown.is_empty() {

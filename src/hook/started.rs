@@ -9,11 +9,14 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, anyhow};
 
+use kvmtune_core::admission::{self, Candidate};
 use kvmtune_core::cpuset::CpuSet;
 use kvmtune_core::ledger::{Entry, EntryState};
+use kvmtune_core::placement::{Claim, Occupancy};
 use kvmtune_core::plan::plan;
-use kvmtune_core::policy::MemoryMode;
+use kvmtune_core::policy::{EmulatorPlacement, MemoryMode};
 use kvmtune_sys::affinity;
+use kvmtune_sys::ledger_store::Locked;
 use kvmtune_sys::libvirt_run as runstate;
 
 use super::Outcome;
@@ -47,11 +50,14 @@ pub(super) fn started(ctx: &Stage<'_>) -> Result<Outcome> {
 /// admitted now. `Err` is a refusal to return as is; `Ok(None)`: nothing to pin.
 fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Entry>, Outcome>> {
     let (mut locked, occupancy, _) = locked_ledger(ctx)?;
+    // A claim that breaks the invariant now (recorded from what runs while the
+    // ledger lacked it, and another guest holds those CPUs) is no claim: admit.
     let claimed = locked
         .ledger
         .guests
         .get(&ctx.domain.name)
         .filter(|e| !e.floating)
+        .filter(|e| holds_up(ctx, &locked, &occupancy, e))
         .cloned();
     let entry = match claimed {
         // A claim recovered before the emulator threads were placed: place them
@@ -92,6 +98,36 @@ fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Entry>, Outcome>> {
         .insert(ctx.domain.name.clone(), running.clone());
     locked.save()?;
     Ok(Ok(Some(running)))
+}
+
+/// Whether `entry` still meets the invariant against every other claim.
+fn holds_up(ctx: &Stage<'_>, locked: &Locked, occupancy: &Occupancy, entry: &Entry) -> bool {
+    let Ok(host) = read_host(ctx, locked) else {
+        return true;
+    };
+    let on_housekeeping = ctx
+        .policy
+        .select(&kvmtune_core::plan::guest_facts(&ctx.domain))
+        .settings
+        .is_some_and(|s| s.emulator == EmulatorPlacement::Housekeeping);
+    let claim = Claim {
+        vcpus: entry.vcpus.clone(),
+        nodes: entry.nodes.clone(),
+        memory_kib: entry.memory_kib,
+        pool: entry.pool,
+    };
+    admission::check(
+        &Candidate {
+            guest: &ctx.domain.name,
+            claim: &claim,
+            emulator: entry.emulator.as_ref(),
+            emulator_on_housekeeping: on_housekeeping,
+        },
+        &occupancy.without(&ctx.domain.name),
+        &locked.ledger.guests,
+        &admission::forbidden_cpus(&ctx.policy, &host),
+    )
+    .is_empty()
 }
 
 /// The guest's threads by role: vCPU number → tid, iothread id → tid, the rest.
