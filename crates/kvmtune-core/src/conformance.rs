@@ -8,7 +8,18 @@ use serde::Serialize;
 use crate::cpuset::CpuSet;
 use crate::ledger::Entry;
 use crate::plan::{Change, Enforcement, Plan};
-use crate::status::Source;
+
+/// Where a guest's placement was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// The live XML pins the vCPUs (`<vcpupin>`/`<vcpu cpuset>`): libvirt applied them.
+    Xml,
+    /// The hook applied kvmtune's placement at `started` (ledger claim).
+    Ledger,
+    /// Nobody pinned it: the vCPUs float over every CPU.
+    None,
+}
 
 /// One rule's verdict for a running guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

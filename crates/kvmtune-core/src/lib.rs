@@ -15,6 +15,7 @@ pub mod host_tuning;
 pub mod ledger;
 pub mod placement;
 pub mod plan;
+pub mod plan_model;
 pub mod policy;
 pub mod recovery;
 pub mod rewrite;

@@ -87,7 +87,11 @@
 // The rule-specific edits (disk driver, memory backing pages, interface
 // driver, CPU mode) live with their rules in crate::rules and use these.
 pub(crate) mod order;
+pub(crate) mod shared;
 pub(crate) mod splice;
+
+pub use self::shared::RewriteError;
+use self::shared::{same_text, size_in_kib};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -95,27 +99,9 @@ use roxmltree::{Document, Node};
 
 use self::splice::{Anchor, Editor, Elem, anchor_in, attribute, child, children};
 use crate::cpuset::CpuSet;
-use crate::plan::{Change, GuestCell};
+use crate::plan_model::{Change, GuestCell};
 use crate::policy::MemoryMode;
 use crate::rules::{cpu_mode, disk_cache, hugepages, nosharepages, vhost_multiqueue};
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RewriteError {
-    /// The text is not well-formed XML (roxmltree's one-line message).
-    #[error("domain XML is not well-formed: {0}")]
-    Xml(String),
-    /// The root element is not libvirt's `<domain>` (no namespace).
-    #[error("not a libvirt domain: the root element is <{0}>")]
-    NotADomain(String),
-    /// The element a change addresses does not exist (index out of range, no
-    /// `<devices>`), or is not the one the plan named.
-    #[error("domain XML has no element for {0}")]
-    Missing(String),
-    /// The change cannot be written as valid libvirt XML (an empty cpuset, zero
-    /// queues), or the rewrite failed internally.
-    #[error("cannot apply change: {0}")]
-    Invalid(String),
-}
 
 /// Applies `changes` to `xml`, in order. With no changes the input is only
 /// checked (well-formed, a `<domain>`) and returned unchanged.
@@ -279,14 +265,6 @@ fn same_cpuset(set: &CpuSet) -> impl Fn(&str) -> bool + '_ {
     move |v| CpuSet::parse(v.trim()).is_ok_and(|s| s == *set)
 }
 
-pub(crate) fn same_text(want: &str) -> impl Fn(&str) -> bool + '_ {
-    move |v| v.trim() == want
-}
-
-pub(crate) fn same_number(want: u64) -> impl Fn(&str) -> bool {
-    move |v| v.trim().parse::<u64>() == Ok(want)
-}
-
 fn memory_mode_value(mode: MemoryMode) -> Option<&'static str> {
     match mode {
         MemoryMode::Preferred => Some("preferred"),
@@ -295,34 +273,6 @@ fn memory_mode_value(mode: MemoryMode) -> Option<&'static str> {
         MemoryMode::Interleave => Some("interleave"),
         MemoryMode::Off => None,
     }
-}
-
-/// A libvirt scaled size in KiB (`size` + `unit`, unit defaulting to KiB), or
-/// `None` when it is not a whole number of KiB or the unit is unknown.
-pub(crate) fn size_in_kib(size: &str, unit: Option<&str>) -> Option<u64> {
-    let size: u128 = size.trim().parse().ok()?;
-    let unit = unit
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .unwrap_or("KiB");
-    let multiplier: u128 = match unit.to_ascii_lowercase().as_str() {
-        "b" | "byte" | "bytes" => 1,
-        lower => {
-            let prefix = lower.chars().next()?;
-            let power = u32::try_from("kmgtpe".find(prefix)? + 1).ok()?;
-            let base: u128 = match lower.get(1..)? {
-                "" | "ib" => 1024,
-                "b" => 1000,
-                _ => return None,
-            };
-            base.pow(power)
-        }
-    };
-    let bytes = size.checked_mul(multiplier)?;
-    if bytes % 1024 != 0 {
-        return None;
-    }
-    u64::try_from(bytes / 1024).ok()
 }
 
 // ---- cputune ------------------------------------------------------------------
@@ -512,44 +462,7 @@ fn numa_memory(
     ed.set_attr(existing, "nodeset", &value, same_cpuset(nodeset))
 }
 
-/// Adds `elem` (named `name`) at its place in `<memoryBacking>`, creating that
-/// when missing.
-pub(crate) fn memory_backing_add(ed: &mut Editor<'_>, root: Node<'_, '_>, elem: Elem, name: &str) {
-    match child(root, "memoryBacking") {
-        None => {
-            let backing = Elem::new("memoryBacking").children([elem]);
-            ed.insert(
-                anchor_in(root, order::DOMAIN, "memoryBacking", |_| false),
-                &[backing],
-            );
-        }
-        Some(backing) => ed.insert(
-            anchor_in(backing, order::MEMORY_BACKING, name, |_| false),
-            &[elem],
-        ),
-    }
-}
-
 // ---- devices ------------------------------------------------------------------
-
-/// The `index`-th `<devices>` child `kind`, or `Missing` naming it (and the
-/// `target` the plan gave it).
-pub(crate) fn device<'a, 'i>(
-    root: Node<'a, 'i>,
-    kind: &str,
-    index: usize,
-    target: &str,
-) -> Result<Node<'a, 'i>, RewriteError> {
-    let missing = || {
-        if target.is_empty() {
-            RewriteError::Missing(format!("{kind} #{index}"))
-        } else {
-            RewriteError::Missing(format!("{kind} #{index} ({target})"))
-        }
-    };
-    let devices = child(root, "devices").ok_or_else(missing)?;
-    children(devices, kind).nth(index).ok_or_else(missing)
-}
 
 // ---- guest NUMA -------------------------------------------------------------------
 

@@ -103,17 +103,7 @@ pub struct GuestUse {
     pub vcpus: CpuSet,
 }
 
-/// Where a guest's placement was read from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Source {
-    /// The live XML pins the vCPUs (`<vcpupin>`/`<vcpu cpuset>`): libvirt applied them.
-    Xml,
-    /// The hook applied kvmtune's placement at `started` (ledger claim).
-    Ledger,
-    /// Nobody pinned it: the vCPUs float over every CPU.
-    None,
-}
+pub use crate::conformance::Source;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GuestView {

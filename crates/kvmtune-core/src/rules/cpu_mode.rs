@@ -6,10 +6,10 @@
 use roxmltree::Node;
 
 use crate::domain::{CpuMode, Domain};
-use crate::plan::{Change, Planner, Violation};
+use crate::plan_model::{Change, Planner, Violation};
 use crate::policy::{CpuModeAction, Settings};
-use crate::rewrite::RewriteError;
-use crate::rewrite::same_text;
+use crate::rewrite::shared::RewriteError;
+use crate::rewrite::shared::same_text;
 use crate::rewrite::splice::{self, Editor, attribute, child};
 
 pub const ID: &str = "5";

@@ -9,10 +9,10 @@ use roxmltree::Node;
 
 use super::all_met;
 use crate::domain::{Disk, Domain};
-use crate::plan::{Change, Planner};
+use crate::plan_model::{Change, Planner};
 use crate::policy::{DiskCache, DiskIo, Settings};
+use crate::rewrite::shared::{RewriteError, device, same_text};
 use crate::rewrite::splice::{self, Editor, Elem, attribute, child};
-use crate::rewrite::{RewriteError, device, same_text};
 
 pub const ID: &str = "2.1";
 pub const KEY_CACHE: &str = "defaults.disk_cache";

@@ -8,10 +8,10 @@ use roxmltree::Node;
 
 use crate::CpuSet;
 use crate::domain::Domain;
-use crate::plan::{Change, Planner};
+use crate::plan_model::{Change, Planner};
 use crate::policy::{HugePagesMode, Settings};
+use crate::rewrite::shared::{RewriteError, memory_backing_add, same_text, size_in_kib};
 use crate::rewrite::splice::{Editor, Elem, anchor_in, attribute, child, children};
-use crate::rewrite::{RewriteError, memory_backing_add, same_text, size_in_kib};
 
 pub const ID: &str = "3.2";
 pub const KEY_MODE: &str = "defaults.hugepages";

@@ -35,7 +35,7 @@
 //! [`Change`]: crate::plan::Change
 
 use crate::domain::Domain;
-use crate::plan::{Enforcement, Planner};
+use crate::plan_model::{Enforcement, Planner};
 use crate::policy::Settings;
 
 pub mod cpu_mode;

@@ -7,9 +7,9 @@
 use roxmltree::Node;
 
 use crate::domain::Domain;
-use crate::plan::{Change, Planner};
+use crate::plan_model::{Change, Planner};
 use crate::policy::Settings;
-use crate::rewrite::memory_backing_add;
+use crate::rewrite::shared::memory_backing_add;
 use crate::rewrite::splice::{Editor, Elem, child};
 
 pub const ID: &str = "3.1";

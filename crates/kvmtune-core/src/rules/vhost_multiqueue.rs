@@ -10,10 +10,11 @@ use roxmltree::Node;
 
 use super::all_met;
 use crate::domain::{Domain, Interface};
-use crate::plan::{Change, Planner};
+use crate::plan_model::{Change, Planner};
 use crate::policy::Settings;
+use crate::rewrite::order;
+use crate::rewrite::shared::{RewriteError, device, same_number, same_text};
 use crate::rewrite::splice::{Editor, Elem, anchor_in, attribute, child};
-use crate::rewrite::{RewriteError, device, order, same_number, same_text};
 
 pub const VHOST_ID: &str = "4.1";
 pub const QUEUES_ID: &str = "4.2";
