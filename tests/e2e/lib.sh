@@ -207,10 +207,12 @@ check_vcpuinfo() { # GUEST PATTERN
 #   --vcpupin "V:SET ..."              --emulatorpin SET
 #   --numatune MODE:NODESET            --nosharepages
 #   --net-queues N       (add <interface type='ethernet'> virtio + vhost queues)
+#   --iothreads N        (<iothreads>N</iothreads>)
+#   --iothreadpin "ID:SET ..."
 guest_xml() {
     local name=$1; shift
     local vcpus=1 mem=64 cpu=host-model cache=none io="" disk="" vcpupin="" emupin=""
-    local numatune="" nosharepages=0 netq=""
+    local numatune="" nosharepages=0 netq="" iothreads="" iopin=""
     while [ $# -gt 0 ]; do
         case $1 in
             --vcpus) vcpus=$2; shift 2 ;;
@@ -224,6 +226,8 @@ guest_xml() {
             --numatune) numatune=$2; shift 2 ;;
             --nosharepages) nosharepages=1; shift ;;
             --net-queues) netq=$2; shift 2 ;;
+            --iothreads) iothreads=$2; shift 2 ;;
+            --iothreadpin) iopin=$2; shift 2 ;;
             *) echo "guest_xml: unknown option $1" >&2; return 2 ;;
         esac
     done
@@ -243,13 +247,17 @@ guest_xml() {
         echo "  </memoryBacking>"
     fi
     echo "  <vcpu placement='static'>$vcpus</vcpu>"
-    if [ -n "$vcpupin$emupin" ]; then
+    [ -z "$iothreads" ] || echo "  <iothreads>$iothreads</iothreads>"
+    if [ -n "$vcpupin$emupin$iopin" ]; then
         echo "  <cputune>"
         local p
         for p in $vcpupin; do
             echo "    <vcpupin vcpu='${p%%:*}' cpuset='${p#*:}'/>"
         done
         [ -z "$emupin" ] || echo "    <emulatorpin cpuset='$emupin'/>"
+        for p in $iopin; do
+            echo "    <iothreadpin iothread='${p%%:*}' cpuset='${p#*:}'/>"
+        done
         echo "  </cputune>"
     fi
     if [ -n "$numatune" ]; then

@@ -52,6 +52,11 @@ CASES=(
     "apply2|120|no|apply on a running guest says 'next cold boot'; the live guest changes only after destroy + start"
     "revert|90|no|revert restores the exact previous definition; revert --list; bad names refused"
     "status|120|no|status lists the running test guests on the CPUs libvirt reports; plain when piped"
+    "inv1|90|yes|dedicated guest with no room: refused with one line, never unpinned or on the dedicated CPU"
+    "inv2|90|yes|ledger deleted under a running dedicated guest: rebuilt from what runs; the next dedicated start does not get its CPU"
+    "inv3|150|yes|save A, start B dedicated, restore A: the restore is refused, A never runs on B's CPU"
+    "inv4|90|yes|a definition copied with A's pins onto A's dedicated CPU: refused (warn finds no shared CPU; refuse says why)"
+    "inv5|90|yes|<iothreadpin> kept at started; unpinned threads follow the emulator policy"
 )
 
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -368,7 +373,7 @@ run_case() { # "id|timeout|shape|description"
     # In the background + wait, so that a signal to run.sh is handled at once
     # (cleanup stops the case through CASE_PID).
     timeout -k 10 "$t" bash ${E2E_XTRACE:+-x} -c \
-        'PS4="+ \${EPOCHREALTIME} "; set -u -o pipefail; . "$E2E_DIR/lib.sh"; . "$E2E_DIR/cases.sh"; . "$E2E_DIR/cases/admin.sh"; "case_$1"' \
+        'PS4="+ \${EPOCHREALTIME} "; set -u -o pipefail; . "$E2E_DIR/lib.sh"; . "$E2E_DIR/cases.sh"; . "$E2E_DIR/cases/admin.sh"; . "$E2E_DIR/cases/invariant.sh"; "case_$1"' \
         _ "$id" >"$log" 2>&1 </dev/null &
     CASE_PID=$!
     wait "$CASE_PID"
