@@ -121,9 +121,15 @@ fn main() {
     // kvmtune (or after the ledger was lost) parses every status file and records
     // each guest once; measured with the ledger removed before every run.
     let run_dir = envs[2].1.clone();
-    let first = time_with(&bin, &["bench", "prepare", "begin", "-"], &envs, &xml, || {
-        let _ = std::fs::remove_file(run_dir.join("ledger.json"));
-    });
+    let first = time_with(
+        &bin,
+        &["bench", "prepare", "begin", "-"],
+        &envs,
+        &xml,
+        || {
+            let _ = std::fs::remove_file(run_dir.join("ledger.json"));
+        },
+    );
     println!(
         "A0. first call, the 100 guests unknown (every status file parsed, each guest recorded once)"
     );
@@ -231,7 +237,10 @@ fn small_host(bin: &Path, xml: &str, floor: f64, sh: f64) {
         ("KVMTUNE_SYSLOG_SOCKET", dir.path().join("nosyslog")),
         ("KVMTUNE_ALLOW_INSECURE_POLICY", PathBuf::from("1")),
     ];
-    let xml = xml.replace("<vcpu placement='static'>2</vcpu>", "<vcpu placement='static'>1</vcpu>");
+    let xml = xml.replace(
+        "<vcpu placement='static'>2</vcpu>",
+        "<vcpu placement='static'>1</vcpu>",
+    );
     let _ = time(bin, &["bench", "prepare", "begin", "-"], &envs, &xml);
     println!("C. small host: the 4-thread laptop fixture, 2 running guests recorded");
     let t = time(bin, &["bench", "prepare", "begin", "-"], &envs, &xml);

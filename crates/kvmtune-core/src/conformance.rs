@@ -116,6 +116,15 @@ pub fn checks(
         let i = aspect_of(&edit.change);
         let state = match edit.change.enforcement() {
             Enforcement::Runtime if applied => Conformance::RuntimeEnforced,
+            // Not a violation, and not enforced: say what it is.
+            Enforcement::FirstTouch => {
+                texts[i].push(format!(
+                    "{} — {}",
+                    edit.reason.text,
+                    Enforcement::FirstTouch.how()
+                ));
+                continue;
+            }
             _ => Conformance::Differs,
         };
         // Differs wins over runtime-enforced within one aspect.
@@ -170,9 +179,12 @@ pub fn checks(
             texts[1] = vec![format!("applied at start: memory node(s) {}", entry.nodes)];
         }
         if checks[2].state == Conformance::RuntimeEnforced {
+            // Only the vCPU threads are read back by status.
             texts[2] = vec![match &entry.emulator {
-                Some(e) => format!("applied at start: emulator threads on CPUs {e}"),
-                None => "applied at start".to_string(),
+                Some(e) => {
+                    format!("claimed at start: emulator threads on CPUs {e} (not read back)")
+                }
+                None => "claimed at start (not read back)".to_string(),
             }];
         }
     }

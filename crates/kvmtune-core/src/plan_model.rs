@@ -118,6 +118,10 @@ pub enum Enforcement {
     /// Only a changed definition can bring it (disk cache, memory backing, CPU
     /// mode, NIC driver): unmet at start = a violation.
     XmlOnly,
+    /// Not enforced at runtime, and not a violation: `preferred` (and
+    /// `interleave`) memory follows the pinned vCPUs by the kernel's first touch;
+    /// `kvmtune apply` writes the `<numatune>` into the definition.
+    FirstTouch,
 }
 
 impl Enforcement {
@@ -126,6 +130,9 @@ impl Enforcement {
         match self {
             Enforcement::Runtime => "hook applies at start",
             Enforcement::XmlOnly => "needs kvmtune apply",
+            Enforcement::FirstTouch => {
+                "not enforced at runtime: memory follows the pinned vCPUs by first touch; kvmtune apply writes it"
+            }
         }
     }
 }
@@ -133,12 +140,15 @@ impl Enforcement {
 impl Change {
     pub fn enforcement(&self) -> Enforcement {
         match self {
-            Change::VcpuPins { .. }
-            | Change::EmulatorPin { .. }
-            | Change::IothreadPins { .. }
-            // Preferred memory follows the pinned vCPUs by first touch; strict
-            // modes are applied through the cgroup's cpuset.mems at started.
-            | Change::NumaMemory { .. } => Enforcement::Runtime,
+            Change::VcpuPins { .. } | Change::EmulatorPin { .. } | Change::IothreadPins { .. } => {
+                Enforcement::Runtime
+            }
+            // Strict modes are applied through the cgroup's cpuset.mems at
+            // started; preferred memory follows the pinned vCPUs by first touch.
+            Change::NumaMemory { mode, .. } => match mode {
+                MemoryMode::Strict | MemoryMode::Restrictive => Enforcement::Runtime,
+                _ => Enforcement::FirstTouch,
+            },
             Change::DiskDriver { .. }
             | Change::NoSharePages
             | Change::HugePages { .. }
