@@ -517,3 +517,45 @@ fn a_running_guest_keeps_its_cpus_while_they_still_suit_the_policy() {
     let cpus = p.placement.unwrap().cpus;
     assert!(!cpus.contains(5) && !cpus.contains(21), "{cpus}");
 }
+
+#[test]
+fn cpus_no_node_lists_are_never_node_local_and_used_last() {
+    // node0 is offline on this snapshot: the online CPUs it held (4-20 even) are
+    // listed by no node. They are filed under node 1 so every CPU has a node, but
+    // they are not node-local (issue 11).
+    let h = host("intel-xeon-e5-2680v3-2s-cpu0-and-node0-offline");
+    let node1_listed = h.nodes[&1].cpus.difference(&h.nodeless);
+    assert!(
+        !h.nodeless.is_empty(),
+        "the snapshot has CPUs no node lists"
+    );
+    assert!(!node1_listed.is_empty());
+    let small = plan_for(
+        &policy(BASE),
+        &h,
+        &Occupancy::default(),
+        &guest("g", 2, 1024),
+    );
+    let cpus = small.placement.unwrap().cpus;
+    assert!(
+        !cpus.intersects(&h.nodeless),
+        "{cpus} uses CPUs no node lists ({})",
+        h.nodeless
+    );
+    assert!(small.notes.iter().all(|n| !n.text.contains("no NUMA node")));
+    // A dedicated guest larger than the node-listed CPUs uses them, and says so.
+    let big = plan_for(
+        &policy(&format!("{BASE}defaults:\n  pool: dedicated\n")),
+        &h,
+        &Occupancy::default(),
+        &guest("g", node1_listed.len() as u32 + 2, 1024),
+    );
+    assert!(big.placement.unwrap().cpus.intersects(&h.nodeless));
+    assert!(
+        big.notes
+            .iter()
+            .any(|n| n.rule == "1.2" && n.text.contains("belong to no NUMA node")),
+        "{:?}",
+        big.notes
+    );
+}

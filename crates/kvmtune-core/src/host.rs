@@ -85,6 +85,11 @@ pub struct Host {
     /// `isolated` CPUs (isolcpus=).
     pub isolated: CpuSet,
     pub irqs: Vec<Irq>,
+    /// Online CPUs that no node lists (their node is offline): filed under a
+    /// neighbouring node so every CPU has one, but never node-local; placement
+    /// uses them only when nothing else fits, and says so.
+    #[serde(default)]
+    pub nodeless: CpuSet,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +362,7 @@ pub fn assemble(
         nodes,
         isolated,
         irqs,
+        nodeless: CpuSet::new(),
     }
 }
 

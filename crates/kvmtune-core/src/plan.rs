@@ -185,7 +185,7 @@ impl Planner<'_> {
                     claim.vcpus.clone(),
                     "kept where the running guest already is".into(),
                 )),
-                None => place(self.host, &others, &request),
+                None => self.place_node_local_first(&others, &request),
             };
             match fresh {
                 Ok(p) => p,
@@ -345,6 +345,38 @@ impl Planner<'_> {
         // Memory binding (1.2).
         self.numatune(&placement);
         self.plan.placement = Some(placement);
+    }
+
+    /// Places on CPUs that a NUMA node lists first; the CPUs no node lists
+    /// ([`Host::nodeless`]) only when nothing else fits, with a note (their
+    /// memory is never local).
+    fn place_node_local_first(
+        &mut self,
+        others: &Occupancy,
+        request: &Request,
+    ) -> Result<Placement, NoRoom> {
+        let nodeless = request.eligible.intersection(&self.host.nodeless);
+        if nodeless.is_empty() {
+            return place(self.host, others, request);
+        }
+        let local = Request {
+            eligible: request.eligible.difference(&nodeless),
+            ..request.clone()
+        };
+        match place(self.host, others, &local) {
+            Ok(p) => Ok(p),
+            Err(_) => {
+                let p = place(self.host, others, request)?;
+                let used = p.cpus.intersection(&nodeless);
+                if !used.is_empty() {
+                    self.note(
+                        "1.2",
+                        format!("CPUs {used} belong to no NUMA node (their node is offline): not node-local; used because nothing else fits"),
+                    );
+                }
+                Ok(p)
+            }
+        }
     }
 
     fn numatune(&mut self, placement: &Placement) {

@@ -52,10 +52,10 @@ pub fn read_host(root: &Path) -> Result<Host, HostError> {
         raw.insert(cpu, topology);
     }
     let l3_groups = read_l3_groups(&cpu_dir, &online)?;
-    let nodes = read_nodes(root, &online, &raw)?;
+    let (nodes, nodeless) = read_nodes(root, &online, &raw)?;
     let isolated = read_cpus(&cpu_dir.join("isolated"))?.unwrap_or_default();
     let irqs = read_irqs(root)?;
-    Ok(assemble(
+    let mut host = assemble(
         root.to_path_buf(),
         online,
         &raw,
@@ -63,7 +63,9 @@ pub fn read_host(root: &Path) -> Result<Host, HostError> {
         nodes,
         isolated,
         irqs,
-    ))
+    );
+    host.nodeless = nodeless;
+    Ok(host)
 }
 
 /// Like [`read_host`], but takes the static topology (CPUs, cores, caches,
@@ -245,12 +247,13 @@ fn refresh_dynamic(host: &mut Host, root: &Path) -> Result<(), HostError> {
     Ok(())
 }
 
-/// NUMA nodes, each online CPU in exactly one of them.
+/// NUMA nodes, each online CPU in exactly one of them, and the online CPUs that no
+/// node directory lists (filed under a neighbour's node, but not node-local).
 fn read_nodes(
     root: &Path,
     online: &CpuSet,
     raw: &BTreeMap<u32, RawCpu>,
-) -> Result<BTreeMap<u32, Node>, HostError> {
+) -> Result<(BTreeMap<u32, Node>, CpuSet), HostError> {
     let node_dir = root.join(NODE_DIR);
     let ids = if node_dir.is_dir() {
         numbered_entries(&node_dir, "node")?
@@ -258,7 +261,7 @@ fn read_nodes(
         Vec::new()
     };
     if ids.is_empty() {
-        return uma_node(root, online);
+        return Ok((uma_node(root, online)?, CpuSet::new()));
     }
 
     // Buggy firmware can make every node claim the same CPUs; the lowest node wins.
@@ -283,7 +286,8 @@ fn read_nodes(
         nodes.insert(id, node);
     }
 
-    for cpu in online.difference(&assigned).iter() {
+    let nodeless = online.difference(&assigned);
+    for cpu in nodeless.iter() {
         let home = orphan_home(cpu, &nodes, raw);
         if let Some(node) = nodes.get_mut(&home) {
             node.cpus.insert(cpu);
@@ -291,7 +295,7 @@ fn read_nodes(
     }
 
     read_distances(&node_dir, &ids, &mut nodes)?;
-    Ok(nodes)
+    Ok((nodes, nodeless))
 }
 
 /// Fills each node's distances. A `distance` row lists distances in node *index*
