@@ -12,6 +12,7 @@ pub mod cpuset;
 pub mod domain;
 pub mod host;
 pub mod host_tuning;
+pub mod nova;
 pub mod ledger;
 pub mod placement;
 pub mod plan;
