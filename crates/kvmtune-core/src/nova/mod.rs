@@ -274,8 +274,8 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
         .host
         .pool_cpus(crate::placement::Pool::Shared)
         .cloned()
-        .or_else(|| shared.as_ref().map(|o| o.cpus.clone()))
-        .or_else(|| pin_set.as_ref().map(|o| o.cpus.clone()))
+        // With vcpu_pin_set, cpu_shared_set means emulator threads (pre-Train).
+        .or_else(|| pin_set.as_ref().or(shared.as_ref()).map(|o| o.cpus.clone()))
         .unwrap_or_else(|| host.online.difference(&wanted_dedicated));
     let wanted = Wanted {
         shared: usable(&shared_base).difference(&wanted_dedicated),
@@ -284,7 +284,7 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
     let shared_fix = || section_line("compute", format!("cpu_shared_set = {}", wanted.shared));
     let dedicated_fix = || section_line("compute", format!("cpu_dedicated_set = {}", wanted.dedicated));
 
-    if let Some(pin) = &pin_set {
+    let pin_replacement = pin_set.as_ref().map_or_else(Vec::new, |pin| {
         let mut fix = vec![
             "[DEFAULT]".to_string(),
             format!("#vcpu_pin_set = {}", pin.entry.value.replace('\n', " ")),
@@ -293,6 +293,10 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
         if !wanted.dedicated.is_empty() {
             fix.push(format!("cpu_dedicated_set = {}", wanted.dedicated));
         }
+        fix
+    });
+    if let Some(pin) = &pin_set {
+        let fix = pin_replacement.clone();
         findings.push(
             Finding::new(
                 NOVA_RULE,
@@ -322,25 +326,28 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
                 Severity::Warn,
                 Some(s.entry.line),
                 format!(
-                    "with [DEFAULT] vcpu_pin_set (line {}) set, Nova reads [compute] cpu_shared_set in its pre-Train meaning: the CPUs of emulator threads, not the shared pool",
-                    pin.entry.line
+                    "with [DEFAULT] vcpu_pin_set (line {line}) set, Nova reads [compute] cpu_shared_set in its pre-Train meaning: the CPUs of emulator threads, not the shared pool; once vcpu_pin_set is replaced it is the shared pool (line {line}'s fix)",
+                    line = pin.entry.line
                 ),
             ));
         }
     }
 
+    // The shared pool Nova uses: vcpu_pin_set when set (cpu_shared_set then holds
+    // emulator threads, which may well sit on the housekeeping CPUs).
+    let shared_pool = if pin_set.is_some() { &pin_set } else { &shared };
     let options = [
         ("cpu_dedicated_set", &dedicated),
-        ("cpu_shared_set", &shared),
-        ("vcpu_pin_set", &pin_set),
+        ("cpu_shared_set", shared_pool),
     ];
     for (key, option) in options {
         let Some(option) = option else { continue };
-        let fix = match key {
-            "cpu_dedicated_set" => dedicated_fix(),
-            "cpu_shared_set" => shared_fix(),
-            // Its replacement is the deprecation finding's fix.
-            _ => Vec::new(),
+        let fix = if key == "cpu_dedicated_set" {
+            dedicated_fix()
+        } else if pin_set.is_some() {
+            pin_replacement.clone()
+        } else {
+            shared_fix()
         };
         let offline = option.cpus.difference(&host.online);
         if !offline.is_empty() {
@@ -428,9 +435,13 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
             (
                 crate::placement::Pool::Shared,
                 "host.shared_cpus",
-                shared.as_ref().or(pin_set.as_ref()),
+                shared_pool.as_ref(),
                 "cpu_shared_set",
-                shared_fix(),
+                if pin_set.is_some() {
+                    pin_replacement.clone()
+                } else {
+                    shared_fix()
+                },
             ),
             (
                 crate::placement::Pool::Dedicated,
@@ -523,6 +534,25 @@ fn check_cpu_mode(conf: &NovaConf, policy: &Policy, findings: &mut Vec<Finding>)
         .get("libvirt", "virt_type")
         .map_or("kvm", |e| e.value.trim());
     let fix = section_line("libvirt", "cpu_mode = host-model".to_string());
+    let mode_value = mode.map_or(if virt_type == "kvm" { "host-model" } else { "none" }, |e| {
+        e.value.trim()
+    });
+    if let Some(m) = models
+        && mode_value != "custom"
+    {
+        findings.push(
+            Finding::new(
+                NOVA_RULE,
+                Severity::Warn,
+                Some(m.line),
+                format!(
+                    "{} takes effect only with cpu_mode = custom (cpu_mode is {mode_value})",
+                    where_(m)
+                ),
+            )
+            .fix(section_line("libvirt", format!("#{} = {}", m.key, m.value))),
+        );
+    }
     match mode.map(|e| e.value.trim()) {
         Some("host-passthrough") => {
             let Some(entry) = mode else { return };
@@ -545,7 +575,7 @@ fn check_cpu_mode(conf: &NovaConf, policy: &Policy, findings: &mut Vec<Finding>)
                 severity,
                 Some(entry.line),
                 format!(
-                    "[libvirt] cpu_mode = host-passthrough: rule 5 (host-passthrough kernel-panicked production hosts); {what}; use host-model, or custom with a named cpu_models"
+                    "[libvirt] cpu_mode = host-passthrough, which kernel-panicked production hosts: {what}; use host-model, or custom with a named cpu_models"
                 ),
             );
             if severity >= Severity::Warn {
@@ -576,22 +606,6 @@ fn check_cpu_mode(conf: &NovaConf, policy: &Policy, findings: &mut Vec<Finding>)
                 },
                 str::to_string,
             );
-            if let (Some(m), Some(mode_value)) = (models, other)
-                && mode_value != "custom"
-            {
-                findings.push(
-                    Finding::new(
-                        NOVA_RULE,
-                        Severity::Warn,
-                        Some(m.line),
-                        format!(
-                            "{} takes effect only with cpu_mode = custom (cpu_mode is {mode_value})",
-                            where_(m)
-                        ),
-                    )
-                    .fix(section_line("libvirt", format!("#{} = {}", m.key, m.value))),
-                );
-            }
             findings.push(Finding::new(
                 id,
                 Severity::Ok,
