@@ -123,12 +123,22 @@ fn run_check(args: &NovaCheckArgs) -> Result<ExitCode> {
 /// The text report: one block per finding, a count, and the merged fix lines.
 pub fn render(path: &Path, findings: &[Finding], host: &str) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{}: checked against the policy on this host ({host})", path.display());
+    let _ = writeln!(
+        out,
+        "{}: checked against the policy on this host ({host})",
+        path.display()
+    );
     for f in findings {
         let at = f
             .line
             .map_or(String::new(), |l| format!(" {}:{l}", path.display()));
-        let _ = writeln!(out, "{:<5} [rule {}]{at}: {}", f.severity.as_str(), f.rule, f.message);
+        let _ = writeln!(
+            out,
+            "{:<5} [rule {}]{at}: {}",
+            f.severity.as_str(),
+            f.rule,
+            f.message
+        );
         for line in &f.fix_lines {
             let _ = writeln!(out, "        {line}");
         }
@@ -144,7 +154,10 @@ pub fn render(path: &Path, findings: &[Finding], host: &str) -> String {
     );
     let merged = nova::merged_fix(findings);
     if !merged.is_empty() {
-        let _ = writeln!(out, "\nnova.conf lines that make Nova define conforming guests:");
+        let _ = writeln!(
+            out,
+            "\nnova.conf lines that make Nova define conforming guests:"
+        );
         for line in merged {
             let _ = writeln!(out, "  {line}");
         }

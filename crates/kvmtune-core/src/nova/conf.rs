@@ -65,7 +65,9 @@ pub enum ConfError {
     EmptyKey { line: u32, text: String },
     #[error("{line}: '{text}': key before any [section] (start with [DEFAULT])")]
     NoSection { line: u32, text: String },
-    #[error("{line}: indented line continues no value (a blank line, comment or section came before it)")]
+    #[error(
+        "{line}: indented line continues no value (a blank line, comment or section came before it)"
+    )]
     StrayContinuation { line: u32 },
 }
 
@@ -282,9 +284,10 @@ mod tests {
 
     #[test]
     fn continuation_lines_join_with_newline_and_stop_at_blank_lines() {
-        let conf =
-            NovaConf::parse("[compute]\ncpu_shared_set = 2-7,\n    18-23\n\t# still the value\nx = 1\n")
-                .unwrap();
+        let conf = NovaConf::parse(
+            "[compute]\ncpu_shared_set = 2-7,\n    18-23\n\t# still the value\nx = 1\n",
+        )
+        .unwrap();
         assert_eq!(conf.entries[0].value, "2-7,\n18-23\n# still the value");
         assert_eq!(conf.entries[1], entry("compute", "x", "1", 5));
         assert_eq!(
@@ -303,7 +306,8 @@ mod tests {
 
     #[test]
     fn no_inline_comments_and_quotes_stripped() {
-        let conf = NovaConf::parse("[DEFAULT]\na = x # y\nb = \"q w\"\nc = 'z\"\nd = \"\n").unwrap();
+        let conf =
+            NovaConf::parse("[DEFAULT]\na = x # y\nb = \"q w\"\nc = 'z\"\nd = \"\n").unwrap();
         let values: Vec<&str> = conf.entries.iter().map(|e| e.value.as_str()).collect();
         assert_eq!(values, ["x # y", "q w", "'z\"", "\""]);
     }
@@ -401,7 +405,8 @@ mod tests {
 
     #[test]
     fn crlf_line_endings() {
-        let conf = NovaConf::parse("[libvirt]\r\ncpu_mode = custom\r\ncpu_models = Skylake\r\n").unwrap();
+        let conf =
+            NovaConf::parse("[libvirt]\r\ncpu_mode = custom\r\ncpu_models = Skylake\r\n").unwrap();
         assert_eq!(conf.get("libvirt", "cpu_mode").unwrap().value, "custom");
         assert_eq!(conf.get("libvirt", "cpu_models").unwrap().line, 3);
     }
