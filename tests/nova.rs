@@ -155,13 +155,13 @@ warn  [rule 5] {path}:50: [libvirt] cpu_mode = host-passthrough, which kernel-pa
 nova.conf lines that make Nova define conforming guests:
   [compute]
   cpu_shared_set = 1-31
-  reserved_huge_pages = node:0,size:2048,count:2048
-  reserved_huge_pages = node:1,size:2048,count:2048
   [libvirt]
   cpu_mode = host-model
   disk_cachemodes = file=none,block=none
   [DEFAULT]
   reserved_host_memory_mb = 8704
+  reserved_huge_pages = node:0,size:2048,count:2048
+  reserved_huge_pages = node:1,size:2048,count:2048
 "
         ),
         "{text}"
@@ -209,7 +209,7 @@ fn a_conforming_nova_conf_exits_0() {
     let path = dir.path().join("nova.conf");
     std::fs::write(
         &path,
-        "[DEFAULT]\nreserved_host_memory_mb = 8704\n\n[compute]\ncpu_dedicated_set = 8-15,\n  24-31\ncpu_shared_set = 2-7,18-23\nreserved_huge_pages = node:0,size:2048,count:1024\nreserved_huge_pages = node:1,size:2048,count:1024\n\n[libvirt]\ncpu_mode = custom\ncpu_models = Skylake-Server-IBRS\ndisk_cachemodes = file=none,block=none,network=none\n",
+        "[DEFAULT]\nreserved_host_memory_mb = 8704\nreserved_huge_pages = node:0,size:2048,count:1024\nreserved_huge_pages = node:1,size:2048,count:1024\n\n[compute]\ncpu_dedicated_set = 8-15,\n  24-31\ncpu_shared_set = 2-7,18-23\n\n[libvirt]\ncpu_mode = custom\ncpu_models = Skylake-Server-IBRS\ndisk_cachemodes = file=none,block=none,network=none\n",
     )
     .unwrap();
     let path = path.to_str().unwrap();
@@ -260,15 +260,15 @@ fn a_conforming_nova_conf_exits_0() {
         f(
             "3.2",
             Ok,
-            Some(8),
-            "[compute] reserved_huge_pages = node:0,size:2048,count:1024: Nova keeps 1024 of node 0's 2 MiB huge pages from hw:mem_page_size guests",
+            Some(3),
+            "[DEFAULT] reserved_huge_pages = node:0,size:2048,count:1024: Nova keeps 1024 of node 0's 2 MiB huge pages from hw:mem_page_size guests",
             &[],
         ),
         f(
             "3.2",
             Ok,
-            Some(9),
-            "[compute] reserved_huge_pages = node:1,size:2048,count:1024: Nova keeps 1024 of node 1's 2 MiB huge pages from hw:mem_page_size guests",
+            Some(4),
+            "[DEFAULT] reserved_huge_pages = node:1,size:2048,count:1024: Nova keeps 1024 of node 1's 2 MiB huge pages from hw:mem_page_size guests",
             &[],
         ),
     ];
@@ -281,13 +281,13 @@ fn nova_errors_in_cpu_sets_and_huge_pages() {
 [DEFAULT]
 vcpu_pin_set = 2-7
 reserved_host_memory_mb = lots
-[compute]
-cpu_dedicated_set = 4-7,32-35
-cpu_shared_set = 0-5
 reserved_huge_pages = node:0,size:1GB,count:1
 reserved_huge_pages = node:1,size:2048,count:4096
 reserved_huge_pages = node:7,size:2048,count:1
 reserved_huge_pages = size:2048
+[compute]
+cpu_dedicated_set = 4-7,32-35
+cpu_shared_set = 0-5
 [libvirt]
 cpu_mode = custom
 ";
@@ -309,21 +309,21 @@ cpu_mode = custom
         f(
             "nova",
             Error,
-            Some(5),
+            Some(9),
             "[compute] cpu_dedicated_set and [DEFAULT] vcpu_pin_set (line 2) exclude each other: nova-compute refuses to start",
             &[],
         ),
         f(
             "nova",
             Warn,
-            Some(6),
+            Some(10),
             "with [DEFAULT] vcpu_pin_set (line 2) set, Nova reads [compute] cpu_shared_set in its pre-Train meaning: the CPUs of emulator threads, not the shared pool; once vcpu_pin_set is replaced it is the shared pool (line 2's fix)",
             &[],
         ),
         f(
             "nova",
             Error,
-            Some(5),
+            Some(9),
             "[compute] cpu_dedicated_set = 4-7,32-35 names CPUs 32-35 this host does not have online (online: 0-31): nova-compute refuses to start",
             &["[compute]", "cpu_dedicated_set = 4-7"],
         ),
@@ -358,29 +358,29 @@ cpu_mode = custom
         f(
             "3.2",
             Error,
-            Some(7),
-            "[compute] reserved_huge_pages = node:0,size:1GB,count:1: node 0 has only 0 1 GiB huge pages",
+            Some(4),
+            "[DEFAULT] reserved_huge_pages = node:0,size:1GB,count:1: node 0 has only 0 1 GiB huge pages",
             &[],
         ),
         f(
             "3.2",
             Error,
-            Some(8),
-            "[compute] reserved_huge_pages = node:1,size:2048,count:4096: node 1 has only 2048 2 MiB huge pages",
+            Some(5),
+            "[DEFAULT] reserved_huge_pages = node:1,size:2048,count:4096: node 1 has only 2048 2 MiB huge pages",
             &[],
         ),
         f(
             "3.2",
             Error,
-            Some(9),
-            "[compute] reserved_huge_pages = node:7,size:2048,count:1: this host has no NUMA node 7",
+            Some(6),
+            "[DEFAULT] reserved_huge_pages = node:7,size:2048,count:1: this host has no NUMA node 7",
             &[],
         ),
         f(
             "nova",
             Error,
-            Some(10),
-            "[compute] reserved_huge_pages = size:2048: wants node:N,size:KiB,count:N: nova-compute refuses to start",
+            Some(7),
+            "[DEFAULT] reserved_huge_pages = size:2048: wants node:N,size:KiB,count:N: nova-compute refuses to start",
             &[],
         ),
     ];
@@ -545,7 +545,7 @@ fn expected_devstack() -> Vec<Finding> {
             None,
             "policy hugepages: auto backs guests with 2 MiB huge pages at start when their node has enough free; Nova does not see those pages taken, so a later guest whose flavor sets hw:mem_page_size may not fit: either give every flavor hw:mem_page_size=2048 (Nova then accounts the pages), or keep the pages from Nova with reserved_huge_pages",
             &[
-                "[compute]",
+                "[DEFAULT]",
                 "reserved_huge_pages = node:0,size:2048,count:2048",
                 "reserved_huge_pages = node:1,size:2048,count:2048",
             ],
@@ -558,21 +558,21 @@ fn expected_kolla() -> Vec<Finding> {
         f(
             "nova",
             Info,
-            Some(62),
-            "[libvirt] cpu_mode is also set on line(s) 60: single-valued, so Nova uses this last one (host-model)",
+            Some(64),
+            "[libvirt] cpu_mode is also set on line(s) 62: single-valued, so Nova uses this last one (host-model)",
             &[],
         ),
         f(
             "1.3",
             Warn,
-            Some(68),
+            Some(70),
             "[compute] cpu_shared_set = 0-7,16-23 includes CPU0, reserved CPUs 16 and IRQ CPUs 1,17, which rule 1.3 keeps from guests: Nova counts them as capacity for floating guests, which kvmtune's hook then pins elsewhere",
             &["[compute]", "cpu_shared_set = 2-7,18-23"],
         ),
         f(
             "1.1",
             Warn,
-            Some(68),
+            Some(70),
             "[compute] cpu_shared_set = 0-7,16-23, but the policy's host.shared_cpus is 2-7,18-23: Nova and kvmtune disagree about which CPUs serve floating guests",
             &["[compute]", "cpu_shared_set = 2-7,18-23"],
         ),
@@ -586,14 +586,14 @@ fn expected_kolla() -> Vec<Finding> {
         f(
             "5",
             Ok,
-            Some(62),
+            Some(64),
             "[libvirt] cpu_mode host-model: not host-passthrough",
             &[],
         ),
         f(
             "2.1",
             Warn,
-            Some(56),
+            Some(58),
             "[libvirt] disk_cachemodes = network=writeback: network=writeback, file unset, block unset: rule 2.1 wants cache='none' for every disk (policy disk_cache: none)",
             &[
                 "[libvirt]",
@@ -610,15 +610,15 @@ fn expected_kolla() -> Vec<Finding> {
         f(
             "3.2",
             Ok,
-            Some(69),
-            "[compute] reserved_huge_pages = node:0,size:2048,count:512: Nova keeps 512 of node 0's 2 MiB huge pages from hw:mem_page_size guests",
+            Some(15),
+            "[DEFAULT] reserved_huge_pages = node:0,size:2048,count:512: Nova keeps 512 of node 0's 2 MiB huge pages from hw:mem_page_size guests",
             &[],
         ),
         f(
             "3.2",
             Ok,
-            Some(70),
-            "[compute] reserved_huge_pages = node:1,size:2MB,count:512: Nova keeps 512 of node 1's 2 MiB huge pages from hw:mem_page_size guests",
+            Some(16),
+            "[DEFAULT] reserved_huge_pages = node:1,size:2MB,count:512: Nova keeps 512 of node 1's 2 MiB huge pages from hw:mem_page_size guests",
             &[],
         ),
     ]
@@ -698,7 +698,7 @@ fn expected_pin_set() -> Vec<Finding> {
             None,
             "policy hugepages: auto backs guests with 2 MiB huge pages at start when their node has enough free; Nova does not see those pages taken, so a later guest whose flavor sets hw:mem_page_size may not fit: either give every flavor hw:mem_page_size=2048 (Nova then accounts the pages), or keep the pages from Nova with reserved_huge_pages",
             &[
-                "[compute]",
+                "[DEFAULT]",
                 "reserved_huge_pages = node:0,size:2048,count:2048",
                 "reserved_huge_pages = node:1,size:2048,count:2048",
             ],

@@ -28,7 +28,7 @@ writes already conforms:
   [libvirt] cpu_mode, cpu_models                no host-passthrough (rule 5)
   [libvirt] disk_cachemodes                     the policy's disk_cache (rule 2.1)
   [DEFAULT] reserved_host_memory_mb             covers the huge page pool (rule 3.2)
-  [compute] reserved_huge_pages                 pages this host has (rule 3.2)
+  [DEFAULT] reserved_huge_pages                 pages this host has (rule 3.2)
 
 kvmtune keeps the pins Nova gives dedicated guests (existing_pins: keep) and counts
 them in its occupancy. nova.conf is read as oslo.config does: the last of a

@@ -26,7 +26,7 @@
 /// Every other option is single-valued: the last occurrence wins (oslo.config's
 /// rule), and [`NovaConf::repeated`] reports the earlier ones.
 pub const MULTI_VALUED: &[(&str, &str)] = &[
-    ("compute", "reserved_huge_pages"),
+    ("DEFAULT", "reserved_huge_pages"),
     ("pci", "alias"),
     ("pci", "device_spec"),
     ("pci", "passthrough_whitelist"),
@@ -273,7 +273,7 @@ mod tests {
     #[test]
     fn separator_is_whichever_of_equals_and_colon_comes_first() {
         let conf = NovaConf::parse(
-            "[compute]\nreserved_huge_pages = node:0,size:2048,count:64\n[DEFAULT]\ntransport_url: rabbit://u:p@h:5672/\n",
+            "[DEFAULT]\nreserved_huge_pages = node:0,size:2048,count:64\ntransport_url: rabbit://u:p@h:5672/\n",
         )
         .unwrap();
         assert_eq!(conf.entries[0].key, "reserved_huge_pages");
@@ -315,20 +315,20 @@ mod tests {
     #[test]
     fn repeated_single_valued_last_wins_multi_valued_keeps_all() {
         let conf = NovaConf::parse(
-            "[compute]\ncpu_shared_set = 1-3\nreserved_huge_pages = node:0,size:2048,count:8\nreserved_huge_pages = node:1,size:2048,count:8\ncpu_shared_set = 4-7\n",
+            "[DEFAULT]\nreserved_huge_pages = node:0,size:2048,count:8\nreserved_huge_pages = node:1,size:2048,count:8\n[compute]\ncpu_shared_set = 1-3\ncpu_shared_set = 4-7\n",
         )
         .unwrap();
         assert_eq!(conf.get("compute", "cpu_shared_set").unwrap().value, "4-7");
         assert_eq!(
-            conf.get_all("compute", "reserved_huge_pages")
+            conf.get_all("DEFAULT", "reserved_huge_pages")
                 .map(|e| e.line)
                 .collect::<Vec<_>>(),
-            [3, 4]
+            [2, 3]
         );
         let repeated = conf.repeated();
         assert_eq!(repeated.len(), 1);
-        assert_eq!(repeated[0].0.line, 5);
-        assert_eq!(repeated[0].1, [2]);
+        assert_eq!(repeated[0].0.line, 6);
+        assert_eq!(repeated[0].1, [5]);
         assert!(conf.get("compute", "missing").is_none());
         assert!(conf.get("DEFAULT", "cpu_shared_set").is_none());
     }

@@ -18,7 +18,7 @@
 //! - rule 5: `[libvirt] cpu_mode` / `cpu_models`.
 //! - rule 2.1: `[libvirt] disk_cachemodes`.
 //! - rule 3.2: `[DEFAULT] reserved_host_memory_mb` against the host's huge page pool,
-//!   `[compute] reserved_huge_pages` against the host's pages.
+//!   `[DEFAULT] reserved_huge_pages` against the host's pages.
 //! - repeated single-valued keys (the last wins; the earlier lines are reported).
 //!
 //! Every value a fix line suggests for a key is computed once ([`Wanted`]), so
@@ -828,7 +828,7 @@ fn check_memory(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Ve
     }
 
     let mut reserved_pages = false;
-    for e in conf.get_all("compute", "reserved_huge_pages") {
+    for e in conf.get_all("DEFAULT", "reserved_huge_pages") {
         reserved_pages = true;
         let mut node = None;
         let mut size = None;
@@ -899,7 +899,7 @@ fn check_memory(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Ve
         .filter(|(_, total)| *total > 0)
         .collect();
     if policy.defaults.hugepages == HugePagesMode::Auto && !per_node.is_empty() && !reserved_pages {
-        let mut fix = vec!["[compute]".to_string()];
+        let mut fix = vec!["[DEFAULT]".to_string()];
         for (node, total) in &per_node {
             fix.push(format!(
                 "reserved_huge_pages = node:{node},size:{size},count:{total}"
