@@ -65,6 +65,9 @@ pub enum Command {
     /// Replay a workload of guest arrivals and departures on a host and report the
     /// placement quality (kvmtune or a baseline strategy).
     Simulate(commands::simulate::SimulateArgs),
+    /// Compare an OpenStack compute node's nova.conf with the policy and this host,
+    /// and print the nova.conf lines that make Nova define conforming guests.
+    Nova(commands::nova::NovaArgs),
 }
 
 /// Runs the parsed command line.
@@ -78,5 +81,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => commands::status::run_status(&args),
         Command::Host(args) => commands::host::run_host(&args),
         Command::Simulate(args) => commands::simulate::run(&args),
+        Command::Nova(args) => commands::nova::run(&args),
     }
 }

@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod check;
 pub mod host;
+pub mod nova;
 pub mod plan;
 pub mod simulate;
 pub mod status;

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod host;
 pub mod host_tuning;
 pub mod ledger;
+pub mod nova;
 pub mod placement;
 pub mod plan;
 pub mod plan_model;
