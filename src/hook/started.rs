@@ -27,7 +27,11 @@ pub(super) fn started(ctx: &Stage<'_>) -> Result<Outcome> {
         Ok(entry) => entry,
         Err(outcome) => return Ok(outcome),
     };
-    let Some(entry) = entry else {
+    let Some(Settled {
+        entry,
+        override_emulator,
+    }) = entry
+    else {
         return Ok(Outcome::allow("nothing to apply (not pinned by policy)"));
     };
     let mut notes = Vec::new();
@@ -40,7 +44,7 @@ pub(super) fn started(ctx: &Stage<'_>) -> Result<Outcome> {
         .qemu_pid
         .ok_or_else(|| anyhow!("{}: no QEMU pid", status_path.display()))?;
     let threads = Threads::of(ctx, pid, &live.vcpu_tids, &live.iothread_tids)?;
-    let applied = apply(ctx, &entry, pid, &threads, &mut notes)?;
+    let applied = apply(ctx, &entry, override_emulator, pid, &threads, &mut notes)?;
     notes.insert(0, format!("effective {}", applied.join(" ")));
     Ok(Outcome::allow(notes.join("; ")))
 }
@@ -48,7 +52,7 @@ pub(super) fn started(ctx: &Stage<'_>) -> Result<Outcome> {
 /// Under the lock: the claim `prepare` made (now running), or, when there is none
 /// (hook installed while the guest was starting, ledger lost, policy changed), one
 /// admitted now. `Err` is a refusal to return as is; `Ok(None)`: nothing to pin.
-fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Entry>, Outcome>> {
+fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Settled>, Outcome>> {
     let (mut locked, occupancy, _) = locked_ledger(ctx)?;
     // A claim that breaks the invariant now (recorded from what runs while the
     // ledger lacked it, and another guest holds those CPUs) is no claim: admit.
@@ -90,6 +94,17 @@ fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Entry>, Outcome>> {
             }
         }
     };
+    // The XML's own emulator pin is kept unless it breaks the invariant (a
+    // confined guest whose copied <emulatorpin> sits on another guest's
+    // dedicated CPU): then the claim's set replaces it.
+    let override_emulator = match (&ctx.domain.emulator_pin, &entry.emulator) {
+        (Some(own), Some(claimed)) if own != claimed => {
+            let mut as_pinned = entry.clone();
+            as_pinned.emulator = Some(own.clone());
+            !holds_up(ctx, &locked, &occupancy, &as_pinned)
+        }
+        _ => false,
+    };
     let mut running = entry.clone();
     running.state = EntryState::Running;
     locked
@@ -97,7 +112,16 @@ fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Entry>, Outcome>> {
         .guests
         .insert(ctx.domain.name.clone(), running.clone());
     locked.save()?;
-    Ok(Ok(Some(running)))
+    Ok(Ok(Some(Settled {
+        entry: running,
+        override_emulator,
+    })))
+}
+
+/// The claim `started` applies, and whether it replaces the XML's emulator pin.
+struct Settled {
+    entry: Entry,
+    override_emulator: bool,
 }
 
 /// Whether `entry` still meets the invariant against every other claim.
@@ -201,6 +225,7 @@ fn pin(tid: u32, cpus: &CpuSet) -> Result<()> {
 fn apply(
     ctx: &Stage<'_>,
     entry: &Entry,
+    override_emulator: bool,
     pid: u32,
     threads: &Threads,
     notes: &mut Vec<String>,
@@ -246,7 +271,15 @@ fn apply(
             }
             pin(*tid, emulator)?;
         }
-        if domain.emulator_pin.is_none() {
+        if domain.emulator_pin.is_none() || override_emulator {
+            if override_emulator && let Some(cg) = affinity::cpuset_cgroup(&ctx.env.host_root, pid)
+            {
+                let dir = affinity::guest_cgroup_dir(&cg.dir).join("emulator");
+                affinity::set_cgroup_cpus(&dir, emulator)?;
+                notes.push(format!(
+                    "the XML's <emulatorpin> breaks the placement invariant: emulator threads on {emulator}"
+                ));
+            }
             for tid in &threads.others {
                 pin(*tid, emulator)?;
             }
