@@ -66,11 +66,20 @@ fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Settled>, Outcome>> {
     let entry = match claimed {
         // A claim recovered before the emulator threads were placed: place them
         // now as the policy says (the vCPUs keep the claim's CPUs).
+        // Relative to the claim's own vCPUs, not to a fresh plan's placement.
         Some(mut e) if e.emulator.is_none() && ctx.domain.emulator_pin.is_none() => {
             let host = read_host(ctx, &locked)?;
-            if let Ok(plan) = plan(&ctx.policy, &host, &occupancy, &ctx.domain) {
-                e.emulator = plan.emulator_cpus;
-            }
+            let housekeeping = admission::housekeeping_cpus(&ctx.policy, &host);
+            let on_housekeeping = ctx
+                .policy
+                .select(&kvmtune_core::plan::guest_facts(&ctx.domain))
+                .settings
+                .is_some_and(|s| s.emulator == EmulatorPlacement::Housekeeping);
+            e.emulator = Some(if on_housekeeping && !housekeeping.is_empty() {
+                housekeeping
+            } else {
+                e.cpus.clone()
+            });
             e
         }
         Some(e) => e,
