@@ -59,6 +59,7 @@ pub fn record_hook_outcome(run_dir: &Path, stage: &str, outcome: &str) -> io::Re
             Err((_, errno)) => return Err(errno.into()),
         }
     };
+    remove_stale_temp_files(run_dir);
     let mut counters = read_hook_counters(run_dir).unwrap_or_default();
     counters.version = 1;
     *counters
@@ -75,6 +76,22 @@ pub fn record_hook_outcome(run_dir: &Path, stage: &str, outcome: &str) -> io::Re
         0o644,
         false,
     )
+}
+
+/// Temp files of counter writers killed between write and rename: under the
+/// counter lock no other writer runs, so every one is stale.
+fn remove_stale_temp_files(run_dir: &Path) {
+    let Ok(entries) = fs::read_dir(run_dir) else {
+        return;
+    };
+    let prefix = format!(".{COUNTERS_FILE}.");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The counter file in `run_dir`; `None` when absent, unreadable or not parsable.
@@ -121,6 +138,15 @@ mod tests {
         let c = read_hook_counters(run.path()).unwrap();
         assert_eq!(c.counts.len(), 1);
         assert_eq!(c.counts["release-end"]["allowed"], 1);
+        // A writer killed before its rename left a temp file: the next one removes it.
+        let stale = run.path().join(".hook-counters.json.999999.tmp");
+        fs::write(&stale, "{\"vers").unwrap();
+        record_hook_outcome(run.path(), "release-end", "allowed").unwrap();
+        assert!(!stale.exists());
+        assert_eq!(
+            read_hook_counters(run.path()).unwrap().counts["release-end"]["allowed"],
+            2
+        );
     }
 
     #[test]
