@@ -146,7 +146,29 @@ EOF
             install -D -m 0644 "$REPO/LICENSE" "$root/usr/share/licenses/kvmtune/LICENSE"
             ;;
     esac
+    stage_metrics_units "$family" "$root"
     find "$root" -type d -exec chmod 0755 {} +
+}
+
+# kvmtune-metrics.timer/.service (packaging/systemd/): Prometheus metrics for
+# node_exporter's textfile collector. Units go to deb /lib/systemd/system, rpm
+# /usr/lib/systemd/system; the rpm also gets a preset that enables the timer
+# (Debian's postinst enables it with deb-systemd-helper).
+stage_metrics_units() { # stage_metrics_units FAMILY ROOT
+    local family=$1 root=$2 unitdir u
+    case $family in
+        deb) unitdir=$root/lib/systemd/system ;;
+        rpm) unitdir=$root/usr/lib/systemd/system ;;
+    esac
+    for u in kvmtune-metrics.service kvmtune-metrics.timer; do
+        install -D -m 0644 "$PKG/systemd/$u" "$unitdir/$u"
+    done
+    if [ "$family" = rpm ]; then
+        install -d -m 0755 "$root/usr/lib/systemd/system-preset"
+        printf '# kvmtune: Prometheus metrics for node_exporter (skipped without it).\nenable kvmtune-metrics.timer\n' \
+            >"$root/usr/lib/systemd/system-preset/50-kvmtune.preset"
+        chmod 0644 "$root/usr/lib/systemd/system-preset/50-kvmtune.preset"
+    fi
 }
 
 # A maintainer script: the template with the shared functions pasted in where it

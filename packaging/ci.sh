@@ -223,6 +223,8 @@ check "deb ships no file under /etc/libvirt (the hook link is made by postinst)"
     bash -c "! grep -q '^/etc/libvirt/' '$ART/deb-files.txt'"
 check "deb owns /etc/libvirt/hooks/qemu.d" grep -q ' \./etc/libvirt/hooks/qemu\.d/$' "$ART/deb-contents.txt"
 check "every file is root:root" bash -c "! awk '\$2 != \"root/root\"' '$ART/deb-contents.txt' | grep -q ."
+check "deb ships kvmtune-metrics.service and .timer" bash -c "grep -qx /lib/systemd/system/kvmtune-metrics.service '$ART/deb-files.txt' && grep -qx /lib/systemd/system/kvmtune-metrics.timer '$ART/deb-files.txt'"
+check "the systemd units pass systemd-analyze verify" "$PKG_DIR/systemd/verify.sh" "$DEB"
 
 step "inspect the .rpm (rpm -qip / -qlp)"
 # Queries open an rpm database: a scratch one, not ~/.rpmdb on the build machine
@@ -261,7 +263,9 @@ normalize() {
         -e 's|^/usr/share/doc/kvmtune/CHANGELOG\.md$|CHANGELOG|' \
         -e 's|^/usr/share/doc/kvmtune/copyright$|LICENSE|' \
         -e 's|^/usr/share/licenses/kvmtune/LICENSE$|LICENSE|' \
-        -e '/^\/usr\/share\/doc\/kvmtune\/changelog\.Debian\.gz$/d' | LC_ALL=C sort
+        -e '/^\/usr\/share\/doc\/kvmtune\/changelog\.Debian\.gz$/d' \
+        -e 's|^/lib/systemd/system/|UNITDIR/|' -e 's|^/usr/lib/systemd/system/|UNITDIR/|' \
+        -e '/^\/usr\/lib\/systemd\/system-preset\/50-kvmtune\.preset$/d' | LC_ALL=C sort
 }
 normalize <"$ART/deb-files.txt" >"$ART/deb-files.norm"
 normalize <"$ART/rpm-files.txt" >"$ART/rpm-files.norm"

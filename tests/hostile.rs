@@ -459,7 +459,8 @@ fn hostile_guest_names_keep_log_lines_one_line_and_write_no_paths() {
             }
         }
     }
-    // The ledger is one JSON file: no name ever became a path.
+    // The ledger is one JSON file, the hook counters another (by stage, not by
+    // guest): no name ever became a path.
     let mut files: Vec<String> = std::fs::read_dir(&f.env.paths.run_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -467,7 +468,13 @@ fn hostile_guest_names_keep_log_lines_one_line_and_write_no_paths() {
     files.sort();
     assert_eq!(
         files,
-        vec!["host-topology.json", "ledger.json", "ledger.lock"]
+        vec![
+            "hook-counters.json",
+            "hook-counters.lock",
+            "host-topology.json",
+            "ledger.json",
+            "ledger.lock"
+        ]
     );
     let top: Vec<String> = std::fs::read_dir(f.dir.path())
         .unwrap()

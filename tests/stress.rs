@@ -520,9 +520,16 @@ fn hooks_killed_with_sigkill_at_any_moment_leave_the_ledger_usable() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
+    // (The hook counters' own temp files are removed under their own lock.)
     assert_eq!(
         files,
-        vec!["host-topology.json", "ledger.json", "ledger.lock"],
+        vec![
+            "hook-counters.json",
+            "hook-counters.lock",
+            "host-topology.json",
+            "ledger.json",
+            "ledger.lock"
+        ],
         "stale temp files of killed hooks are removed"
     );
     eprintln!("sigkill: killed {killed} hook processes mid-run; ledger usable after each round");

@@ -163,3 +163,57 @@ kvmtune_remove_state() {
     fi
     return 0
 }
+
+# ---------------------------------------------------------------- metrics timer
+# kvmtune-metrics.timer writes `kvmtune status --format prometheus` for
+# node_exporter every 30 s. Debian: the same steps as debhelper's
+# dh_installsystemd snippets, through deb-systemd-helper/-invoke
+# (init-system-helpers); the rpm uses the %systemd_* macros instead.
+KVMTUNE_METRICS_UNITS="kvmtune-metrics.timer"
+KVMTUNE_METRICS_FILE=/var/lib/prometheus/node-exporter/kvmtune.prom
+
+# postinst configure / abort-*: enable the timer (unless the admin disabled it)
+# and (re)start it when systemd runs.
+kvmtune_metrics_enable() {
+    if command -v deb-systemd-helper >/dev/null 2>&1; then
+        deb-systemd-helper unmask $KVMTUNE_METRICS_UNITS >/dev/null || true
+        if deb-systemd-helper --quiet was-enabled $KVMTUNE_METRICS_UNITS; then
+            deb-systemd-helper enable $KVMTUNE_METRICS_UNITS >/dev/null || true
+        else
+            deb-systemd-helper update-state $KVMTUNE_METRICS_UNITS >/dev/null || true
+        fi
+    fi
+    if [ -d /run/systemd/system ]; then
+        systemctl --system daemon-reload >/dev/null 2>&1 || true
+        if command -v deb-systemd-invoke >/dev/null 2>&1; then
+            deb-systemd-invoke restart $KVMTUNE_METRICS_UNITS >/dev/null 2>&1 || true
+        fi
+    fi
+    return 0
+}
+
+# prerm remove: stop the timer and a run in progress.
+kvmtune_metrics_stop() {
+    if [ -d /run/systemd/system ] && command -v deb-systemd-invoke >/dev/null 2>&1; then
+        deb-systemd-invoke stop $KVMTUNE_METRICS_UNITS kvmtune-metrics.service >/dev/null 2>&1 || true
+    fi
+    return 0
+}
+
+# postrm remove/purge: forget the units (purge also drops the enablement state),
+# and remove the metrics file so that node_exporter stops exporting stale values.
+kvmtune_metrics_remove() { # kvmtune_metrics_remove remove|purge
+    if command -v deb-systemd-helper >/dev/null 2>&1; then
+        if [ "$1" = purge ]; then
+            deb-systemd-helper purge $KVMTUNE_METRICS_UNITS >/dev/null || true
+            deb-systemd-helper unmask $KVMTUNE_METRICS_UNITS >/dev/null || true
+        else
+            deb-systemd-helper mask $KVMTUNE_METRICS_UNITS >/dev/null || true
+        fi
+    fi
+    if [ -d /run/systemd/system ]; then
+        systemctl --system daemon-reload >/dev/null 2>&1 || true
+    fi
+    rm -f "$KVMTUNE_METRICS_FILE"
+    return 0
+}

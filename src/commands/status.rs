@@ -3,12 +3,16 @@
 //! whether kvmtune's ledger agrees with libvirt. This module is the door: its
 //! arguments, and [`run_status`], which reads everything through `kvmtune_sys`
 //! (sysfs, libvirt's status files, the ledger, `/proc` for vCPU thread affinity),
-//! builds the model with [`kvmtune_core::status::build`] and prints it as JSON or
-//! as the picture drawn by [`render`].
+//! builds the model with [`kvmtune_core::status::build`] and prints it as the
+//! picture drawn by [`render`], as JSON (with a `schema_version`, documented in
+//! docs/status-json.md) or in Prometheus' text exposition format ([`prometheus`]),
+//! to stdout or atomically into a file (`--output`, for node_exporter's textfile
+//! collector).
 //!
 //! Reads files only, never libvirt itself, so it is safe to run at any time, even
 //! while libvirtd hangs.
 
+pub mod prometheus;
 pub mod render;
 
 use std::collections::BTreeMap;
@@ -18,16 +22,33 @@ use std::process::ExitCode;
 use anstream::{AutoStream, ColorChoice};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
+use serde::Serialize;
 
 use crate::exit;
 use crate::inputs::{self as cli, Sources};
 use kvmtune_core::cpuset::CpuSet;
 use kvmtune_core::ledger::Ledger;
 use kvmtune_core::runstate::LiveGuest;
-use kvmtune_core::status::{Inputs, build, vcpu_count};
+use kvmtune_core::status::{Inputs, Status, build, vcpu_count};
 use kvmtune_sys::affinity;
+use kvmtune_sys::atomicfile;
 use kvmtune_sys::ledger_store as ledger;
 use kvmtune_sys::libvirt_run as runstate;
+use kvmtune_sys::run_metrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// The picture of the host and its guests
+    Text,
+    /// JSON, versioned by its `schema_version` (docs/status-json.md)
+    Json,
+    /// Prometheus' text exposition format (node_exporter's textfile collector)
+    Prometheus,
+}
+
+/// The version of the `--format json` schema (docs/status-json.md): raised when
+/// a field is renamed, removed or changes meaning; adding fields keeps it.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ColorWhen {
@@ -43,16 +64,27 @@ ledger (/run/kvmtune/ledger.json) and /proc for thread affinity; never calls
 libvirt, so it is safe to run at any time. A guest's placement comes from its live
 XML pins, else from the ledger (placed by the hook at start). Conformance per rule:
 ok, runtime-enforced (the hook applied it to the running guest), differs (fixed by
-kvmtune apply and a cold boot). Exit code 0.";
+kvmtune apply and a cold boot). Exit code 0.
+
+--format prometheus also reads the hook's outcome counters
+(/run/kvmtune/hook-counters.json) and the convergence queue
+(/run/kvmtune/converge/). --output FILE replaces FILE atomically (temp file +
+rename), so node_exporter's textfile collector never reads half of it.";
 
 #[derive(Debug, Args)]
 #[command(after_help = STATUS_HELP)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub sources: Sources,
-    /// Print the status as JSON (for monitoring)
-    #[arg(long)]
+    /// Output format
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+    pub format: Format,
+    /// Same as --format json
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// Write to FILE (replaced atomically: temp file + rename) instead of stdout
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
     /// Colour the picture
     #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
     pub color: ColorWhen,
@@ -124,13 +156,60 @@ pub fn run_status(args: &StatusArgs) -> Result<ExitCode> {
         now: ledger::now(),
     };
     let status = build(&inputs);
-    let text = if args.json {
-        serde_json::to_string_pretty(&status)? + "\n"
-    } else {
-        render::render(&status, use_color(args.color))
+    let format = if args.json { Format::Json } else { args.format };
+    let text = match format {
+        Format::Json => to_json(&status)?,
+        Format::Prometheus => prometheus::render(
+            &status,
+            &prometheus::RunState {
+                converge_queue_length: run_metrics::converge_queue_length(&env.paths.run_dir),
+                hook_outcomes: run_metrics::read_hook_counters(&env.paths.run_dir)
+                    .map(|c| c.counts)
+                    .unwrap_or_default(),
+            },
+        ),
+        // A file gets no colour codes, whatever --color says.
+        Format::Text => render::render(&status, args.output.is_none() && use_color(args.color)),
     };
-    crate::output::print_stdout(&text)?;
+    match &args.output {
+        Some(path) => write_output(path, &text)?,
+        None => crate::output::print_stdout(&text)?,
+    }
     Ok(ExitCode::from(exit::OK))
+}
+
+/// The `--format json` document: `schema_version`, then the [`Status`] fields.
+#[derive(Serialize)]
+struct JsonStatus<'a> {
+    schema_version: u32,
+    #[serde(flatten)]
+    status: &'a Status,
+}
+
+/// `status` as the versioned JSON document, pretty-printed.
+pub fn to_json(status: &Status) -> Result<String> {
+    let doc = JsonStatus {
+        schema_version: JSON_SCHEMA_VERSION,
+        status,
+    };
+    Ok(serde_json::to_string_pretty(&doc)? + "\n")
+}
+
+/// Replaces `path` with `text` atomically (mode 0644): readers see the old file
+/// or the new one, never half of it.
+fn write_output(path: &Path, text: &str) -> Result<()> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            exit::fail(
+                exit::USAGE,
+                format!("--output {}: not a file name", path.display()),
+            )
+        })?;
+    atomicfile::write(path, name, text.as_bytes(), 0o644, false)
+        .map_err(|e| exit::fail(exit::INPUT, format!("--output {}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -189,6 +189,13 @@ pub fn run(
         outcome.summary
     );
     let line = one_line(&line);
+    // For `kvmtune status --format prometheus`; never waits, never fails the call.
+    let counted = match (severity_error, outcome.exit) {
+        (true, _) => "error",
+        (false, 0) => "allowed",
+        (false, _) => "refused",
+    };
+    let _ = kvmtune_sys::run_metrics::record_hook_outcome(&env.paths.run_dir, &stage, counted);
     if severity_error {
         log.error(line);
     } else if outcome.exit != 0 || outcome.summary.contains("violation") {

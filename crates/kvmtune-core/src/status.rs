@@ -16,7 +16,7 @@ use crate::conformance::{self, Check, Conformance};
 use crate::cpuset::CpuSet;
 use crate::host::Host;
 use crate::ledger::{EntryState, Ledger, PREPARE_GRACE};
-use crate::placement::Occupancy;
+use crate::placement::{Occupancy, Pool};
 use crate::plan::plan;
 use crate::policy::Policy;
 use crate::runstate::LiveGuest;
@@ -48,7 +48,18 @@ pub struct NodeView {
     /// Memory of the running guests bound to this node (split evenly over their nodes).
     pub guests_mem_kib: u64,
     pub hugepages: Vec<HugePagesView>,
+    /// Per CPU pool, this node's CPUs the pool may use (not reserved, IRQ or CPU0,
+    /// within `host.shared_cpus` / `host.dedicated_cpus` when set) on which no
+    /// placed guest's vCPUs may run (XML pins or ledger claims, starting guests
+    /// included).
+    pub free_cpus: Vec<PoolCpus>,
     pub groups: Vec<GroupView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolCpus {
+    pub pool: Pool,
+    pub cpus: CpuSet,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -120,6 +131,9 @@ pub struct GuestView {
     /// `Cpus_allowed_list` of each vCPU thread, when /proc could be read.
     pub threads: Vec<Option<CpuSet>>,
     pub policy_rule: String,
+    /// The CPU pool: the ledger claim's, else the one the policy puts it in
+    /// (`None` when no plan could be made).
+    pub pool: Option<Pool>,
     pub conformance: Vec<Check>,
     pub ledger: Agreement,
 }
@@ -230,8 +244,28 @@ pub fn build(inputs: &Inputs<'_>) -> Status {
         }
     };
 
+    // CPUs some placed guest's vCPUs may use: live pins, ledger claims (starting too).
+    let used = guests
+        .iter()
+        .fold(claimed.all_cpus(), |acc, g| acc.union(&g.cpus));
+    let eligible = host
+        .online
+        .iter()
+        .filter(|cpu| role(*cpu) == Role::Guests)
+        .collect::<CpuSet>();
+
     let mut nodes = Vec::new();
     for node in host.nodes.values() {
+        let free_cpus = [Pool::Shared, Pool::Dedicated]
+            .into_iter()
+            .map(|pool| {
+                let mut cpus = eligible.intersection(&node.cpus).difference(&used);
+                if let Some(set) = policy.host.pool_cpus(pool) {
+                    cpus = cpus.intersection(set);
+                }
+                PoolCpus { pool, cpus }
+            })
+            .collect();
         let mut groups: Vec<GroupView> = Vec::new();
         let mut cores: Vec<&crate::host::Core> =
             host.cores.iter().filter(|c| c.node == node.id).collect();
@@ -294,6 +328,7 @@ pub fn build(inputs: &Inputs<'_>) -> Status {
                     free: h.free,
                 })
                 .collect(),
+            free_cpus,
             groups,
         });
     }
@@ -377,6 +412,11 @@ fn guest_view(
 
     // Conformance: plan the live XML as the hook would.
     let planned = domain.map(|d| plan(inputs.policy, inputs.host, occupancy, d));
+    let planned_pool = match &planned {
+        Some(Ok(p)) => Some(p.pool),
+        _ => None,
+    };
+    let pool = entry.map(|e| e.pool).or(planned_pool);
     let (policy_rule, conformance) = match planned {
         None => (
             String::new(),
@@ -439,6 +479,7 @@ fn guest_view(
         emulator,
         threads,
         policy_rule,
+        pool,
         conformance,
         ledger: ledger_agreement,
     }

@@ -3,8 +3,9 @@
 //! ([`sysfs`]), libvirt's status files ([`libvirt_run`]), the ledger store
 //! ([`ledger_store`]), the policy file ([`policy_file`]), thread affinity and
 //! cgroups ([`affinity`]), host tuning ([`hosttune`]), syslog ([`logging`]),
-//! bounded child processes ([`command`]), libvirt through virsh ([`virsh`]) and the
-//! backups of replaced definitions ([`backups`]). Decisions are `kvmtune_core`'s.
+//! bounded child processes ([`command`]), libvirt through virsh ([`virsh`]), the
+//! backups of replaced definitions ([`backups`]) and the hook's outcome counters and the
+//! convergence queue's length ([`run_metrics`]). Decisions are `kvmtune_core`'s.
 
 pub mod affinity;
 pub mod atomicfile;
@@ -16,5 +17,6 @@ pub mod libvirt_run;
 pub mod logging;
 pub mod policy_file;
 pub mod roots;
+pub mod run_metrics;
 pub mod sysfs;
 pub mod virsh;

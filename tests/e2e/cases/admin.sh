@@ -9,7 +9,7 @@
 #   "apply1|120|no|apply --yes conforms dumpxml --inactive; the next start runs conforming (mem-merge=off, direct cache, host-model CPU)"
 #   "apply2|120|no|apply on a running guest says 'next cold boot'; the live guest changes only after destroy + start"
 #   "revert|90|no|revert restores the exact previous definition; revert --list; bad names refused"
-#   "status|120|no|status lists the running test guests on the CPUs libvirt reports; plain when piped"
+#   "status|120|no|status lists the running test guests on the CPUs libvirt reports; plain when piped; --format prometheus parses"
 # and run_case must source this file too:  . "$E2E_DIR/cases/admin.sh"
 #
 # Backups go to the run's artifacts, not /var/lib/kvmtune.
@@ -261,4 +261,39 @@ PY
     for g in "$a" "$b"; do
         printf '%s\n' "$out" | grep -q "^  $g  pid $(qemu_pid "$g")" || die "status text lacks guest $g with its pid"
     done
+
+    # --format prometheus, written atomically by --output, read by a real parser
+    # (python3-prometheus-client, installed when missing).
+    local prom=$E2E_WORK/textfile/kvmtune.prom
+    mkdir -p "$E2E_WORK/textfile"
+    kt status --format prometheus --output "$prom" || die "kvmtune status --format prometheus failed"
+    if ! "$PY" -c 'import prometheus_client.parser' 2>/dev/null; then
+        apt-get install -y --no-install-recommends python3-prometheus-client >>"$E2E_WORK/apt.log" 2>&1 ||
+            die "apt-get install python3-prometheus-client failed"
+    fi
+    "$PY" - "$prom" "$a" "$b" <<'PY' || die "status --format prometheus content"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+text = open(sys.argv[1]).read()
+a, b = sys.argv[2], sys.argv[3]
+samples = {}
+for family in text_string_to_metric_families(text):
+    assert family.name.startswith("kvmtune_"), family.name
+    assert family.documentation, family.name
+    for s in family.samples:
+        samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+def get(name, **labels):
+    return samples[(name, tuple(sorted(labels.items())))]
+for g in (a, b):
+    assert get("kvmtune_guest_affinity_drift", guest=g) == 0, g
+    assert get("kvmtune_guest_conformance", guest=g, rule="1.1", aspect="vCPU placement") == 1, g
+assert get("kvmtune_guest_conformance", guest=b, rule="3.1", aspect="no KSM") == 0
+assert get("kvmtune_guest_vcpus", guest=b) == 2
+assert get("kvmtune_ledger_agrees") == 1
+assert get("kvmtune_hook_outcomes_total", stage="prepare-begin", outcome="allowed") >= 2
+assert get("kvmtune_hook_outcomes_total", stage="started-begin", outcome="allowed") >= 2
+assert ("kvmtune_node_free_cpus", (("node", "0"), ("pool", "shared"))) in samples
+print(len(samples), "samples")
+PY
+    note "status --format prometheus: $(grep -vc '^#' "$prom") samples parsed by prometheus_client"
 }
