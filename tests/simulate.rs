@@ -234,24 +234,64 @@ fn naive_takes_cpus_in_number_order() {
 
 #[test]
 fn memory_is_admitted_and_given_back() {
+    // 2 nodes of 4 GiB; the shipped 1 GiB reserve per node leaves 3 GiB each.
     let host = Host::synthetic(1, 2, 2, 2, 4 * GIB);
     let policy = policy();
     let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
-    let free = |sim: &Simulator| -> Vec<Option<u64>> {
-        sim.host().nodes.values().map(|n| n.mem_free_kib).collect()
+    let room = |sim: &Simulator| -> Vec<u64> {
+        sim.node_memory()
+            .values()
+            .map(|m| m.unwrap().room_kib())
+            .collect()
     };
-    let before = free(&sim);
+    let before = room(&sim);
+    assert_eq!(before, vec![3 * GIB, 3 * GIB]);
     sim.arrive("a", 2, 3 * GIB, None).unwrap();
-    // 3 GiB from node 0 where the vCPUs are.
-    assert_eq!(free(&sim), vec![Some(GIB), Some(4 * GIB)]);
-    sim.arrive("b", 1, 4 * GIB, None).unwrap();
-    let err = sim.arrive("c", 1, 2 * GIB, None).unwrap_err();
-    assert!(err.contains("not enough free memory"), "{err}");
+    // 3 GiB committed on node 0 where the vCPUs are.
+    assert_eq!(room(&sim), vec![0, 3 * GIB]);
+    // The next guest goes where its memory fits: node 1.
+    let b = sim.arrive("b", 1, 3 * GIB, None).unwrap();
+    assert_eq!(b.claim.nodes.to_string(), "1");
+    let err = sim.arrive("c", 1, GIB, None).unwrap_err();
+    assert!(err.contains("not enough memory on the host"), "{err}");
+    assert!(err.contains("0 MiB uncommitted"), "{err}");
     sim.depart("b");
     sim.depart("a");
-    assert_eq!(free(&sim), before);
+    assert_eq!(room(&sim), before);
     assert!(sim.occupancy().guests.is_empty());
     assert_eq!(sim.depart("never"), None);
+    // The snapshot itself is never changed.
+    assert_eq!(sim.host(), &host);
+}
+
+/// Issue 12: MemFree is no admission figure. The Silver 4108 snapshot with 90% of
+/// each node's memory in page cache (MemFree 10% of MemTotal) admits exactly the
+/// guests of the original snapshot, each to the same CPUs and memory nodes, under
+/// every workload and strategy.
+#[test]
+fn page_cache_does_not_change_admission() {
+    let read = |name: &str| kvmtune_sys::sysfs::read_host(&data("hosts").join(name)).unwrap();
+    let original = read("intel-xeon-silver4108-2s8c2t-2node");
+    let cached = read("intel-xeon-silver4108-2s8c2t-2node-pagecache90");
+    for (a, b) in original.nodes.values().zip(cached.nodes.values()) {
+        assert_eq!(a.mem_total_kib, b.mem_total_kib);
+        let (total, free) = (b.mem_total_kib.unwrap(), b.mem_free_kib.unwrap());
+        assert_eq!(free, total / 10, "node {}: MemFree 10% of MemTotal", b.id);
+        assert!(a.mem_free_kib.unwrap() > 2 * free);
+    }
+    let policy = Policy::shipped();
+    for w in WORKLOADS {
+        for strategy in Strategy::ALL {
+            let wl = workload(w);
+            let x = simulate(&original, &policy, &wl, strategy);
+            let y = simulate(&cached, &policy, &wl, strategy);
+            let at = format!("{w} × {strategy}");
+            assert!(x.placed > 0, "{at}: nothing placed");
+            assert_eq!(x.placed, y.placed, "{at}: placed");
+            assert_eq!(x.refused, y.refused, "{at}: refusals");
+            assert_eq!(x.guests, y.guests, "{at}: per-guest placement");
+        }
+    }
 }
 
 fn run_all(host: &Host, policy: &Policy, w: &Workload) -> [Report; 3] {
@@ -457,4 +497,68 @@ fn thread_policy_prefer_pairs_siblings() {
     let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
     let a = sim.arrive("a", 2, GIB, None).unwrap();
     assert_eq!(vcpu_sets(&a), ["1", "17"]);
+}
+
+/// Item 3 of issue 12: a node's room is MemTotal − reserve − committed; strict
+/// refuses with each node's numbers, preferred places and says so.
+#[test]
+fn memory_is_accounted_per_node_against_memtotal() {
+    use kvmtune_core::cpuset::CpuSet;
+    use kvmtune_core::placement::{
+        Claim, Occupancy, Request, ThreadPolicy, eligible_cpus, node_memory, place,
+    };
+    // 2 nodes of 8 GiB, 4 CPUs each; MemFree is 8 GiB too but plays no part.
+    let host = Host::synthetic(1, 2, 2, 2, 8 * GIB);
+    let mut occupancy = Occupancy::default();
+    // A running guest spanning both nodes commits 3 GiB on each.
+    occupancy.guests.insert(
+        "big".into(),
+        Claim {
+            vcpus: vec![CpuSet::single(1), CpuSet::single(2)],
+            nodes: "0-1".parse().unwrap(),
+            memory_kib: 6 * GIB,
+            pool: Pool::Shared,
+        },
+    );
+    let rooms: Vec<u64> = node_memory(&host, &occupancy, GIB)
+        .values()
+        .map(|m| m.unwrap().room_kib())
+        .collect();
+    assert_eq!(rooms, vec![4 * GIB, 4 * GIB]);
+    let request = |memory_kib: u64, memory_strict: bool| Request {
+        vcpus: 2,
+        memory_kib,
+        pool: Pool::Shared,
+        eligible: eligible_cpus(&host, &CpuSet::new(), &CpuSet::new(), false, None),
+        cpu_allocation_ratio: 16.0,
+        thread_policy: ThreadPolicy::Prefer,
+        memory_strict,
+        hugepage_kib: None,
+        memory_reserve_kib: GIB,
+    };
+    // 4 GiB fits one node exactly.
+    let p = place(&host, &occupancy, &request(4 * GIB, true)).unwrap();
+    assert_eq!(p.nodes.len(), 1, "{}", p.why);
+    // 5 GiB fits no single node: strict spans two (2.5 GiB each) …
+    let p = place(&host, &occupancy, &request(5 * GIB, true)).unwrap();
+    assert_eq!(p.nodes.to_string(), "0-1", "{}", p.why);
+    // … 9 GiB fits nowhere: strict refuses with the numbers, preferred places.
+    let err = place(&host, &occupancy, &request(9 * GIB, true)).unwrap_err();
+    assert!(err.0.contains("9216 MiB"), "{err}");
+    assert!(
+        err.0
+            .contains("4096 MiB room (MemTotal 8192 − reserve 1024 − guests 3072 MiB)"),
+        "{err}"
+    );
+    let p = place(&host, &occupancy, &request(9 * GIB, false)).unwrap();
+    assert!(
+        p.why.contains("cannot hold the guest's 9216 MiB"),
+        "{}",
+        p.why
+    );
+    assert!(
+        p.why.contains("memory also comes from other nodes"),
+        "{}",
+        p.why
+    );
 }

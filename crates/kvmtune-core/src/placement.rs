@@ -144,8 +144,11 @@ pub struct Request {
     /// `restrictive`): never placed on nodes without the guest's memory free.
     pub memory_strict: bool,
     /// The guest's memory is backed by huge pages of this size (KiB): a node must
-    /// have that many free pages, not just MemFree.
+    /// have that many free pages of that size.
     pub hugepage_kib: Option<u64>,
+    /// Memory per node kept for the host (`host.reserved_memory_per_node`): a node
+    /// holds guests up to MemTotal minus this, minus the running guests' memory.
+    pub memory_reserve_kib: u64,
 }
 
 /// Where a guest goes.
@@ -188,6 +191,155 @@ pub fn eligible_cpus(
     eligible
 }
 
+/// How much guest memory one NUMA node can still hold, as a scheduler accounts
+/// it (Nova per NUMA cell): MemTotal minus the host's reserve, minus the free
+/// huge pages (memory only huge-page-backed guests can use), minus the memory the
+/// running guests committed there. MemFree plays no part: page cache fills it on
+/// every Linux host after a while, and the kernel gives that memory back on demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct NodeMemory {
+    pub total_kib: u64,
+    pub reserve_kib: u64,
+    /// Free huge pages of every size (KiB): not available to other guests.
+    pub hugepages_free_kib: u64,
+    /// The running guests' memory on this node (a claim's memory split evenly
+    /// over its nodes).
+    pub committed_kib: u64,
+}
+
+impl NodeMemory {
+    /// What a new guest may still get here.
+    pub fn room_kib(&self) -> u64 {
+        self.total_kib
+            .saturating_sub(self.reserve_kib)
+            .saturating_sub(self.hugepages_free_kib)
+            .saturating_sub(self.committed_kib)
+    }
+}
+
+impl std::fmt::Display for NodeMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} MiB room (MemTotal {} − reserve {}",
+            self.room_kib() / 1024,
+            self.total_kib / 1024,
+            self.reserve_kib / 1024
+        )?;
+        if self.hugepages_free_kib > 0 {
+            write!(f, " − free huge pages {}", self.hugepages_free_kib / 1024)?;
+        }
+        write!(f, " − guests {} MiB)", self.committed_kib / 1024)
+    }
+}
+
+/// The memory each running guest committed per node: a claim's memory split
+/// evenly over its nodes (the first nodes take the remainder); a claim bound to
+/// no node commits nowhere in particular and is left out.
+pub fn committed_memory(occupancy: &Occupancy) -> BTreeMap<u32, u64> {
+    let mut committed = BTreeMap::new();
+    for claim in occupancy.guests.values() {
+        let count = claim.nodes.len() as u64;
+        if count == 0 {
+            continue;
+        }
+        let share = claim.memory_kib / count;
+        let extra = claim.memory_kib % count;
+        for (i, node) in claim.nodes.iter().enumerate() {
+            *committed.entry(node).or_insert(0u64) += share + u64::from((i as u64) < extra);
+        }
+    }
+    committed
+}
+
+/// [`NodeMemory`] of every node; `None` for a node whose MemTotal is unknown
+/// (sysfs without meminfo), which then never blocks a placement.
+pub fn node_memory(
+    host: &Host,
+    occupancy: &Occupancy,
+    reserve_kib: u64,
+) -> BTreeMap<u32, Option<NodeMemory>> {
+    let committed = committed_memory(occupancy);
+    host.nodes
+        .values()
+        .map(|node| {
+            let memory = node.mem_total_kib.map(|total_kib| NodeMemory {
+                total_kib,
+                reserve_kib,
+                hugepages_free_kib: node
+                    .hugepages
+                    .iter()
+                    .map(|(size, pages)| pages.free.saturating_mul(*size))
+                    .sum(),
+                committed_kib: committed.get(&node.id).copied().unwrap_or(0),
+            });
+            (node.id, memory)
+        })
+        .collect()
+}
+
+/// The per-node memory a placement is checked against, and the free huge pages.
+struct MemoryView<'a> {
+    host: &'a Host,
+    nodes: BTreeMap<u32, Option<NodeMemory>>,
+}
+
+impl MemoryView<'_> {
+    /// Whether `nodes` can hold `memory_kib`, an even share on each (of huge
+    /// pages of `hugepage_kib` when given: their free pages together).
+    fn fits(&self, nodes: &CpuSet, memory_kib: u64, hugepage_kib: Option<u64>) -> bool {
+        if let Some(size) = hugepage_kib {
+            // Huge-page-backed memory comes only from free pages of that size.
+            let pools: Vec<u64> = nodes
+                .iter()
+                .filter_map(|id| self.host.nodes.get(&id)?.hugepages.get(&size))
+                .map(|h| h.free.saturating_mul(size))
+                .collect();
+            if !pools.is_empty() {
+                return pools.iter().sum::<u64>() >= memory_kib;
+            }
+            // No huge page information for these nodes: does not block placement.
+            return true;
+        }
+        // The guest's memory is committed evenly over its nodes (as
+        // committed_memory counts it): each node must hold its share.
+        let count = nodes.len().max(1) as u64;
+        let share = memory_kib.div_ceil(count);
+        nodes.iter().all(|id| {
+            // Unknown MemTotal (sysfs without meminfo) does not block placement.
+            self.nodes
+                .get(&id)
+                .copied()
+                .flatten()
+                .is_none_or(|memory| memory.room_kib() >= share)
+        })
+    }
+
+    /// The numbers behind a memory refusal or note: each node's room, or its free
+    /// huge pages of the guest's size.
+    fn describe(&self, nodes: &CpuSet, hugepage_kib: Option<u64>) -> String {
+        let parts: Vec<String> = nodes
+            .iter()
+            .map(|id| match hugepage_kib {
+                Some(size) => {
+                    let free = self
+                        .host
+                        .nodes
+                        .get(&id)
+                        .and_then(|n| n.hugepages.get(&size))
+                        .map_or(0, |h| h.free);
+                    format!("node {id}: {free} free {} KiB huge pages", size)
+                }
+                None => match self.nodes.get(&id).copied().flatten() {
+                    Some(memory) => format!("node {id}: {memory}"),
+                    None => format!("node {id}: MemTotal unknown"),
+                },
+            })
+            .collect();
+        parts.join("; ")
+    }
+}
+
 /// Places `request` on `host` given `occupancy`.
 pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Placement, NoRoom> {
     let wanted = request.vcpus.max(1) as usize;
@@ -196,33 +348,43 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
     let available = available_cpus(request, &load_of, &dedicated)?;
     let (available, free_cores) =
         thread_policy_cpus(host, request, available, &load_of, &dedicated)?;
+    let memory = MemoryView {
+        host,
+        nodes: node_memory(host, occupancy, request.memory_reserve_kib),
+    };
 
-    // Memory first: the chosen node(s) must have the guest's memory free. When no
-    // node (set) has, the CPUs still go where they fit best and the memory comes
-    // from wherever the kernel finds it, unless the memory binding is strict.
-    for memory in [true, false] {
-        if !memory && request.memory_strict {
-            if search(host, request, &available, &load_of, false).is_some() {
+    // Memory first: the chosen node(s) must be able to hold the guest's memory
+    // (MemTotal − reserve − committed, see NodeMemory). When no node (set) can,
+    // the CPUs still go where they fit best and the memory comes from wherever
+    // the kernel finds it, unless the memory binding is strict.
+    for check_memory in [true, false] {
+        if !check_memory && request.memory_strict {
+            if let Some(p) = search(host, request, &available, &load_of, None) {
                 return Err(NoRoom(format!(
-                    "no node (set) with room for the {wanted} vCPUs has the guest's {} MiB free, and strict memory binding never overcommits a node",
-                    request.memory_kib / 1024
+                    "no node (set) with room for the {wanted} vCPUs can hold the guest's {} MiB ({}), and strict memory binding never overcommits a node",
+                    request.memory_kib / 1024,
+                    memory.describe(&p.nodes, request.hugepage_kib)
                 )));
             }
             break;
         }
-        if let Some(mut placement) = search(host, request, &available, &load_of, memory) {
+        let view = check_memory.then_some(&memory);
+        if let Some(mut placement) = search(host, request, &available, &load_of, view) {
             if let Some((policy, free)) = &free_cores {
                 hold_whole_cores(host, &mut placement, *policy, free);
             }
-            if !memory {
-                placement.why.push_str(
-                    "; no node with these CPUs has the guest's memory free, so memory also comes from other nodes",
-                );
+            if !check_memory {
+                placement.why.push_str(&format!(
+                    "; node(s) {} cannot hold the guest's {} MiB ({}), so memory also comes from other nodes (memory_mode preferred)",
+                    placement.nodes,
+                    request.memory_kib / 1024,
+                    memory.describe(&placement.nodes, request.hugepage_kib)
+                ));
             }
             return Ok(placement);
         }
     }
-    fit_nowhere(host, request, &available, &load_of)
+    fit_nowhere(host, request, &available, &load_of, &memory)
 }
 
 /// One pass over the running guests, without allocating a set per vCPU: the
@@ -363,6 +525,7 @@ fn fit_nowhere(
     request: &Request,
     available: &CpuSet,
     load_of: &dyn Fn(u32) -> f64,
+    memory: &MemoryView<'_>,
 ) -> Result<Placement, NoRoom> {
     let wanted = request.vcpus.max(1) as usize;
     match request.pool {
@@ -383,11 +546,12 @@ fn fit_nowhere(
             let cpus = vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
             let nodes = nodes_of(host, &cpus);
             if request.memory_strict
-                && !memory_fits(host, &nodes, request.memory_kib, request.hugepage_kib)
+                && !memory.fits(&nodes, request.memory_kib, request.hugepage_kib)
             {
                 return Err(NoRoom(format!(
-                    "nodes {nodes} do not have the guest's {} MiB free, and strict memory binding never overcommits a node",
-                    request.memory_kib / 1024
+                    "nodes {nodes} cannot hold the guest's {} MiB ({}), and strict memory binding never overcommits a node",
+                    request.memory_kib / 1024,
+                    memory.describe(&nodes, request.hugepage_kib)
                 )));
             }
             Ok(Placement {
@@ -409,17 +573,18 @@ fn fit_nowhere(
 }
 
 /// The smallest level that fits (core → L3 group → node → socket → fewest nearest
-/// nodes), with or without the memory requirement; None when the CPUs fit nowhere.
+/// nodes), with the memory requirement when `memory` is given; None when the CPUs
+/// fit nowhere.
 fn search(
     host: &Host,
     request: &Request,
     available: &CpuSet,
     load_of: &dyn Fn(u32) -> f64,
-    check_memory: bool,
+    memory: Option<&MemoryView<'_>>,
 ) -> Option<Placement> {
     let wanted = request.vcpus.max(1) as usize;
     let node_fits = |nodes: &CpuSet| {
-        !check_memory || memory_fits(host, nodes, request.memory_kib, request.hugepage_kib)
+        memory.is_none_or(|m| m.fits(nodes, request.memory_kib, request.hugepage_kib))
     };
     let unit_load =
         |unit: &CpuSet| unit.iter().map(load_of).sum::<f64>() / unit.len().max(1) as f64;
@@ -612,31 +777,6 @@ pub fn nodes_of(host: &Host, cpus: &CpuSet) -> CpuSet {
     cpus.iter()
         .filter_map(|c| host.cpus.get(&c).map(|cpu| cpu.node))
         .collect()
-}
-
-fn memory_fits(host: &Host, nodes: &CpuSet, memory_kib: u64, hugepage_kib: Option<u64>) -> bool {
-    if let Some(size) = hugepage_kib {
-        // Huge-page-backed memory comes only from free pages of that size.
-        let pools: Vec<u64> = nodes
-            .iter()
-            .filter_map(|id| host.nodes.get(&id)?.hugepages.get(&size))
-            .map(|h| h.free.saturating_mul(size))
-            .collect();
-        if !pools.is_empty() {
-            return pools.iter().sum::<u64>() >= memory_kib;
-        }
-        // No huge page information for these nodes: does not block placement.
-        return true;
-    }
-    let mut free = 0u64;
-    for id in nodes.iter() {
-        match host.nodes.get(&id).and_then(|n| n.mem_free_kib) {
-            Some(kib) => free = free.saturating_add(kib),
-            // Unknown free memory (sysfs without meminfo) does not block placement.
-            None => return true,
-        }
-    }
-    free >= memory_kib
 }
 
 /// Sum of pairwise distances (0 when the host gives none).

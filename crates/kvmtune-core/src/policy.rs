@@ -80,8 +80,13 @@ pub enum IrqCpus {
     List(CpuSet),
 }
 
+/// Memory kept back on every NUMA node for the host itself (kernel, page tables,
+/// libvirt, qemu's own overhead) when guests' committed memory is accounted
+/// against the node's MemTotal: 1 GiB.
+pub const DEFAULT_RESERVED_MEMORY_PER_NODE_KIB: u64 = 1 << 20;
+
 /// `host:` section.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSettings {
     /// CPUs never given to guests (housekeeping, IRQs). Empty = none.
     pub reserved_cpus: CpuSet,
@@ -95,8 +100,26 @@ pub struct HostSettings {
     /// eligible CPU. Splitting the two keeps shared guests from taking the idle
     /// CPUs a later dedicated guest needs.
     pub dedicated_cpus: CpuSet,
+    /// Memory per NUMA node guests never get (`host.reserved_memory_per_node`):
+    /// a node holds guests up to MemTotal minus this, minus what the running
+    /// guests committed there.
+    pub reserved_memory_per_node_kib: u64,
     /// `host.tuning:` the host-side rules `kvmtune host check|apply` enforce.
     pub tuning: crate::host_tuning::HostTuning,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings {
+            reserved_cpus: CpuSet::new(),
+            irq_cpus: IrqCpus::default(),
+            allow_cpu0: false,
+            shared_cpus: CpuSet::new(),
+            dedicated_cpus: CpuSet::new(),
+            reserved_memory_per_node_kib: DEFAULT_RESERVED_MEMORY_PER_NODE_KIB,
+            tuning: crate::host_tuning::HostTuning::default(),
+        }
+    }
 }
 
 impl HostSettings {
@@ -538,6 +561,9 @@ impl Policy {
                 allow_cpu0: host.allow_cpu0.unwrap_or(false),
                 shared_cpus: host.shared_cpus.map(|c| c.0).unwrap_or_default(),
                 dedicated_cpus: host.dedicated_cpus.map(|c| c.0).unwrap_or_default(),
+                reserved_memory_per_node_kib: host
+                    .reserved_memory_per_node
+                    .map_or(DEFAULT_RESERVED_MEMORY_PER_NODE_KIB, |m| m.0),
                 tuning,
             },
             defaults,
@@ -812,6 +838,7 @@ struct RawHost {
     allow_cpu0: Option<bool>,
     shared_cpus: Option<ReservedCpus>,
     dedicated_cpus: Option<ReservedCpus>,
+    reserved_memory_per_node: Option<MemorySize>,
     tuning: Option<crate::host_tuning::HostTuning>,
 }
 
@@ -1005,6 +1032,23 @@ scalar_from_str!(
         )),
     },
     |v: u64| Err(format!("huge page size {v} needs a unit: use 2M or 1G"))
+);
+
+/// A memory size such as `1G` or `512M`; a bare `0` means none.
+struct MemorySize(u64);
+scalar_from_str!(
+    MemorySize,
+    "a memory size such as 1G or 512M",
+    |s: &str| parse_size_kib(s).map(MemorySize),
+    |v: u64| {
+        if v == 0 {
+            Ok(MemorySize(0))
+        } else {
+            Err(format!(
+                "memory size {v} needs a unit (K, M, G or T), such as {v}G"
+            ))
+        }
+    }
 );
 
 struct RuleName(String);

@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cpuset::CpuSet;
 use crate::host::Host;
-use crate::placement::{Claim, Occupancy, Pool, Request, eligible_cpus, place};
+use crate::placement::{
+    Claim, NodeMemory, Occupancy, Pool, Request, committed_memory, eligible_cpus, node_memory,
+    place,
+};
 use crate::policy::{GuestFacts, IrqCpus, MemoryMode, Policy};
 
 /// Largest vCPU count a workload may ask for (libvirt's own limit is lower).
@@ -285,6 +288,25 @@ pub struct Spanning {
     pub nodes: usize,
 }
 
+/// Where one placed guest went, so every figure of a report can be checked per
+/// guest (`simulate --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuestOutcome {
+    pub guest: String,
+    pub vcpus: u32,
+    pub memory_kib: u64,
+    /// The pool the guest got (libvirt-default: always shared, it has no
+    /// dedicated CPUs).
+    pub pool: Pool,
+    /// Host CPUs of each vCPU, by vCPU number.
+    pub vcpu_cpus: Vec<CpuSet>,
+    /// NUMA nodes its memory is bound to.
+    pub memory_nodes: CpuSet,
+    /// Moves of this guest after it was placed (none yet: the simulator does not
+    /// repack).
+    pub moves: Vec<String>,
+}
+
 /// The outcome of one simulation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -294,6 +316,8 @@ pub struct Report {
     pub departures: usize,
     pub placed: usize,
     pub refused: Vec<Refusal>,
+    /// Every placed arrival, in workload order.
+    pub guests: Vec<GuestOutcome>,
     /// % of placed guests whose vCPUs are all within one NUMA node.
     pub numa_local_pct: f64,
     /// % of placed guests within one L3 group (the socket when the host reports
@@ -390,13 +414,11 @@ impl Report {
 #[derive(Debug, Clone)]
 pub struct Simulator<'a> {
     base: &'a Host,
-    /// The host with `mem_free_kib` reduced by the running guests.
-    host: Host,
     policy: &'a Policy,
     strategy: Strategy,
+    /// The running guests' claims; their memory is what the nodes have committed
+    /// (see [`crate::placement::NodeMemory`]), the same accounting `place()` does.
     occupancy: Occupancy,
-    /// Memory taken from each node, per guest (given back exactly on departure).
-    debits: BTreeMap<String, Vec<(u32, u64)>>,
     /// Requested pool per running guest (the baselines' admission counts).
     pools: BTreeMap<String, (Pool, u32, u32)>,
     forbidden: CpuSet,
@@ -414,11 +436,9 @@ impl<'a> Simulator<'a> {
         let eligible = host_eligible(host, policy);
         Simulator {
             base: host,
-            host: host.clone(),
             policy,
             strategy,
             occupancy: Occupancy::default(),
-            debits: BTreeMap::new(),
             pools: BTreeMap::new(),
             forbidden: host.online.difference(&eligible),
         }
@@ -428,9 +448,47 @@ impl<'a> Simulator<'a> {
         &self.occupancy
     }
 
-    /// The host as the simulation sees it now (free memory reduced by the guests).
+    /// The host as read (the snapshot is never changed: memory is accounted from
+    /// the occupancy, see [`Simulator::node_memory`]).
     pub fn host(&self) -> &Host {
-        &self.host
+        self.base
+    }
+
+    /// Each node's memory as `place()` accounts it now: MemTotal − the policy's
+    /// `host.reserved_memory_per_node` − free huge pages − the running guests'
+    /// committed memory; `None` where MemTotal is unknown.
+    pub fn node_memory(&self) -> BTreeMap<u32, Option<NodeMemory>> {
+        node_memory(
+            self.base,
+            &self.occupancy,
+            self.policy.host.reserved_memory_per_node_kib,
+        )
+    }
+
+    /// Memory the host can still give guests at all (every node with a known
+    /// MemTotal; guests bound to no node count too); `None` when no node reports
+    /// its MemTotal.
+    pub fn host_memory_room_kib(&self) -> Option<u64> {
+        let nodes: Vec<NodeMemory> = self.node_memory().into_values().flatten().collect();
+        if nodes.is_empty() {
+            return None;
+        }
+        let capacity: u64 = nodes
+            .iter()
+            .map(|n| {
+                n.total_kib
+                    .saturating_sub(n.reserve_kib)
+                    .saturating_sub(n.hugepages_free_kib)
+            })
+            .sum();
+        let committed: u64 = self.occupancy.guests.values().map(|c| c.memory_kib).sum();
+        Some(capacity.saturating_sub(committed))
+    }
+
+    /// The memory committed per node (a claim's memory split evenly over its
+    /// nodes).
+    pub fn committed_memory(&self) -> BTreeMap<u32, u64> {
+        committed_memory(&self.occupancy)
     }
 
     /// Online CPUs no guest should get under the policy (CPU0 unless allowed,
@@ -467,29 +525,24 @@ impl<'a> Simulator<'a> {
             .map_or(16, |s| s.cpu_allocation_ratio)
             .max(1);
 
-        // Common admission for every strategy: the host has the memory at all.
-        let known: Vec<u64> = self
-            .host
-            .nodes
-            .values()
-            .filter_map(|n| n.mem_free_kib)
-            .collect();
-        if !known.is_empty() {
-            let free: u64 = known.iter().sum();
-            if free < memory_kib {
-                return Err(format!(
-                    "not enough free memory on the host ({} MiB free, {} MiB asked)",
-                    free / 1024,
-                    memory_kib / 1024
-                ));
-            }
+        // Common admission for every strategy: the host can hold the memory at
+        // all (committed memory against MemTotal − reserve, as place() counts).
+        if let Some(room) = self.host_memory_room_kib()
+            && room < memory_kib
+        {
+            return Err(format!(
+                "not enough memory on the host: {} MiB uncommitted (MemTotal − {} MiB reserve per node − free huge pages − guests), {} MiB asked",
+                room / 1024,
+                self.policy.host.reserved_memory_per_node_kib / 1024,
+                memory_kib / 1024
+            ));
         }
 
         let start = Instant::now();
         let claim = match (self.strategy, &settings) {
             (Strategy::Kvmtune, Some(settings)) => {
                 let mut eligible = eligible_cpus(
-                    &self.host,
+                    self.base,
                     &self.policy.host.reserved_cpus,
                     &irq_cpus(self.base, self.policy),
                     self.policy.host.allow_cpu0,
@@ -510,8 +563,9 @@ impl<'a> Simulator<'a> {
                         MemoryMode::Strict | MemoryMode::Restrictive
                     ),
                     hugepage_kib: None,
+                    memory_reserve_kib: self.policy.host.reserved_memory_per_node_kib,
                 };
-                let p = place(&self.host, &self.occupancy, &request).map_err(|e| e.0)?;
+                let p = place(self.base, &self.occupancy, &request).map_err(|e| e.0)?;
                 Claim {
                     vcpus: p.vcpus,
                     nodes: p.nodes,
@@ -527,8 +581,6 @@ impl<'a> Simulator<'a> {
         };
         let elapsed_us = start.elapsed().as_secs_f64() * 1e6;
 
-        let debit = self.debit(&claim);
-        self.debits.insert(name.to_string(), debit);
         self.pools.insert(name.to_string(), (pool, vcpus, ratio));
         self.occupancy
             .guests
@@ -552,16 +604,6 @@ impl<'a> Simulator<'a> {
     pub fn depart(&mut self, name: &str) -> Option<Claim> {
         let claim = self.occupancy.guests.remove(name)?;
         self.pools.remove(name);
-        for (node, kib) in self.debits.remove(name).unwrap_or_default() {
-            if let Some(free) = self
-                .host
-                .nodes
-                .get_mut(&node)
-                .and_then(|n| n.mem_free_kib.as_mut())
-            {
-                *free += kib;
-            }
-        }
         Some(claim)
     }
 
@@ -662,56 +704,6 @@ impl<'a> Simulator<'a> {
             pool,
         })
     }
-
-    /// Takes the claim's memory from its nodes (evenly), the rest from the other
-    /// nodes in number order, as the kernel falls back; returns what was taken.
-    fn debit(&mut self, claim: &Claim) -> Vec<(u32, u64)> {
-        let known: Vec<u32> = self
-            .host
-            .nodes
-            .values()
-            .filter(|n| n.mem_free_kib.is_some())
-            .map(|n| n.id)
-            .collect();
-        if known.is_empty() {
-            return Vec::new();
-        }
-        let own: Vec<u32> = known
-            .iter()
-            .copied()
-            .filter(|id| claim.nodes.contains(*id))
-            .collect();
-        let mut left = claim.memory_kib;
-        let mut taken: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut take = |host: &mut Host, node: u32, want: u64| -> u64 {
-            let Some(free) = host
-                .nodes
-                .get_mut(&node)
-                .and_then(|n| n.mem_free_kib.as_mut())
-            else {
-                return 0;
-            };
-            let got = want.min(*free);
-            *free -= got;
-            *taken.entry(node).or_insert(0) += got;
-            got
-        };
-        if !own.is_empty() {
-            let share = left / own.len() as u64;
-            let extra = left % own.len() as u64;
-            for (i, node) in own.iter().enumerate() {
-                let want = share + u64::from((i as u64) < extra);
-                left -= take(&mut self.host, *node, want);
-            }
-        }
-        for node in own.iter().chain(known.iter()) {
-            if left == 0 {
-                break;
-            }
-            left -= take(&mut self.host, *node, left);
-        }
-        taken.into_iter().filter(|(_, k)| *k > 0).collect()
-    }
 }
 
 /// CPUs the policy's `irq_cpus` keeps from guests on this host.
@@ -776,6 +768,7 @@ pub fn host_has_smt(host: &Host, forbidden: &CpuSet) -> bool {
 pub fn simulate(host: &Host, policy: &Policy, workload: &Workload, strategy: Strategy) -> Report {
     let mut sim = Simulator::new(host, policy, strategy);
     let mut refused = Vec::new();
+    let mut guests = Vec::new();
     let mut spanning = Vec::new();
     let (mut placed, mut departures, mut numa_local, mut l3_local) = (0usize, 0usize, 0, 0);
     let (mut two, mut paired, mut violations) = (0usize, 0usize, 0usize);
@@ -790,6 +783,15 @@ pub fn simulate(host: &Host, policy: &Policy, workload: &Workload, strategy: Str
             } => match sim.arrive(name, *vcpus, *memory_kib, *pool) {
                 Ok(decision) => {
                     placed += 1;
+                    guests.push(GuestOutcome {
+                        guest: name.clone(),
+                        vcpus: *vcpus,
+                        memory_kib: *memory_kib,
+                        pool: decision.claim.pool,
+                        vcpu_cpus: decision.claim.vcpus.clone(),
+                        memory_nodes: decision.claim.nodes.clone(),
+                        moves: Vec::new(),
+                    });
                     total_us += decision.elapsed_us;
                     max_us = max_us.max(decision.elapsed_us);
                     let q = quality(host, &decision.claim);
@@ -845,6 +847,7 @@ pub fn simulate(host: &Host, policy: &Policy, workload: &Workload, strategy: Str
         departures,
         placed,
         refused,
+        guests,
         numa_local_pct: pct(numa_local, placed),
         l3_local_pct: pct(l3_local, placed),
         two_vcpu_guests: two,

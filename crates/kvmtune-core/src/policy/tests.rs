@@ -70,6 +70,7 @@ fn valid_policy() -> Policy {
             allow_cpu0: false,
             shared_cpus: CpuSet::new(),
             dedicated_cpus: CpuSet::new(),
+            reserved_memory_per_node_kib: 1 << 20,
             tuning: Default::default(),
         },
         defaults: defaults.clone(),
@@ -145,6 +146,7 @@ fn built_in_defaults_are_the_documented_ones() {
         allow_cpu0: false,
         shared_cpus: CpuSet::new(),
         dedicated_cpus: CpuSet::new(),
+        reserved_memory_per_node_kib: 1 << 20,
         tuning: Default::default(),
     };
     assert_eq!(HostSettings::default(), host);
@@ -194,6 +196,7 @@ defaults:
             allow_cpu0: true,
             shared_cpus: CpuSet::new(),
             dedicated_cpus: CpuSet::new(),
+            reserved_memory_per_node_kib: 1 << 20,
             tuning: Default::default(),
         }
     );
@@ -316,7 +319,7 @@ fn validation_errors() {
             invalid(
                 8,
                 3,
-                "host: unknown field `alow_cpu0`, expected one of `reserved_cpus`, `irq_cpus`, `allow_cpu0`, `shared_cpus`, `dedicated_cpus`, `tuning`",
+                "host: unknown field `alow_cpu0`, expected one of `reserved_cpus`, `irq_cpus`, `allow_cpu0`, `shared_cpus`, `dedicated_cpus`, `reserved_memory_per_node`, `tuning`",
             ),
         ),
         (
@@ -1204,4 +1207,30 @@ fn irq_cpus_resolve_against_the_host() {
     // A listed CPU the host does not have online is not kept.
     policy.host.irq_cpus = IrqCpus::List(set("2-3,12"));
     assert_eq!(policy.irq_cpus(&host), set("2-3"));
+}
+
+#[test]
+fn reserved_memory_per_node_takes_sizes() {
+    let kib = |text: &str| {
+        parse(&format!(
+            "version: 1\nhost:\n  reserved_memory_per_node: {text}\n"
+        ))
+        .map(|p| p.host.reserved_memory_per_node_kib)
+    };
+    assert_eq!(kib("1G").unwrap(), 1 << 20);
+    assert_eq!(kib("512M").unwrap(), 512 << 10);
+    assert_eq!(kib("2GiB").unwrap(), 2 << 20);
+    assert_eq!(kib("0").unwrap(), 0);
+    assert_eq!(
+        parse("version: 1\n")
+            .unwrap()
+            .host
+            .reserved_memory_per_node_kib,
+        crate::policy::DEFAULT_RESERVED_MEMORY_PER_NODE_KIB
+    );
+    let err = kib("512").unwrap_err().to_string();
+    assert!(err.contains("needs a unit"), "{err}");
+    assert!(err.contains(":3:"), "{err}");
+    let err = kib("lots").unwrap_err().to_string();
+    assert!(err.contains("reserved_memory_per_node"), "{err}");
 }
