@@ -185,7 +185,7 @@ fn kvmtune_pairs_threads_and_stays_local() {
         (r.spanning[0].guest.as_str(), r.spanning[0].nodes),
         ("d", 2)
     );
-    assert_eq!(r.numa_local_pct, 75.0);
+    assert_eq!(r.numa_local_pct, Some(75.0));
     assert_eq!(r.reserved_violations, 0);
     assert_eq!(r.max_vcpus_per_cpu, 1.0);
     assert!(r.placement_us_max >= r.placement_us_mean);
@@ -197,7 +197,7 @@ fn libvirt_default_floats_over_every_cpu() {
     let w = parse("- {arrive: a, vcpus: 2, memory: 1G}\n").unwrap();
     let r = simulate(&host, &policy(), &w, Strategy::LibvirtDefault);
     assert_eq!(r.placed, 1);
-    assert_eq!(r.numa_local_pct, 0.0);
+    assert_eq!(r.numa_local_pct, Some(0.0));
     assert_eq!(r.smt_paired_pct, Some(0.0));
     assert_eq!(r.spanning[0].nodes, 4);
     // CPU0 is in every floating guest's set.
@@ -365,7 +365,7 @@ fn kvmtune_is_never_behind_the_baselines() {
                 }
                 if k.numa_local_pct < b.numa_local_pct {
                     problems.push(format!(
-                        "{at}: NUMA-local {} < {} {}",
+                        "{at}: NUMA-local {:?} < {:?} {}",
                         k.numa_local_pct, b.numa_local_pct, b.strategy
                     ));
                 }
@@ -403,8 +403,8 @@ fn write_placement_table() {
             table.push_str(&format!(
                 "| {name} | {w} | {} | {} | {} | {} | {} | {} | {} |\n",
                 col(&|r| format!("{}/{}", r.placed, r.refused.len())),
-                col(&|r| pct(r.numa_local_pct)),
-                col(&|r| pct(r.l3_local_pct)),
+                col(&|r| r.numa_local_pct.map_or("n/a".into(), pct)),
+                col(&|r| r.l3_local_pct.map_or("n/a".into(), pct)),
                 col(&|r| r.smt_paired_pct.map_or("n/a".into(), pct)),
                 col(&|r| format!(
                     "{} ({})",
@@ -561,4 +561,117 @@ fn memory_is_accounted_per_node_against_memtotal() {
         "{}",
         p.why
     );
+}
+
+/// Item 5 of issue 12: refusal reasons name the real cause with the numbers.
+#[test]
+fn refusals_name_the_real_cause() {
+    // One node of 4 CPUs without SMT; CPU0 is excluded, so CPUs 1-3 serve guests.
+    let host = Host::synthetic(1, 1, 4, 1, 64 * GIB);
+    let policy = policy_with("  cpu_allocation_ratio: 2\n");
+    let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
+    sim.arrive("d", 3, GIB, Some(Pool::Dedicated)).unwrap();
+    let err = sim.arrive("s", 1, GIB, Some(Pool::Shared)).unwrap_err();
+    assert!(err.contains("held by dedicated guests"), "{err}");
+    assert!(!err.contains("at cpu_allocation_ratio"), "{err}");
+    sim.depart("d");
+    sim.arrive("d", 1, GIB, Some(Pool::Dedicated)).unwrap();
+    for i in 0..4 {
+        sim.arrive(&format!("s{i}"), 1, GIB, Some(Pool::Shared))
+            .unwrap();
+    }
+    let err = sim.arrive("s9", 1, GIB, Some(Pool::Shared)).unwrap_err();
+    assert!(
+        err.contains("of the 3 eligible CPUs (1-3), 1 held by dedicated guests (1), 2 (2-3) at cpu_allocation_ratio 2"),
+        "{err}"
+    );
+    let err = sim.arrive("d2", 1, GIB, Some(Pool::Dedicated)).unwrap_err();
+    assert!(err.contains("run shared guests' vCPUs"), "{err}");
+    // Memory: the host's numbers.
+    let err = sim.arrive("m", 1, 64 * GIB, None).unwrap_err();
+    assert!(err.contains("MiB uncommitted"), "{err}");
+}
+
+#[test]
+fn an_empty_shared_pool_admits_no_shared_guest_and_naive_honours_the_pools() {
+    // small_host: node 0 = CPUs 0-3,16-19; node 1 = 4-7,20-23.
+    let host = small_host();
+    let split = Policy::parse(
+        "version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: none\n  shared_cpus: 1-3,16-19\n  dedicated_cpus: 4-15,20-31\n",
+        Path::new("split.yaml"),
+    )
+    .unwrap();
+    let w = parse(
+        "- {arrive: s1, vcpus: 2, memory: 1G}\n- {arrive: s2, vcpus: 4, memory: 1G}\n- {arrive: d1, vcpus: 2, memory: 1G, pool: dedicated}\n",
+    )
+    .unwrap();
+    for strategy in [Strategy::Kvmtune, Strategy::NaiveFirstFit] {
+        let r = simulate(&host, &split, &w, strategy);
+        assert_eq!(r.placed, 3, "{strategy}: {:?}", r.refused);
+        for g in &r.guests {
+            let cpus = g
+                .vcpu_cpus
+                .iter()
+                .fold(kvmtune_core::cpuset::CpuSet::new(), |a, s| a.union(s));
+            let pool_set = split.host.pool_cpus(g.pool).unwrap();
+            assert!(
+                cpus.is_subset(pool_set),
+                "{strategy}: {} on {cpus}",
+                g.guest
+            );
+        }
+    }
+    let none_shared = Policy::parse(
+        "version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: none\n  shared_cpus: []\n",
+        Path::new("none.yaml"),
+    )
+    .unwrap();
+    for strategy in [Strategy::Kvmtune, Strategy::NaiveFirstFit] {
+        let r = simulate(&host, &none_shared, &w, strategy);
+        assert_eq!(r.placed, 1, "{strategy}");
+        assert_eq!(r.guests[0].guest, "d1");
+        assert_eq!(r.refused.len(), 2);
+    }
+    let r = simulate(&host, &none_shared, &w, Strategy::Kvmtune);
+    assert!(
+        r.refused[0]
+            .reason
+            .contains("no CPU is eligible for the shared pool"),
+        "{}",
+        r.refused[0].reason
+    );
+}
+
+#[test]
+fn nothing_placed_reads_n_a_and_json_lists_every_guest() {
+    let host = small_host();
+    let policy = policy();
+    let r = simulate(
+        &host,
+        &policy,
+        &parse("- {arrive: huge, vcpus: 2, memory: 1T}\n").unwrap(),
+        Strategy::Kvmtune,
+    );
+    assert_eq!(r.placed, 0);
+    assert_eq!(r.numa_local_pct, None);
+    let text = r.text();
+    assert!(text.contains("NUMA-local: n/a"), "{text}");
+    assert!(text.contains("L3-local: n/a"), "{text}");
+    assert!(!text.contains("0.0%"), "{text}");
+
+    let r = simulate(
+        &host,
+        &policy,
+        &parse("- {arrive: a, vcpus: 2, memory: 1G}\n- {arrive: b, vcpus: 1, memory: 1G, pool: dedicated}\n- {depart: a}\n").unwrap(),
+        Strategy::Kvmtune,
+    );
+    let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+    let guests = json["guests"].as_array().unwrap();
+    assert_eq!(guests.len(), 2);
+    assert_eq!(guests[0]["guest"], "a");
+    assert_eq!(guests[0]["pool"], "shared");
+    assert_eq!(guests[0]["vcpu_cpus"].as_array().unwrap().len(), 2);
+    assert_eq!(guests[1]["pool"], "dedicated");
+    assert!(guests[1]["memory_nodes"].is_string() || guests[1]["memory_nodes"].is_array());
+    assert_eq!(guests[1]["moves"], serde_json::json!([]));
 }

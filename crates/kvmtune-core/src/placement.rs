@@ -431,18 +431,63 @@ fn available_cpus(
             .collect(),
     };
     if available.is_empty() {
-        return Err(NoRoom(match request.pool {
-            Pool::Dedicated => format!(
-                "no free dedicated CPU left (eligible CPUs {} are all taken)",
-                request.eligible
-            ),
-            Pool::Shared if request.eligible.is_empty() => {
-                "no CPU is eligible for guests (all reserved, IRQ or CPU0)".to_string()
-            }
-            Pool::Shared => "every eligible CPU is at the CPU allocation ratio".to_string(),
-        }));
+        return Err(NoRoom(no_cpu_left(request, load_of, dedicated)));
     }
     Ok(available)
+}
+
+/// Why the request's pool has no CPU at all, with the real cause and the numbers:
+/// no eligible CPU, every eligible CPU held by dedicated guests, the rest at the
+/// allocation ratio (shared) or running other guests' vCPUs (dedicated).
+fn no_cpu_left(request: &Request, load_of: &dyn Fn(u32) -> f64, dedicated: &CpuSet) -> String {
+    let pool = match request.pool {
+        Pool::Shared => "shared",
+        Pool::Dedicated => "dedicated",
+    };
+    let eligible = &request.eligible;
+    if eligible.is_empty() {
+        return format!(
+            "no CPU is eligible for the {pool} pool (every CPU is reserved, an IRQ CPU, CPU0, or outside host.{pool}_cpus)"
+        );
+    }
+    let held = eligible.intersection(dedicated);
+    let rest = eligible.difference(dedicated);
+    let held_text = if held.is_empty() {
+        String::new()
+    } else {
+        format!("{} held by dedicated guests ({held})", held.len())
+    };
+    if rest.is_empty() {
+        return format!(
+            "every eligible {pool} CPU ({eligible}) is held by dedicated guests; none is at the allocation ratio"
+        );
+    }
+    let joined = |other: String| {
+        if held_text.is_empty() {
+            other
+        } else {
+            format!("{held_text}, {other}")
+        }
+    };
+    match request.pool {
+        Pool::Shared => {
+            let ratio = request.cpu_allocation_ratio.max(1.0);
+            let peak = rest.iter().map(load_of).fold(0.0, f64::max);
+            format!(
+                "no shared CPU has room: of the {} eligible CPUs ({eligible}), {}",
+                eligible.len(),
+                joined(format!(
+                    "{} ({rest}) at cpu_allocation_ratio {ratio} (up to {peak:.1} vCPUs each)",
+                    rest.len()
+                ))
+            )
+        }
+        Pool::Dedicated => format!(
+            "no free dedicated CPU: of the {} eligible CPUs ({eligible}), {}",
+            eligible.len(),
+            joined(format!("{} ({rest}) run shared guests' vCPUs", rest.len()))
+        ),
+    }
 }
 
 /// Under `isolate`/`require`: the policy and the CPUs of the free cores, which

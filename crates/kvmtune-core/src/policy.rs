@@ -93,13 +93,13 @@ pub struct HostSettings {
     pub irq_cpus: IrqCpus,
     /// CPU0 carries many interrupts and kernel work; guests only get it when allowed.
     pub allow_cpu0: bool,
-    /// Host CPUs for the shared pool (Nova's `cpu_shared_set`); empty = every
-    /// eligible CPU.
-    pub shared_cpus: CpuSet,
-    /// Host CPUs for the dedicated pool (Nova's `cpu_dedicated_set`); empty = every
-    /// eligible CPU. Splitting the two keeps shared guests from taking the idle
+    /// Host CPUs for the shared pool (Nova's `cpu_shared_set`); `None` (`none`)
+    /// = every eligible CPU, `Some` of an empty set (`[]`) = no CPU at all.
+    pub shared_cpus: Option<CpuSet>,
+    /// Host CPUs for the dedicated pool (Nova's `cpu_dedicated_set`), as
+    /// `shared_cpus`. Splitting the two keeps shared guests from taking the idle
     /// CPUs a later dedicated guest needs.
-    pub dedicated_cpus: CpuSet,
+    pub dedicated_cpus: Option<CpuSet>,
     /// Memory per NUMA node guests never get (`host.reserved_memory_per_node`):
     /// a node holds guests up to MemTotal minus this, minus what the running
     /// guests committed there.
@@ -114,8 +114,8 @@ impl Default for HostSettings {
             reserved_cpus: CpuSet::new(),
             irq_cpus: IrqCpus::default(),
             allow_cpu0: false,
-            shared_cpus: CpuSet::new(),
-            dedicated_cpus: CpuSet::new(),
+            shared_cpus: None,
+            dedicated_cpus: None,
             reserved_memory_per_node_kib: DEFAULT_RESERVED_MEMORY_PER_NODE_KIB,
             tuning: crate::host_tuning::HostTuning::default(),
         }
@@ -124,13 +124,17 @@ impl Default for HostSettings {
 
 impl HostSettings {
     /// The CPUs a pool may use at all (before reserved/IRQ/CPU0 are removed):
-    /// `None` = no restriction.
+    /// `None` = no restriction; an empty set = the pool has no CPU (`[]`).
     pub fn pool_cpus(&self, pool: Pool) -> Option<&CpuSet> {
-        let set = match pool {
-            Pool::Shared => &self.shared_cpus,
-            Pool::Dedicated => &self.dedicated_cpus,
-        };
-        (!set.is_empty()).then_some(set)
+        match pool {
+            Pool::Shared => self.shared_cpus.as_ref(),
+            Pool::Dedicated => self.dedicated_cpus.as_ref(),
+        }
+    }
+
+    /// Whether the pools have CPU sets of their own (either key set, `[]` too).
+    pub fn pools_split(&self) -> bool {
+        self.shared_cpus.is_some() || self.dedicated_cpus.is_some()
     }
 }
 
@@ -559,8 +563,8 @@ impl Policy {
                 reserved_cpus: host.reserved_cpus.map(|c| c.0).unwrap_or_default(),
                 irq_cpus: host.irq_cpus.map(|i| i.0).unwrap_or_default(),
                 allow_cpu0: host.allow_cpu0.unwrap_or(false),
-                shared_cpus: host.shared_cpus.map(|c| c.0).unwrap_or_default(),
-                dedicated_cpus: host.dedicated_cpus.map(|c| c.0).unwrap_or_default(),
+                shared_cpus: host.shared_cpus.and_then(|c| c.0),
+                dedicated_cpus: host.dedicated_cpus.and_then(|c| c.0),
                 reserved_memory_per_node_kib: host
                     .reserved_memory_per_node
                     .map_or(DEFAULT_RESERVED_MEMORY_PER_NODE_KIB, |m| m.0),
@@ -620,8 +624,9 @@ impl Policy {
         if let IrqCpus::List(irq) = &self.host.irq_cpus {
             check(&[key("host"), key("irq_cpus")], irq, host_cpus, Thing::Cpu);
         }
-        let shared = &self.host.shared_cpus;
-        let dedicated = &self.host.dedicated_cpus;
+        let none = CpuSet::new();
+        let shared = self.host.shared_cpus.as_ref().unwrap_or(&none);
+        let dedicated = self.host.dedicated_cpus.as_ref().unwrap_or(&none);
         check(
             &[key("host"), key("shared_cpus")],
             shared,
@@ -653,10 +658,7 @@ impl Policy {
                 check(&path, nodes, host_nodes, Thing::Node);
             }
         }
-        let both = self
-            .host
-            .shared_cpus
-            .intersection(&self.host.dedicated_cpus);
+        let both = shared.intersection(dedicated);
         if !both.is_empty() {
             errors.push(doc.invalid(
                 &[key("host"), key("dedicated_cpus")],
@@ -708,7 +710,18 @@ impl Policy {
             .filter(|s| s.pin_vcpus)
             .map(|s| s.pool)
             .collect();
-        let split = !self.host.shared_cpus.is_empty() || !self.host.dedicated_cpus.is_empty();
+        let split = self.host.pools_split();
+        for (pool, name) in [(Pool::Shared, "shared"), (Pool::Dedicated, "dedicated")] {
+            let empty = self.host.pool_cpus(pool).is_some_and(CpuSet::is_empty);
+            if empty && pools.contains(&pool) {
+                let message = format!(
+                    "host.{name}_cpus: [] gives the {name} pool no CPU, but the policy places \
+                     guests in the {name} pool: they get no placement (dedicated guests with \
+                     dedicated_fallback: shared go to the shared CPUs)"
+                );
+                warnings.push(doc.warning(&[key("host"), key(&format!("{name}_cpus"))], &message));
+            }
+        }
         if pools.contains(&Pool::Shared) && pools.contains(&Pool::Dedicated) && !split {
             warnings.push(doc.warning(
                 &[key("host")],
@@ -836,8 +849,8 @@ struct RawHost {
     reserved_cpus: Option<ReservedCpus>,
     irq_cpus: Option<RawIrqCpus>,
     allow_cpu0: Option<bool>,
-    shared_cpus: Option<ReservedCpus>,
-    dedicated_cpus: Option<ReservedCpus>,
+    shared_cpus: Option<PoolCpus>,
+    dedicated_cpus: Option<PoolCpus>,
     reserved_memory_per_node: Option<MemorySize>,
     tuning: Option<crate::host_tuning::HostTuning>,
 }
@@ -981,6 +994,39 @@ scalar_from_str!(
     "a cpulist such as \"0-1\", or none",
     |s: &str| parse_cpulist_or_none(s).map(|set| ReservedCpus(set.unwrap_or_default()))
 );
+
+/// `shared_cpus:` / `dedicated_cpus:` — a cpulist; `none` (or empty text) for no
+/// restriction (every eligible CPU); a YAML list of cpulists, where `[]` means no
+/// CPU at all.
+struct PoolCpus(Option<CpuSet>);
+impl<'de> Deserialize<'de> for PoolCpus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PoolCpus;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a cpulist such as \"1-7\", none (every eligible CPU), or [] (no CPU)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PoolCpus, E> {
+                parse_cpulist_or_none(v).map(PoolCpus).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PoolCpus, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<PoolCpus, E> {
+                Ok(PoolCpus(None))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<PoolCpus, A::Error> {
+                let mut set = CpuSet::new();
+                while let Some(item) = seq.next_element::<ReservedCpus>()? {
+                    set = set.union(&item.0);
+                }
+                Ok(PoolCpus(Some(set)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 /// `nodes:` — a list of NUMA nodes, or `None` for any node (`null`, `none`, empty).
 struct NodeList(Option<CpuSet>);

@@ -33,8 +33,9 @@ pub enum Strategy {
     /// online CPUs (CPU0 and reserved CPUs included).
     LibvirtDefault,
     /// A naive hook: each vCPU on its own CPU, first fit in CPU-number order,
-    /// skipping CPU0 and reserved/IRQ CPUs; shared guests overcommit only once no
-    /// idle CPU is left.
+    /// skipping CPU0 and reserved/IRQ CPUs and keeping each pool in its CPU set
+    /// (`host.shared_cpus` / `host.dedicated_cpus`); shared guests overcommit only
+    /// once no idle CPU is left.
     NaiveFirstFit,
 }
 
@@ -318,11 +319,12 @@ pub struct Report {
     pub refused: Vec<Refusal>,
     /// Every placed arrival, in workload order.
     pub guests: Vec<GuestOutcome>,
-    /// % of placed guests whose vCPUs are all within one NUMA node.
-    pub numa_local_pct: f64,
+    /// % of placed guests whose vCPUs are all within one NUMA node; None when
+    /// nothing was placed.
+    pub numa_local_pct: Option<f64>,
     /// % of placed guests within one L3 group (the socket when the host reports
-    /// no caches).
-    pub l3_local_pct: f64,
+    /// no caches); None when nothing was placed.
+    pub l3_local_pct: Option<f64>,
     /// Placed guests with exactly 2 vCPUs.
     pub two_vcpu_guests: usize,
     /// % of those on the two threads of one core; None when no core has two
@@ -353,8 +355,10 @@ impl Report {
             self.placed,
             self.refused.len()
         );
-        let _ = writeln!(out, "NUMA-local: {:.1}%", self.numa_local_pct);
-        let _ = writeln!(out, "L3-local: {:.1}%", self.l3_local_pct);
+        let pct =
+            |p: Option<f64>| p.map_or("n/a (nothing placed)".to_string(), |p| format!("{p:.1}%"));
+        let _ = writeln!(out, "NUMA-local: {}", pct(self.numa_local_pct));
+        let _ = writeln!(out, "L3-local: {}", pct(self.l3_local_pct));
         match self.smt_paired_pct {
             Some(p) => {
                 let _ = writeln!(
@@ -392,11 +396,15 @@ impl Report {
             "reserved/CPU0 violations: {}",
             self.reserved_violations
         );
-        let _ = writeln!(
-            out,
-            "placement time per guest: mean {:.1} µs, max {:.1} µs",
-            self.placement_us_mean, self.placement_us_max
-        );
+        if self.placed == 0 {
+            let _ = writeln!(out, "placement time per guest: n/a (nothing placed)");
+        } else {
+            let _ = writeln!(
+                out,
+                "placement time per guest: mean {:.1} µs, max {:.1} µs",
+                self.placement_us_mean, self.placement_us_max
+            );
+        }
         for r in &self.refused {
             let _ = writeln!(
                 out,
@@ -646,8 +654,13 @@ impl<'a> Simulator<'a> {
     }
 
     /// A naive hook: the lowest-numbered eligible CPUs, idle ones first.
+    /// The pools' CPU sets (`host.shared_cpus` / `host.dedicated_cpus`) are
+    /// honoured as a hook following the same policy would.
     fn naive(&self, vcpus: u32, memory_kib: u64, pool: Pool, ratio: u32) -> Result<Claim, String> {
-        let eligible = self.base.online.difference(&self.forbidden);
+        let mut eligible = self.base.online.difference(&self.forbidden);
+        if let Some(set) = self.policy.host.pool_cpus(pool) {
+            eligible = eligible.intersection(set);
+        }
         let load = self.occupancy.cpu_load();
         let load_of = |cpu: u32| load.get(&cpu).copied().unwrap_or(0.0);
         let dedicated = self.occupancy.dedicated_cpus();
@@ -848,8 +861,8 @@ pub fn simulate(host: &Host, policy: &Policy, workload: &Workload, strategy: Str
         placed,
         refused,
         guests,
-        numa_local_pct: pct(numa_local, placed),
-        l3_local_pct: pct(l3_local, placed),
+        numa_local_pct: (placed > 0).then(|| pct(numa_local, placed)),
+        l3_local_pct: (placed > 0).then(|| pct(l3_local, placed)),
         two_vcpu_guests: two,
         smt_paired_pct: (host_has_smt(host, &sim.forbidden) && two > 0).then(|| pct(paired, two)),
         spanning,

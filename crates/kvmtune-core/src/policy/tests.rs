@@ -68,8 +68,8 @@ fn valid_policy() -> Policy {
             reserved_cpus: set("0-1"),
             irq_cpus: IrqCpus::Auto,
             allow_cpu0: false,
-            shared_cpus: CpuSet::new(),
-            dedicated_cpus: CpuSet::new(),
+            shared_cpus: None,
+            dedicated_cpus: None,
             reserved_memory_per_node_kib: 1 << 20,
             tuning: Default::default(),
         },
@@ -144,8 +144,8 @@ fn built_in_defaults_are_the_documented_ones() {
         reserved_cpus: CpuSet::new(),
         irq_cpus: IrqCpus::Auto,
         allow_cpu0: false,
-        shared_cpus: CpuSet::new(),
-        dedicated_cpus: CpuSet::new(),
+        shared_cpus: None,
+        dedicated_cpus: None,
         reserved_memory_per_node_kib: 1 << 20,
         tuning: Default::default(),
     };
@@ -194,8 +194,8 @@ defaults:
             reserved_cpus: set("0-3,8"),
             irq_cpus: IrqCpus::List(set("4-5")),
             allow_cpu0: true,
-            shared_cpus: CpuSet::new(),
-            dedicated_cpus: CpuSet::new(),
+            shared_cpus: None,
+            dedicated_cpus: None,
             reserved_memory_per_node_kib: 1 << 20,
             tuning: Default::default(),
         }
@@ -1155,6 +1155,46 @@ fn pool_cpu_sets_are_read_checked_against_the_host_and_must_not_overlap() {
             .host
             .pool_cpus(crate::placement::Pool::Shared),
         None
+    );
+}
+
+#[test]
+fn an_empty_pool_list_means_no_cpu_and_none_means_every_cpu() {
+    use crate::placement::Pool;
+    let host = |text: &str| parse(&format!("version: 1\nhost:\n{text}")).unwrap().host;
+    let empty = host("  shared_cpus: []\n  dedicated_cpus: 1-7\n");
+    assert_eq!(empty.pool_cpus(Pool::Shared), Some(&CpuSet::new()));
+    assert_eq!(empty.pool_cpus(Pool::Dedicated), Some(&set("1-7")));
+    assert!(empty.pools_split());
+    for all in ["none", "\"\"", "null"] {
+        let h = host(&format!("  shared_cpus: {all}\n"));
+        assert_eq!(h.pool_cpus(Pool::Shared), None, "{all}");
+        assert!(!h.pools_split(), "{all}");
+    }
+    let list = host("  shared_cpus: [1-3, 5]\n");
+    assert_eq!(list.pool_cpus(Pool::Shared), Some(&set("1-3,5")));
+    let err = parse("version: 1\nhost:\n  shared_cpus: [x]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("host.shared_cpus"), "{err}");
+    // Checked: a pool with no CPU that the policy uses is a warning.
+    let policy = parse("version: 1\nhost:\n  shared_cpus: []\n").unwrap();
+    assert!(policy.check_against(&set("0-7"), &set("0")).is_empty());
+    let warnings = policy.warnings_against(&set("0-7"), &set("0"));
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .to_string()
+            .contains("host.shared_cpus: [] gives the shared pool no CPU"),
+        "{}",
+        warnings[0]
+    );
+    let dedicated_only =
+        parse("version: 1\nhost:\n  shared_cpus: []\ndefaults:\n  pool: dedicated\n").unwrap();
+    assert!(
+        dedicated_only
+            .warnings_against(&set("0-7"), &set("0"))
+            .is_empty()
     );
 }
 
