@@ -62,6 +62,7 @@ fn main() {
         memory_strict: false,
         hugepage_kib: None,
         memory_reserve_kib: 1 << 20,
+        max_nodes: None,
     };
     let iterations = 500;
     let baseline = time_per_iter(iterations, || {

@@ -301,6 +301,7 @@ proptest! {
             memory_strict: false,
             hugepage_kib: None,
             memory_reserve_kib: 1 << 20,
+            max_nodes: None,
         };
         if let Ok(p) = place(sim.host(), sim.occupancy(), &request) {
             let union = p.vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));

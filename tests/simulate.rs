@@ -535,6 +535,7 @@ fn memory_is_accounted_per_node_against_memtotal() {
         memory_strict,
         hugepage_kib: None,
         memory_reserve_kib: GIB,
+        max_nodes: None,
     };
     // 4 GiB fits one node exactly.
     let p = place(&host, &occupancy, &request(4 * GIB, true)).unwrap();
@@ -674,4 +675,60 @@ fn nothing_placed_reads_n_a_and_json_lists_every_guest() {
     assert_eq!(guests[1]["pool"], "dedicated");
     assert!(guests[1]["memory_nodes"].is_string() || guests[1]["memory_nodes"].is_array());
     assert_eq!(guests[1]["moves"], serde_json::json!([]));
+}
+
+/// Item 4 of issue 12: a shared guest's own vCPUs never share a CPU unless it is
+/// larger than its pool; spanning takes the fewest nodes; max_nodes caps it.
+#[test]
+fn placement_shape_distinct_cpus_fewest_nodes_and_max_nodes() {
+    // 1 socket, 4 nodes of 2 cores × 1 thread: CPUs 0-7, node n = 2n..2n+1.
+    let host = Host::synthetic(1, 4, 2, 1, 64 * GIB);
+    let policy = policy_with("  cpu_allocation_ratio: 1\n");
+    let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
+    // 7 shared CPUs (CPU0 excluded); 5 taken at ratio 1 leaves 2: a 3-vCPU guest
+    // would have to stack on itself, so it is refused, saying why.
+    sim.arrive("a", 5, GIB, None).unwrap();
+    let err = sim.arrive("b", 3, GIB, None).unwrap_err();
+    assert!(err.contains("3 shared vCPUs need 3 distinct CPUs"), "{err}");
+    assert!(err.contains("never share a CPU"), "{err}");
+    // A guest larger than its whole pool (7 CPUs) is overcommitted, and says so.
+    let policy = policy_with("  cpu_allocation_ratio: 4\n");
+    let host2 = Host::synthetic(1, 1, 8, 1, 64 * GIB);
+    let decision = place_why(&host2, &policy, 12, None);
+    assert!(decision.contains("own vCPUs share CPUs"), "{decision}");
+    // Spanning: 3 vCPUs on empty 2-CPU nodes take 2 nodes, never more.
+    let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
+    let d = sim.arrive("c", 3, GIB, None).unwrap();
+    assert_eq!(d.claim.nodes.len(), 2, "{}", d.claim.nodes);
+    // max_nodes 1: a 3-vCPU guest needing 2 nodes is refused, naming the cap.
+    let capped = policy_with("  max_nodes: 1\n");
+    let mut sim = Simulator::new(&host, &capped, Strategy::Kvmtune);
+    let err = sim.arrive("d", 3, GIB, None).unwrap_err();
+    assert!(err.contains("max_nodes 1"), "{err}");
+    // … and a guest larger than the pool stays within max_nodes nodes.
+    let capped = policy_with("  max_nodes: 2\n");
+    let mut sim = Simulator::new(&host, &capped, Strategy::Kvmtune);
+    let d = sim.arrive("e", 9, GIB, None).unwrap();
+    assert!(d.claim.nodes.len() <= 2, "{}", d.claim.nodes);
+}
+
+fn place_why(host: &Host, policy: &Policy, vcpus: u32, max_nodes: Option<u32>) -> String {
+    use kvmtune_core::cpuset::CpuSet;
+    use kvmtune_core::placement::{Occupancy, Request, ThreadPolicy, eligible_cpus, place};
+    let request = Request {
+        vcpus,
+        memory_kib: GIB,
+        pool: Pool::Shared,
+        eligible: eligible_cpus(host, &CpuSet::new(), &CpuSet::new(), false, None),
+        cpu_allocation_ratio: f64::from(policy.defaults.cpu_allocation_ratio),
+        thread_policy: ThreadPolicy::Prefer,
+        memory_strict: false,
+        hugepage_kib: None,
+        memory_reserve_kib: GIB,
+        max_nodes,
+    };
+    match place(host, &Occupancy::default(), &request) {
+        Ok(p) => p.why,
+        Err(e) => e.0,
+    }
 }

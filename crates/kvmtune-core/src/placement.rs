@@ -149,6 +149,9 @@ pub struct Request {
     /// Memory per node kept for the host (`host.reserved_memory_per_node`): a node
     /// holds guests up to MemTotal minus this, minus the running guests' memory.
     pub memory_reserve_kib: u64,
+    /// The guest spans at most this many NUMA nodes (`max_nodes`, Nova's
+    /// `hw:numa_nodes`); None = as many as it needs.
+    pub max_nodes: Option<u32>,
 }
 
 /// Where a guest goes.
@@ -384,7 +387,7 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
             return Ok(placement);
         }
     }
-    fit_nowhere(host, request, &available, &load_of, &memory)
+    fit_nowhere(host, request, &available, &load_of, &memory, &dedicated)
 }
 
 /// One pass over the running guests, without allocating a set per vCPU: the
@@ -563,30 +566,69 @@ fn thread_policy_cpus(
     })
 }
 
-/// When no level fits the CPUs: a shared guest is overcommitted across every
-/// usable CPU while the ratio leaves room; a dedicated one has no room.
+/// When no level fits the CPUs. A guest's own vCPUs never share a CPU unless the
+/// guest is larger than its pool (the eligible CPUs no dedicated guest holds, for
+/// a shared guest): only then is a shared guest overcommitted across the usable
+/// CPUs (within `max_nodes` nodes) while the ratio leaves room, and the placement
+/// says so. Otherwise there is no room, and the reason names the cause.
 fn fit_nowhere(
     host: &Host,
     request: &Request,
     available: &CpuSet,
     load_of: &dyn Fn(u32) -> f64,
     memory: &MemoryView<'_>,
+    dedicated: &CpuSet,
 ) -> Result<Placement, NoRoom> {
     let wanted = request.vcpus.max(1) as usize;
+    let capped = |what: &str| {
+        request.max_nodes.map_or(String::new(), |m| {
+            format!("; max_nodes {m} caps the guest at {m} node(s) and no {m} node(s) {what}")
+        })
+    };
     match request.pool {
         Pool::Shared => {
             let ratio = request.cpu_allocation_ratio.max(1.0);
-            let room: f64 = available
+            let pool = request.eligible.difference(dedicated);
+            if wanted <= pool.len() {
+                let cause = if available.len() >= wanted {
+                    capped(&format!(
+                        "have {wanted} CPUs under cpu_allocation_ratio {ratio}{}",
+                        if request.memory_strict {
+                            " and the memory"
+                        } else {
+                            ""
+                        }
+                    ))
+                } else {
+                    format!(
+                        ": only {} of them ({available}) are under cpu_allocation_ratio {ratio}, and a guest's own vCPUs never share a CPU unless it is larger than its pool",
+                        available.len()
+                    )
+                };
+                return Err(NoRoom(format!(
+                    "{wanted} shared vCPUs need {wanted} distinct CPUs of the {} shared CPUs ({pool}){cause}",
+                    pool.len()
+                )));
+            }
+            // Larger than its pool: overcommitted, within max_nodes nodes.
+            let usable = match request.max_nodes {
+                Some(m) => best_nodes_by_cpus(host, available, m as usize),
+                None => available.clone(),
+            };
+            let room: f64 = usable
                 .iter()
                 .map(|c| (ratio - load_of(c)).floor().max(0.0))
                 .sum();
             if wanted as f64 > room {
                 return Err(NoRoom(format!(
-                    "{wanted} shared vCPUs do not fit: the {} usable CPUs ({available}) have room for {room} more vCPUs under cpu_allocation_ratio {ratio}",
-                    available.len()
+                    "{wanted} shared vCPUs do not fit: the {} usable CPUs ({usable}) have room for {room} more vCPUs under cpu_allocation_ratio {ratio}{}",
+                    usable.len(),
+                    request
+                        .max_nodes
+                        .map_or(String::new(), |m| format!(" within max_nodes {m}"))
                 )));
             }
-            let vcpus = assign_overcommitted(host, available, wanted, load_of, ratio);
+            let vcpus = assign_overcommitted(host, &usable, wanted, load_of, ratio);
             // CPUs at the ratio got no vCPU: the placement is what was used.
             let cpus = vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
             let nodes = nodes_of(host, &cpus);
@@ -602,8 +644,9 @@ fn fit_nowhere(
             Ok(Placement {
                 level: Level::Host,
                 why: format!(
-                    "{wanted} vCPUs exceed the {} usable CPUs ({available}): overcommitted across them",
-                    available.len()
+                    "{wanted} vCPUs exceed the shared pool's {} CPUs ({pool}): overcommitted across {} usable CPUs ({usable}), so the guest's own vCPUs share CPUs",
+                    pool.len(),
+                    usable.len()
                 ),
                 vcpus,
                 cpus,
@@ -611,10 +654,64 @@ fn fit_nowhere(
             })
         }
         Pool::Dedicated => Err(NoRoom(format!(
-            "{wanted} dedicated vCPUs do not fit: {} free dedicated CPUs ({available}) on the host",
-            available.len()
+            "{wanted} dedicated vCPUs do not fit: {} free dedicated CPUs ({available}) on the host{}",
+            available.len(),
+            if available.len() >= wanted {
+                capped(&format!("have {wanted} free dedicated CPUs"))
+            } else {
+                String::new()
+            }
         ))),
     }
+}
+
+/// The CPUs of the `count` nodes with the most `available` CPUs (ties: nearest,
+/// then lowest numbers).
+fn best_nodes_by_cpus(host: &Host, available: &CpuSet, count: usize) -> CpuSet {
+    let usable = |id: u32| {
+        host.nodes
+            .get(&id)
+            .map_or(0, |n| n.cpus.intersection(available).len())
+    };
+    let ids: Vec<u32> = host
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| usable(*id) > 0)
+        .collect();
+    let mut best: Option<(usize, u32, CpuSet)> = None;
+    for_each_subset(&ids, count.min(ids.len()), &mut |nodes: &CpuSet| {
+        let cpus: usize = nodes.iter().map(usable).sum();
+        let key = (cpus, spread(host, nodes));
+        if best
+            .as_ref()
+            .is_none_or(|b| key.0 > b.0 || (key.0 == b.0 && key.1 < b.1))
+        {
+            best = Some((key.0, key.1, nodes.clone()));
+        }
+    });
+    best.map_or_else(CpuSet::new, |(_, _, nodes)| {
+        node_cpus(host, &nodes).intersection(available)
+    })
+}
+
+/// Calls `f` with every `k`-node subset of `ids`, in lexicographic order.
+fn for_each_subset(ids: &[u32], k: usize, f: &mut dyn FnMut(&CpuSet)) {
+    fn go(ids: &[u32], k: usize, chosen: &mut CpuSet, f: &mut dyn FnMut(&CpuSet)) {
+        if k == 0 {
+            f(chosen);
+            return;
+        }
+        for i in 0..ids.len() {
+            if ids.len() - i < k {
+                break;
+            }
+            chosen.insert(ids[i]);
+            go(&ids[i + 1..], k - 1, chosen, f);
+            chosen.remove(ids[i]);
+        }
+    }
+    go(ids, k, &mut CpuSet::new(), f);
 }
 
 /// The smallest level that fits (core → L3 group → node → socket → fewest nearest
@@ -687,8 +784,11 @@ fn search(
     }
     candidates.push((Level::Nodes, host.nodes.keys().copied().collect()));
     let mut best: Option<(usize, u32, Level, CpuSet)> = None;
+    let max_nodes = request.max_nodes.map_or(usize::MAX, |m| m as usize);
     for (level, nodes) in candidates {
-        if let Some(chosen) = fewest_nearest_nodes(host, &nodes, available, wanted, &node_fits) {
+        if let Some(chosen) =
+            fewest_nearest_nodes(host, &nodes, available, wanted, max_nodes, &node_fits)
+        {
             let distance = spread(host, &chosen);
             let key = (chosen.len(), distance, level, chosen.clone());
             if best
@@ -841,13 +941,20 @@ fn spread(host: &Host, nodes: &CpuSet) -> u32 {
     total
 }
 
-/// Greedy: start from the node with the most usable CPUs, add the nearest node
-/// (ties: most usable CPUs) until the CPUs and memory fit.
+/// Candidate node sets up to this many nodes are searched exhaustively (2^12
+/// subsets at most); larger hosts use the greedy search.
+const EXHAUSTIVE_NODES: usize = 12;
+
+/// The fewest nodes among `candidates` whose usable CPUs hold `wanted` vCPUs and
+/// that `fits` (memory), at most `max_nodes`; among those, the nearest (smallest
+/// sum of pairwise distances), then the lowest node numbers. Exhaustive on hosts
+/// with up to [`EXHAUSTIVE_NODES`] candidate nodes, greedy beyond.
 fn fewest_nearest_nodes(
     host: &Host,
     candidates: &[u32],
     available: &CpuSet,
     wanted: usize,
+    max_nodes: usize,
     fits: &dyn Fn(&CpuSet) -> bool,
 ) -> Option<CpuSet> {
     let usable = |id: u32| {
@@ -856,14 +963,52 @@ fn fewest_nearest_nodes(
             .map(|n| n.cpus.intersection(available).len())
             .unwrap_or(0)
     };
+    let ids: Vec<u32> = candidates
+        .iter()
+        .copied()
+        .filter(|id| usable(*id) > 0)
+        .collect();
+    if ids.len() > EXHAUSTIVE_NODES {
+        return greedy_nearest_nodes(host, &ids, wanted, max_nodes, &usable, fits);
+    }
+    for k in 1..=ids.len().min(max_nodes) {
+        let mut best: Option<(u32, CpuSet)> = None;
+        for_each_subset(&ids, k, &mut |nodes: &CpuSet| {
+            let cpus: usize = nodes.iter().map(usable).sum();
+            if cpus < wanted {
+                return;
+            }
+            let distance = spread(host, nodes);
+            if best.as_ref().is_some_and(|b| b.0 <= distance) || !fits(nodes) {
+                return;
+            }
+            best = Some((distance, nodes.clone()));
+        });
+        if let Some((_, nodes)) = best {
+            return Some(nodes);
+        }
+    }
+    None
+}
+
+/// Greedy, for hosts with many nodes: start from each node, add the nearest node
+/// (ties: most usable CPUs) until the CPUs and memory fit, at most `max_nodes`.
+fn greedy_nearest_nodes(
+    host: &Host,
+    ids: &[u32],
+    wanted: usize,
+    max_nodes: usize,
+    usable: &dyn Fn(u32) -> usize,
+    fits: &dyn Fn(&CpuSet) -> bool,
+) -> Option<CpuSet> {
     let mut best: Option<CpuSet> = None;
-    for &start in candidates.iter().filter(|id| usable(**id) > 0) {
+    for &start in ids {
         let mut chosen = CpuSet::single(start);
         let mut count = usable(start);
-        while count < wanted || !fits(&chosen) {
-            let next = candidates
+        while (count < wanted || !fits(&chosen)) && chosen.len() < max_nodes {
+            let next = ids
                 .iter()
-                .filter(|id| !chosen.contains(**id) && usable(**id) > 0)
+                .filter(|id| !chosen.contains(**id))
                 .min_by_key(|id| {
                     let distance: u32 = chosen
                         .iter()

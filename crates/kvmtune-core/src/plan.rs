@@ -166,6 +166,7 @@ impl Planner<'_> {
                         .unwrap_or(self.settings.hugepage_size_kib)
                 }),
                 memory_reserve_kib: host_settings.reserved_memory_per_node_kib,
+                max_nodes: self.settings.max_nodes,
             };
             let others = occupancy.without(&self.domain.name);
             // A running guest keeps the CPUs it runs on (its own claim), while they

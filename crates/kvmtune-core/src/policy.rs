@@ -276,6 +276,9 @@ pub struct Settings {
     pub dedicated_fallback: DedicatedFallback,
     /// Restrict placement to these NUMA nodes (None = any node).
     pub nodes: Option<CpuSet>,
+    /// 1.2: a guest spans at most this many NUMA nodes (Nova's `hw:numa_nodes`);
+    /// None = as many as it needs.
+    pub max_nodes: Option<u32>,
 }
 
 impl Default for Settings {
@@ -298,6 +301,7 @@ impl Default for Settings {
             cpu_allocation_ratio: 16,
             thread_policy: ThreadPolicy::Prefer,
             dedicated_fallback: DedicatedFallback::Shared,
+            max_nodes: None,
         }
     }
 }
@@ -878,6 +882,7 @@ struct RawSettings {
     /// `None`: key absent (inherit the defaults'); `Some(NodeList(None))`: any node.
     #[serde(default, deserialize_with = "present")]
     nodes: Option<NodeList>,
+    max_nodes: Option<MaxNodes>,
 }
 
 impl RawSettings {
@@ -901,6 +906,7 @@ impl RawSettings {
                 .unwrap_or(base.cpu_allocation_ratio),
             thread_policy: self.thread_policy.unwrap_or(base.thread_policy),
             dedicated_fallback: self.dedicated_fallback.unwrap_or(base.dedicated_fallback),
+            max_nodes: self.max_nodes.map_or(base.max_nodes, |m| m.0),
             nodes: match self.nodes {
                 Some(given) => given.0,
                 None => base.nodes.clone(),
@@ -1078,6 +1084,26 @@ scalar_from_str!(
         )),
     },
     |v: u64| Err(format!("huge page size {v} needs a unit: use 2M or 1G"))
+);
+
+/// `max_nodes:` — a node count of at least 1, or `none` (no cap).
+struct MaxNodes(Option<u32>);
+scalar_from_str!(
+    MaxNodes,
+    "a number of NUMA nodes (1 or more), or none",
+    |s: &str| {
+        let t = s.trim();
+        if t == "none" || t.is_empty() {
+            return Ok(MaxNodes(None));
+        }
+        match t.parse::<u32>() {
+            Ok(0) => Err("max_nodes 0 never fits: a guest uses at least one node".to_string()),
+            Ok(n) => Ok(MaxNodes(Some(n))),
+            Err(_) => Err(format!(
+                "invalid max_nodes '{t}': a number such as 2, or none"
+            )),
+        }
+    }
 );
 
 /// A memory size such as `1G` or `512M`; a bare `0` means none.

@@ -572,6 +572,7 @@ impl<'a> Simulator<'a> {
                     ),
                     hugepage_kib: None,
                     memory_reserve_kib: self.policy.host.reserved_memory_per_node_kib,
+                    max_nodes: settings.max_nodes,
                 };
                 let p = place(self.base, &self.occupancy, &request).map_err(|e| e.0)?;
                 Claim {

@@ -138,6 +138,7 @@ fn built_in_defaults_are_the_documented_ones() {
         cpu_allocation_ratio: 16,
         thread_policy: crate::placement::ThreadPolicy::Prefer,
         dedicated_fallback: DedicatedFallback::Shared,
+        max_nodes: None,
     };
     assert_eq!(Settings::default(), expected);
     let host = HostSettings {
@@ -222,6 +223,7 @@ defaults:
         cpu_allocation_ratio: 16,
         thread_policy: crate::placement::ThreadPolicy::Isolate,
         dedicated_fallback: DedicatedFallback::Shared,
+        max_nodes: None,
     };
     assert_eq!(policy.defaults, expected);
 }
@@ -328,7 +330,7 @@ fn validation_errors() {
             invalid(
                 19,
                 7,
-                "rules[0].set: unknown field `cpu_mdoe`, expected one of `pin_vcpus`, `memory_mode`, `emulator`, `existing_pins`, `disk_cache`, `disk_io`, `nosharepages`, `hugepages`, `hugepage_size`, `vhost_net`, `max_net_queues`, `cpu_mode`, `pool`, `cpu_allocation_ratio`, `thread_policy`, `dedicated_fallback`, `nodes`",
+                "rules[0].set: unknown field `cpu_mdoe`, expected one of `pin_vcpus`, `memory_mode`, `emulator`, `existing_pins`, `disk_cache`, `disk_io`, `nosharepages`, `hugepages`, `hugepage_size`, `vhost_net`, `max_net_queues`, `cpu_mode`, `pool`, `cpu_allocation_ratio`, `thread_policy`, `dedicated_fallback`, `nodes`, `max_nodes`",
             ),
         ),
         (
@@ -1273,4 +1275,19 @@ fn reserved_memory_per_node_takes_sizes() {
     assert!(err.contains(":3:"), "{err}");
     let err = kib("lots").unwrap_err().to_string();
     assert!(err.contains("reserved_memory_per_node"), "{err}");
+}
+
+#[test]
+fn max_nodes_is_a_count_or_none() {
+    let max = |text: &str| {
+        parse(&format!("version: 1\ndefaults:\n  max_nodes: {text}\n"))
+            .map(|p| p.defaults.max_nodes)
+    };
+    assert_eq!(max("2").unwrap(), Some(2));
+    assert_eq!(max("none").unwrap(), None);
+    assert_eq!(parse("version: 1\n").unwrap().defaults.max_nodes, None);
+    let err = max("0").unwrap_err().to_string();
+    assert!(err.contains("max_nodes 0 never fits"), "{err}");
+    let err = max("two").unwrap_err().to_string();
+    assert!(err.contains("invalid max_nodes"), "{err}");
 }
