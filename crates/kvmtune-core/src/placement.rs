@@ -601,7 +601,7 @@ fn fit_nowhere(
                     ))
                 } else {
                     format!(
-                        ": only {} of them ({available}) are under cpu_allocation_ratio {ratio}, and a guest's own vCPUs never share a CPU unless it is larger than its pool",
+                        ", of which only {} ({available}) have room under cpu_allocation_ratio {ratio}; a guest's own vCPUs never share a CPU unless it is larger than its pool",
                         available.len()
                     )
                 };
