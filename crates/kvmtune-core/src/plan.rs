@@ -355,7 +355,11 @@ impl Planner<'_> {
     /// a note, since the kernel must first reclaim cache (or the nodes really are
     /// short of memory outside kvmtune's accounting).
     fn memfree_note(&mut self, occupancy: &Occupancy, placement: &Placement) {
-        if occupancy.guests.contains_key(&self.domain.name) || placement.nodes.is_empty() {
+        // A guest already running has its memory; huge pages are not MemFree.
+        if occupancy.guests.contains_key(&self.domain.name)
+            || placement.nodes.is_empty()
+            || self.domain.memory_backing.hugepages
+        {
             return;
         }
         let mut free = 0u64;
