@@ -61,6 +61,8 @@ fn main() {
         thread_policy: ThreadPolicy::Prefer,
         memory_strict: false,
         hugepage_kib: None,
+        memory_reserve_kib: 1 << 20,
+        max_nodes: None,
     };
     let iterations = 500;
     let baseline = time_per_iter(iterations, || {

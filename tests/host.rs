@@ -35,9 +35,18 @@ struct Expected {
     online: &'static str,
 }
 
-const TABLE: [Expected; 13] = [
+const TABLE: [Expected; 14] = [
     Expected {
         name: "intel-xeon-silver4108-2s8c2t-2node",
+        sockets: 2,
+        nodes: 2,
+        cores: 16,
+        threads: 32,
+        online: "0-31",
+    },
+    // The same snapshot with 90% of each node's memory in page cache (README).
+    Expected {
+        name: "intel-xeon-silver4108-2s8c2t-2node-pagecache90",
         sockets: 2,
         nodes: 2,
         cores: 16,

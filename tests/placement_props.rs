@@ -162,7 +162,7 @@ fn run(
     };
     let policy = policy_with_threads(&reserved, allow_cpu0, ratio, threads);
     let mut sim = Simulator::new(&host, &policy, strategy);
-    let free_at_start: Vec<Option<u64>> = host.nodes.values().map(|n| n.mem_free_kib).collect();
+    let room_at_start = sim.node_memory();
     let mut running: Vec<String> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         match op {
@@ -212,8 +212,12 @@ fn run(
         prop_assert!(sim.depart(&name).is_some());
     }
     prop_assert!(sim.occupancy().guests.is_empty());
-    let free_at_end: Vec<Option<u64>> = sim.host().nodes.values().map(|n| n.mem_free_kib).collect();
-    prop_assert_eq!(free_at_end, free_at_start, "memory not given back exactly");
+    prop_assert_eq!(
+        sim.node_memory(),
+        room_at_start,
+        "memory not given back exactly"
+    );
+    prop_assert_eq!(sim.host(), &host, "the snapshot changed");
     Ok(())
 }
 
@@ -296,6 +300,8 @@ proptest! {
             thread_policy: ThreadPolicy::Prefer,
             memory_strict: false,
             hugepage_kib: None,
+            memory_reserve_kib: 1 << 20,
+            max_nodes: None,
         };
         if let Ok(p) = place(sim.host(), sim.occupancy(), &request) {
             let union = p.vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
@@ -307,8 +313,8 @@ proptest! {
         }
     }
 
-    /// `memory_mode: strict`: a guest only goes to nodes that have its memory
-    /// free, so no node is ever overcommitted (the simulator tracks free memory).
+    /// `memory_mode: strict`: a guest only goes to nodes that can hold its memory
+    /// (MemTotal − reserve − committed), so no node is ever overcommitted.
     #[test]
     fn strict_memory_never_overcommits_a_node(
         shape in host_shape(),
@@ -328,10 +334,9 @@ proptest! {
                 Op::Arrive { vcpus, gib, dedicated } => {
                     let pool = if *dedicated { Pool::Dedicated } else { Pool::Shared };
                     let free_before: Vec<(u32, u64)> = sim
-                        .host()
-                        .nodes
-                        .values()
-                        .map(|n| (n.id, n.mem_free_kib.unwrap_or(0)))
+                        .node_memory()
+                        .into_iter()
+                        .map(|(id, m)| (id, m.map_or(0, |m| m.room_kib())))
                         .collect();
                     let name = format!("g{i}");
                     if let Ok(d) = sim.arrive(&name, *vcpus, gib * GIB, Some(pool)) {
@@ -346,6 +351,14 @@ proptest! {
                             d.claim.nodes
                         );
                         running.push(name);
+                    }
+                    // Never more committed on a node than MemTotal − reserve.
+                    for (id, m) in sim.node_memory() {
+                        let m = m.unwrap();
+                        prop_assert!(
+                            m.committed_kib <= m.total_kib - m.reserve_kib.min(m.total_kib),
+                            "node {id} overcommitted: {m}"
+                        );
                     }
                 }
                 Op::Depart(k) if !running.is_empty() => {

@@ -559,3 +559,54 @@ fn cpus_no_node_lists_are_never_node_local_and_used_last() {
         big.notes
     );
 }
+
+/// Issue 12: MemFree is only a sanity note. On the snapshot with 90% of memory in
+/// page cache (MemFree 4.6 GiB on node 0, MemTotal 45.7 GiB) an 8 GiB guest is
+/// placed exactly as on the original, with a note on MemFree; a guest the node
+/// cannot hold by committed memory is refused under strict, noted under preferred.
+#[test]
+fn memfree_is_a_note_and_memtotal_minus_committed_decides() {
+    let original = host("intel-xeon-silver4108-2s8c2t-2node");
+    let cached = host("intel-xeon-silver4108-2s8c2t-2node-pagecache90");
+    let pol = policy(BASE);
+    let xml = guest("big", 4, 8192);
+    let a = plan_for(&pol, &original, &Occupancy::default(), &xml);
+    let b = plan_for(&pol, &cached, &Occupancy::default(), &xml);
+    assert_eq!(a.placement, b.placement);
+    assert!(b.no_room.is_none());
+    assert!(
+        b.notes
+            .iter()
+            .any(|n| n.rule == "1.2" && n.text.contains("MemFree")),
+        "{:?}",
+        b.notes
+    );
+    assert!(!a.notes.iter().any(|n| n.text.contains("MemFree")));
+    // Node 0 holds 45.7 GiB − 1 GiB reserve − 4 GiB free huge pages; a guest
+    // there with 40 GiB committed leaves 0.7 GiB: a 4 GiB guest cannot go there.
+    let mut occupancy = Occupancy::default();
+    occupancy.guests.insert(
+        "resident".into(),
+        Claim {
+            vcpus: vec![CpuSet::single(8)],
+            nodes: CpuSet::single(0),
+            memory_kib: 40 << 20,
+            pool: Pool::Shared,
+        },
+    );
+    let strict = policy(&format!(
+        "{BASE}defaults:\n  memory_mode: strict\n  nodes: 0\n"
+    ));
+    let refused = plan_for(&strict, &cached, &occupancy, &guest("g", 2, 4096));
+    assert!(refused.placement.is_none());
+    let why = refused.no_room.unwrap();
+    assert!(why.contains("can hold the guest's 4096 MiB"), "{why}");
+    assert!(
+        why.contains("node 0: 722 MiB room (MemTotal 46802 − reserve 1024 − free huge pages 4096 − guests 40960 MiB)"),
+        "{why}"
+    );
+    let preferred = policy(&format!("{BASE}defaults:\n  nodes: 0\n"));
+    let placed = plan_for(&preferred, &cached, &occupancy, &guest("g", 2, 4096));
+    let why = placed.placement.unwrap().why;
+    assert!(why.contains("memory also comes from other nodes"), "{why}");
+}

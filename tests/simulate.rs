@@ -185,7 +185,7 @@ fn kvmtune_pairs_threads_and_stays_local() {
         (r.spanning[0].guest.as_str(), r.spanning[0].nodes),
         ("d", 2)
     );
-    assert_eq!(r.numa_local_pct, 75.0);
+    assert_eq!(r.numa_local_pct, Some(75.0));
     assert_eq!(r.reserved_violations, 0);
     assert_eq!(r.max_vcpus_per_cpu, 1.0);
     assert!(r.placement_us_max >= r.placement_us_mean);
@@ -197,7 +197,7 @@ fn libvirt_default_floats_over_every_cpu() {
     let w = parse("- {arrive: a, vcpus: 2, memory: 1G}\n").unwrap();
     let r = simulate(&host, &policy(), &w, Strategy::LibvirtDefault);
     assert_eq!(r.placed, 1);
-    assert_eq!(r.numa_local_pct, 0.0);
+    assert_eq!(r.numa_local_pct, Some(0.0));
     assert_eq!(r.smt_paired_pct, Some(0.0));
     assert_eq!(r.spanning[0].nodes, 4);
     // CPU0 is in every floating guest's set.
@@ -234,24 +234,64 @@ fn naive_takes_cpus_in_number_order() {
 
 #[test]
 fn memory_is_admitted_and_given_back() {
+    // 2 nodes of 4 GiB; the shipped 1 GiB reserve per node leaves 3 GiB each.
     let host = Host::synthetic(1, 2, 2, 2, 4 * GIB);
     let policy = policy();
     let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
-    let free = |sim: &Simulator| -> Vec<Option<u64>> {
-        sim.host().nodes.values().map(|n| n.mem_free_kib).collect()
+    let room = |sim: &Simulator| -> Vec<u64> {
+        sim.node_memory()
+            .values()
+            .map(|m| m.unwrap().room_kib())
+            .collect()
     };
-    let before = free(&sim);
+    let before = room(&sim);
+    assert_eq!(before, vec![3 * GIB, 3 * GIB]);
     sim.arrive("a", 2, 3 * GIB, None).unwrap();
-    // 3 GiB from node 0 where the vCPUs are.
-    assert_eq!(free(&sim), vec![Some(GIB), Some(4 * GIB)]);
-    sim.arrive("b", 1, 4 * GIB, None).unwrap();
-    let err = sim.arrive("c", 1, 2 * GIB, None).unwrap_err();
-    assert!(err.contains("not enough free memory"), "{err}");
+    // 3 GiB committed on node 0 where the vCPUs are.
+    assert_eq!(room(&sim), vec![0, 3 * GIB]);
+    // The next guest goes where its memory fits: node 1.
+    let b = sim.arrive("b", 1, 3 * GIB, None).unwrap();
+    assert_eq!(b.claim.nodes.to_string(), "1");
+    let err = sim.arrive("c", 1, GIB, None).unwrap_err();
+    assert!(err.contains("not enough memory on the host"), "{err}");
+    assert!(err.contains("0 MiB uncommitted"), "{err}");
     sim.depart("b");
     sim.depart("a");
-    assert_eq!(free(&sim), before);
+    assert_eq!(room(&sim), before);
     assert!(sim.occupancy().guests.is_empty());
     assert_eq!(sim.depart("never"), None);
+    // The snapshot itself is never changed.
+    assert_eq!(sim.host(), &host);
+}
+
+/// Issue 12: MemFree is no admission figure. The Silver 4108 snapshot with 90% of
+/// each node's memory in page cache (MemFree 10% of MemTotal) admits exactly the
+/// guests of the original snapshot, each to the same CPUs and memory nodes, under
+/// every workload and strategy.
+#[test]
+fn page_cache_does_not_change_admission() {
+    let read = |name: &str| kvmtune_sys::sysfs::read_host(&data("hosts").join(name)).unwrap();
+    let original = read("intel-xeon-silver4108-2s8c2t-2node");
+    let cached = read("intel-xeon-silver4108-2s8c2t-2node-pagecache90");
+    for (a, b) in original.nodes.values().zip(cached.nodes.values()) {
+        assert_eq!(a.mem_total_kib, b.mem_total_kib);
+        let (total, free) = (b.mem_total_kib.unwrap(), b.mem_free_kib.unwrap());
+        assert_eq!(free, total / 10, "node {}: MemFree 10% of MemTotal", b.id);
+        assert!(a.mem_free_kib.unwrap() > 2 * free);
+    }
+    let policy = Policy::shipped();
+    for w in WORKLOADS {
+        for strategy in Strategy::ALL {
+            let wl = workload(w);
+            let x = simulate(&original, &policy, &wl, strategy);
+            let y = simulate(&cached, &policy, &wl, strategy);
+            let at = format!("{w} × {strategy}");
+            assert!(x.placed > 0, "{at}: nothing placed");
+            assert_eq!(x.placed, y.placed, "{at}: placed");
+            assert_eq!(x.refused, y.refused, "{at}: refusals");
+            assert_eq!(x.guests, y.guests, "{at}: per-guest placement");
+        }
+    }
 }
 
 fn run_all(host: &Host, policy: &Policy, w: &Workload) -> [Report; 3] {
@@ -325,7 +365,7 @@ fn kvmtune_is_never_behind_the_baselines() {
                 }
                 if k.numa_local_pct < b.numa_local_pct {
                     problems.push(format!(
-                        "{at}: NUMA-local {} < {} {}",
+                        "{at}: NUMA-local {:?} < {:?} {}",
                         k.numa_local_pct, b.numa_local_pct, b.strategy
                     ));
                 }
@@ -363,8 +403,8 @@ fn write_placement_table() {
             table.push_str(&format!(
                 "| {name} | {w} | {} | {} | {} | {} | {} | {} | {} |\n",
                 col(&|r| format!("{}/{}", r.placed, r.refused.len())),
-                col(&|r| pct(r.numa_local_pct)),
-                col(&|r| pct(r.l3_local_pct)),
+                col(&|r| r.numa_local_pct.map_or("n/a".into(), pct)),
+                col(&|r| r.l3_local_pct.map_or("n/a".into(), pct)),
                 col(&|r| r.smt_paired_pct.map_or("n/a".into(), pct)),
                 col(&|r| format!(
                     "{} ({})",
@@ -457,4 +497,238 @@ fn thread_policy_prefer_pairs_siblings() {
     let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
     let a = sim.arrive("a", 2, GIB, None).unwrap();
     assert_eq!(vcpu_sets(&a), ["1", "17"]);
+}
+
+/// Item 3 of issue 12: a node's room is MemTotal − reserve − committed; strict
+/// refuses with each node's numbers, preferred places and says so.
+#[test]
+fn memory_is_accounted_per_node_against_memtotal() {
+    use kvmtune_core::cpuset::CpuSet;
+    use kvmtune_core::placement::{
+        Claim, Occupancy, Request, ThreadPolicy, eligible_cpus, node_memory, place,
+    };
+    // 2 nodes of 8 GiB, 4 CPUs each; MemFree is 8 GiB too but plays no part.
+    let host = Host::synthetic(1, 2, 2, 2, 8 * GIB);
+    let mut occupancy = Occupancy::default();
+    // A running guest spanning both nodes commits 3 GiB on each.
+    occupancy.guests.insert(
+        "big".into(),
+        Claim {
+            vcpus: vec![CpuSet::single(1), CpuSet::single(2)],
+            nodes: "0-1".parse().unwrap(),
+            memory_kib: 6 * GIB,
+            pool: Pool::Shared,
+        },
+    );
+    let rooms: Vec<u64> = node_memory(&host, &occupancy, GIB)
+        .values()
+        .map(|m| m.unwrap().room_kib())
+        .collect();
+    assert_eq!(rooms, vec![4 * GIB, 4 * GIB]);
+    let request = |memory_kib: u64, memory_strict: bool| Request {
+        vcpus: 2,
+        memory_kib,
+        pool: Pool::Shared,
+        eligible: eligible_cpus(&host, &CpuSet::new(), &CpuSet::new(), false, None),
+        cpu_allocation_ratio: 16.0,
+        thread_policy: ThreadPolicy::Prefer,
+        memory_strict,
+        hugepage_kib: None,
+        memory_reserve_kib: GIB,
+        max_nodes: None,
+    };
+    // 4 GiB fits one node exactly.
+    let p = place(&host, &occupancy, &request(4 * GIB, true)).unwrap();
+    assert_eq!(p.nodes.len(), 1, "{}", p.why);
+    // 5 GiB fits no single node: strict spans two (2.5 GiB each) …
+    let p = place(&host, &occupancy, &request(5 * GIB, true)).unwrap();
+    assert_eq!(p.nodes.to_string(), "0-1", "{}", p.why);
+    // … 9 GiB fits nowhere: strict refuses with the numbers, preferred places.
+    let err = place(&host, &occupancy, &request(9 * GIB, true)).unwrap_err();
+    assert!(err.0.contains("9216 MiB"), "{err}");
+    assert!(
+        err.0
+            .contains("4096 MiB room (MemTotal 8192 − reserve 1024 − guests 3072 MiB)"),
+        "{err}"
+    );
+    let p = place(&host, &occupancy, &request(9 * GIB, false)).unwrap();
+    assert!(
+        p.why.contains("cannot hold the guest's 9216 MiB"),
+        "{}",
+        p.why
+    );
+    assert!(
+        p.why.contains("memory also comes from other nodes"),
+        "{}",
+        p.why
+    );
+}
+
+/// Item 5 of issue 12: refusal reasons name the real cause with the numbers.
+#[test]
+fn refusals_name_the_real_cause() {
+    // One node of 4 CPUs without SMT; CPU0 is excluded, so CPUs 1-3 serve guests.
+    let host = Host::synthetic(1, 1, 4, 1, 64 * GIB);
+    let policy = policy_with("  cpu_allocation_ratio: 2\n");
+    let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
+    sim.arrive("d", 3, GIB, Some(Pool::Dedicated)).unwrap();
+    let err = sim.arrive("s", 1, GIB, Some(Pool::Shared)).unwrap_err();
+    assert!(err.contains("held by dedicated guests"), "{err}");
+    assert!(!err.contains("at cpu_allocation_ratio"), "{err}");
+    sim.depart("d");
+    sim.arrive("d", 1, GIB, Some(Pool::Dedicated)).unwrap();
+    for i in 0..4 {
+        sim.arrive(&format!("s{i}"), 1, GIB, Some(Pool::Shared))
+            .unwrap();
+    }
+    let err = sim.arrive("s9", 1, GIB, Some(Pool::Shared)).unwrap_err();
+    assert!(
+        err.contains("of the 3 eligible CPUs (1-3), 1 held by dedicated guests (1), 2 (2-3) at cpu_allocation_ratio 2"),
+        "{err}"
+    );
+    let err = sim.arrive("d2", 1, GIB, Some(Pool::Dedicated)).unwrap_err();
+    assert!(err.contains("run shared guests' vCPUs"), "{err}");
+    // Memory: the host's numbers.
+    let err = sim.arrive("m", 1, 64 * GIB, None).unwrap_err();
+    assert!(err.contains("MiB uncommitted"), "{err}");
+}
+
+#[test]
+fn an_empty_shared_pool_admits_no_shared_guest_and_naive_honours_the_pools() {
+    // small_host: node 0 = CPUs 0-3,16-19; node 1 = 4-7,20-23.
+    let host = small_host();
+    let split = Policy::parse(
+        "version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: none\n  shared_cpus: 1-3,16-19\n  dedicated_cpus: 4-15,20-31\n",
+        Path::new("split.yaml"),
+    )
+    .unwrap();
+    let w = parse(
+        "- {arrive: s1, vcpus: 2, memory: 1G}\n- {arrive: s2, vcpus: 4, memory: 1G}\n- {arrive: d1, vcpus: 2, memory: 1G, pool: dedicated}\n",
+    )
+    .unwrap();
+    for strategy in [Strategy::Kvmtune, Strategy::NaiveFirstFit] {
+        let r = simulate(&host, &split, &w, strategy);
+        assert_eq!(r.placed, 3, "{strategy}: {:?}", r.refused);
+        for g in &r.guests {
+            let cpus = g
+                .vcpu_cpus
+                .iter()
+                .fold(kvmtune_core::cpuset::CpuSet::new(), |a, s| a.union(s));
+            let pool_set = split.host.pool_cpus(g.pool).unwrap();
+            assert!(
+                cpus.is_subset(pool_set),
+                "{strategy}: {} on {cpus}",
+                g.guest
+            );
+        }
+    }
+    let none_shared = Policy::parse(
+        "version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: none\n  shared_cpus: []\n",
+        Path::new("none.yaml"),
+    )
+    .unwrap();
+    for strategy in [Strategy::Kvmtune, Strategy::NaiveFirstFit] {
+        let r = simulate(&host, &none_shared, &w, strategy);
+        assert_eq!(r.placed, 1, "{strategy}");
+        assert_eq!(r.guests[0].guest, "d1");
+        assert_eq!(r.refused.len(), 2);
+    }
+    let r = simulate(&host, &none_shared, &w, Strategy::Kvmtune);
+    assert!(
+        r.refused[0]
+            .reason
+            .contains("no CPU is eligible for the shared pool"),
+        "{}",
+        r.refused[0].reason
+    );
+}
+
+#[test]
+fn nothing_placed_reads_n_a_and_json_lists_every_guest() {
+    let host = small_host();
+    let policy = policy();
+    let r = simulate(
+        &host,
+        &policy,
+        &parse("- {arrive: huge, vcpus: 2, memory: 1T}\n").unwrap(),
+        Strategy::Kvmtune,
+    );
+    assert_eq!(r.placed, 0);
+    assert_eq!(r.numa_local_pct, None);
+    let text = r.text();
+    assert!(text.contains("NUMA-local: n/a"), "{text}");
+    assert!(text.contains("L3-local: n/a"), "{text}");
+    assert!(!text.contains("0.0%"), "{text}");
+
+    let r = simulate(
+        &host,
+        &policy,
+        &parse("- {arrive: a, vcpus: 2, memory: 1G}\n- {arrive: b, vcpus: 1, memory: 1G, pool: dedicated}\n- {depart: a}\n").unwrap(),
+        Strategy::Kvmtune,
+    );
+    let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+    let guests = json["guests"].as_array().unwrap();
+    assert_eq!(guests.len(), 2);
+    assert_eq!(guests[0]["guest"], "a");
+    assert_eq!(guests[0]["pool"], "shared");
+    assert_eq!(guests[0]["vcpu_cpus"].as_array().unwrap().len(), 2);
+    assert_eq!(guests[1]["pool"], "dedicated");
+    assert!(guests[1]["memory_nodes"].is_string() || guests[1]["memory_nodes"].is_array());
+    assert_eq!(guests[1]["moves"], serde_json::json!([]));
+}
+
+/// Item 4 of issue 12: a shared guest's own vCPUs never share a CPU unless it is
+/// larger than its pool; spanning takes the fewest nodes; max_nodes caps it.
+#[test]
+fn placement_shape_distinct_cpus_fewest_nodes_and_max_nodes() {
+    // 1 socket, 4 nodes of 2 cores × 1 thread: CPUs 0-7, node n = 2n..2n+1.
+    let host = Host::synthetic(1, 4, 2, 1, 64 * GIB);
+    let policy = policy_with("  cpu_allocation_ratio: 1\n");
+    let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
+    // 7 shared CPUs (CPU0 excluded); 5 taken at ratio 1 leaves 2: a 3-vCPU guest
+    // would have to stack on itself, so it is refused, saying why.
+    sim.arrive("a", 5, GIB, None).unwrap();
+    let err = sim.arrive("b", 3, GIB, None).unwrap_err();
+    assert!(err.contains("3 shared vCPUs need 3 distinct CPUs"), "{err}");
+    assert!(err.contains("never share a CPU"), "{err}");
+    // A guest larger than its whole pool (7 CPUs) is overcommitted, and says so.
+    let policy = policy_with("  cpu_allocation_ratio: 4\n");
+    let host2 = Host::synthetic(1, 1, 8, 1, 64 * GIB);
+    let decision = place_why(&host2, &policy, 12, None);
+    assert!(decision.contains("own vCPUs share CPUs"), "{decision}");
+    // Spanning: 3 vCPUs on empty 2-CPU nodes take 2 nodes, never more.
+    let mut sim = Simulator::new(&host, &policy, Strategy::Kvmtune);
+    let d = sim.arrive("c", 3, GIB, None).unwrap();
+    assert_eq!(d.claim.nodes.len(), 2, "{}", d.claim.nodes);
+    // max_nodes 1: a 3-vCPU guest needing 2 nodes is refused, naming the cap.
+    let capped = policy_with("  max_nodes: 1\n");
+    let mut sim = Simulator::new(&host, &capped, Strategy::Kvmtune);
+    let err = sim.arrive("d", 3, GIB, None).unwrap_err();
+    assert!(err.contains("max_nodes 1"), "{err}");
+    // … and a guest larger than the pool stays within max_nodes nodes.
+    let capped = policy_with("  max_nodes: 2\n");
+    let mut sim = Simulator::new(&host, &capped, Strategy::Kvmtune);
+    let d = sim.arrive("e", 9, GIB, None).unwrap();
+    assert!(d.claim.nodes.len() <= 2, "{}", d.claim.nodes);
+}
+
+fn place_why(host: &Host, policy: &Policy, vcpus: u32, max_nodes: Option<u32>) -> String {
+    use kvmtune_core::cpuset::CpuSet;
+    use kvmtune_core::placement::{Occupancy, Request, ThreadPolicy, eligible_cpus, place};
+    let request = Request {
+        vcpus,
+        memory_kib: GIB,
+        pool: Pool::Shared,
+        eligible: eligible_cpus(host, &CpuSet::new(), &CpuSet::new(), false, None),
+        cpu_allocation_ratio: f64::from(policy.defaults.cpu_allocation_ratio),
+        thread_policy: ThreadPolicy::Prefer,
+        memory_strict: false,
+        hugepage_kib: None,
+        memory_reserve_kib: GIB,
+        max_nodes,
+    };
+    match place(host, &Occupancy::default(), &request) {
+        Ok(p) => p.why,
+        Err(e) => e.0,
+    }
 }

@@ -144,8 +144,14 @@ pub struct Request {
     /// `restrictive`): never placed on nodes without the guest's memory free.
     pub memory_strict: bool,
     /// The guest's memory is backed by huge pages of this size (KiB): a node must
-    /// have that many free pages, not just MemFree.
+    /// have that many free pages of that size.
     pub hugepage_kib: Option<u64>,
+    /// Memory per node kept for the host (`host.reserved_memory_per_node`): a node
+    /// holds guests up to MemTotal minus this, minus the running guests' memory.
+    pub memory_reserve_kib: u64,
+    /// The guest spans at most this many NUMA nodes (`max_nodes`, Nova's
+    /// `hw:numa_nodes`); None = as many as it needs.
+    pub max_nodes: Option<u32>,
 }
 
 /// Where a guest goes.
@@ -188,6 +194,155 @@ pub fn eligible_cpus(
     eligible
 }
 
+/// How much guest memory one NUMA node can still hold, as a scheduler accounts
+/// it (Nova per NUMA cell): MemTotal minus the host's reserve, minus the free
+/// huge pages (memory only huge-page-backed guests can use), minus the memory the
+/// running guests committed there. MemFree plays no part: page cache fills it on
+/// every Linux host after a while, and the kernel gives that memory back on demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct NodeMemory {
+    pub total_kib: u64,
+    pub reserve_kib: u64,
+    /// Free huge pages of every size (KiB): not available to other guests.
+    pub hugepages_free_kib: u64,
+    /// The running guests' memory on this node (a claim's memory split evenly
+    /// over its nodes).
+    pub committed_kib: u64,
+}
+
+impl NodeMemory {
+    /// What a new guest may still get here.
+    pub fn room_kib(&self) -> u64 {
+        self.total_kib
+            .saturating_sub(self.reserve_kib)
+            .saturating_sub(self.hugepages_free_kib)
+            .saturating_sub(self.committed_kib)
+    }
+}
+
+impl std::fmt::Display for NodeMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} MiB room (MemTotal {} − reserve {}",
+            self.room_kib() / 1024,
+            self.total_kib / 1024,
+            self.reserve_kib / 1024
+        )?;
+        if self.hugepages_free_kib > 0 {
+            write!(f, " − free huge pages {}", self.hugepages_free_kib / 1024)?;
+        }
+        write!(f, " − guests {} MiB)", self.committed_kib / 1024)
+    }
+}
+
+/// The memory each running guest committed per node: a claim's memory split
+/// evenly over its nodes (the first nodes take the remainder); a claim bound to
+/// no node commits nowhere in particular and is left out.
+pub fn committed_memory(occupancy: &Occupancy) -> BTreeMap<u32, u64> {
+    let mut committed = BTreeMap::new();
+    for claim in occupancy.guests.values() {
+        let count = claim.nodes.len() as u64;
+        if count == 0 {
+            continue;
+        }
+        let share = claim.memory_kib / count;
+        let extra = claim.memory_kib % count;
+        for (i, node) in claim.nodes.iter().enumerate() {
+            *committed.entry(node).or_insert(0u64) += share + u64::from((i as u64) < extra);
+        }
+    }
+    committed
+}
+
+/// [`NodeMemory`] of every node; `None` for a node whose MemTotal is unknown
+/// (sysfs without meminfo), which then never blocks a placement.
+pub fn node_memory(
+    host: &Host,
+    occupancy: &Occupancy,
+    reserve_kib: u64,
+) -> BTreeMap<u32, Option<NodeMemory>> {
+    let committed = committed_memory(occupancy);
+    host.nodes
+        .values()
+        .map(|node| {
+            let memory = node.mem_total_kib.map(|total_kib| NodeMemory {
+                total_kib,
+                reserve_kib,
+                hugepages_free_kib: node
+                    .hugepages
+                    .iter()
+                    .map(|(size, pages)| pages.free.saturating_mul(*size))
+                    .sum(),
+                committed_kib: committed.get(&node.id).copied().unwrap_or(0),
+            });
+            (node.id, memory)
+        })
+        .collect()
+}
+
+/// The per-node memory a placement is checked against, and the free huge pages.
+struct MemoryView<'a> {
+    host: &'a Host,
+    nodes: BTreeMap<u32, Option<NodeMemory>>,
+}
+
+impl MemoryView<'_> {
+    /// Whether `nodes` can hold `memory_kib`, an even share on each (of huge
+    /// pages of `hugepage_kib` when given: their free pages together).
+    fn fits(&self, nodes: &CpuSet, memory_kib: u64, hugepage_kib: Option<u64>) -> bool {
+        if let Some(size) = hugepage_kib {
+            // Huge-page-backed memory comes only from free pages of that size.
+            let pools: Vec<u64> = nodes
+                .iter()
+                .filter_map(|id| self.host.nodes.get(&id)?.hugepages.get(&size))
+                .map(|h| h.free.saturating_mul(size))
+                .collect();
+            if !pools.is_empty() {
+                return pools.iter().sum::<u64>() >= memory_kib;
+            }
+            // No huge page information for these nodes: does not block placement.
+            return true;
+        }
+        // The guest's memory is committed evenly over its nodes (as
+        // committed_memory counts it): each node must hold its share.
+        let count = nodes.len().max(1) as u64;
+        let share = memory_kib.div_ceil(count);
+        nodes.iter().all(|id| {
+            // Unknown MemTotal (sysfs without meminfo) does not block placement.
+            self.nodes
+                .get(&id)
+                .copied()
+                .flatten()
+                .is_none_or(|memory| memory.room_kib() >= share)
+        })
+    }
+
+    /// The numbers behind a memory refusal or note: each node's room, or its free
+    /// huge pages of the guest's size.
+    fn describe(&self, nodes: &CpuSet, hugepage_kib: Option<u64>) -> String {
+        let parts: Vec<String> = nodes
+            .iter()
+            .map(|id| match hugepage_kib {
+                Some(size) => {
+                    let free = self
+                        .host
+                        .nodes
+                        .get(&id)
+                        .and_then(|n| n.hugepages.get(&size))
+                        .map_or(0, |h| h.free);
+                    format!("node {id}: {free} free {} KiB huge pages", size)
+                }
+                None => match self.nodes.get(&id).copied().flatten() {
+                    Some(memory) => format!("node {id}: {memory}"),
+                    None => format!("node {id}: MemTotal unknown"),
+                },
+            })
+            .collect();
+        parts.join("; ")
+    }
+}
+
 /// Places `request` on `host` given `occupancy`.
 pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Placement, NoRoom> {
     let wanted = request.vcpus.max(1) as usize;
@@ -196,33 +351,43 @@ pub fn place(host: &Host, occupancy: &Occupancy, request: &Request) -> Result<Pl
     let available = available_cpus(request, &load_of, &dedicated)?;
     let (available, free_cores) =
         thread_policy_cpus(host, request, available, &load_of, &dedicated)?;
+    let memory = MemoryView {
+        host,
+        nodes: node_memory(host, occupancy, request.memory_reserve_kib),
+    };
 
-    // Memory first: the chosen node(s) must have the guest's memory free. When no
-    // node (set) has, the CPUs still go where they fit best and the memory comes
-    // from wherever the kernel finds it, unless the memory binding is strict.
-    for memory in [true, false] {
-        if !memory && request.memory_strict {
-            if search(host, request, &available, &load_of, false).is_some() {
+    // Memory first: the chosen node(s) must be able to hold the guest's memory
+    // (MemTotal − reserve − committed, see NodeMemory). When no node (set) can,
+    // the CPUs still go where they fit best and the memory comes from wherever
+    // the kernel finds it, unless the memory binding is strict.
+    for check_memory in [true, false] {
+        if !check_memory && request.memory_strict {
+            if let Some(p) = search(host, request, &available, &load_of, None) {
                 return Err(NoRoom(format!(
-                    "no node (set) with room for the {wanted} vCPUs has the guest's {} MiB free, and strict memory binding never overcommits a node",
-                    request.memory_kib / 1024
+                    "no node (set) with room for the {wanted} vCPUs can hold the guest's {} MiB ({}), and strict memory binding never overcommits a node",
+                    request.memory_kib / 1024,
+                    memory.describe(&p.nodes, request.hugepage_kib)
                 )));
             }
             break;
         }
-        if let Some(mut placement) = search(host, request, &available, &load_of, memory) {
+        let view = check_memory.then_some(&memory);
+        if let Some(mut placement) = search(host, request, &available, &load_of, view) {
             if let Some((policy, free)) = &free_cores {
                 hold_whole_cores(host, &mut placement, *policy, free);
             }
-            if !memory {
-                placement.why.push_str(
-                    "; no node with these CPUs has the guest's memory free, so memory also comes from other nodes",
-                );
+            if !check_memory {
+                placement.why.push_str(&format!(
+                    "; node(s) {} cannot hold the guest's {} MiB ({}), so memory also comes from other nodes (memory_mode preferred)",
+                    placement.nodes,
+                    request.memory_kib / 1024,
+                    memory.describe(&placement.nodes, request.hugepage_kib)
+                ));
             }
             return Ok(placement);
         }
     }
-    fit_nowhere(host, request, &available, &load_of)
+    fit_nowhere(host, request, &available, &load_of, &memory, &dedicated)
 }
 
 /// One pass over the running guests, without allocating a set per vCPU: the
@@ -269,18 +434,63 @@ fn available_cpus(
             .collect(),
     };
     if available.is_empty() {
-        return Err(NoRoom(match request.pool {
-            Pool::Dedicated => format!(
-                "no free dedicated CPU left (eligible CPUs {} are all taken)",
-                request.eligible
-            ),
-            Pool::Shared if request.eligible.is_empty() => {
-                "no CPU is eligible for guests (all reserved, IRQ or CPU0)".to_string()
-            }
-            Pool::Shared => "every eligible CPU is at the CPU allocation ratio".to_string(),
-        }));
+        return Err(NoRoom(no_cpu_left(request, load_of, dedicated)));
     }
     Ok(available)
+}
+
+/// Why the request's pool has no CPU at all, with the real cause and the numbers:
+/// no eligible CPU, every eligible CPU held by dedicated guests, the rest at the
+/// allocation ratio (shared) or running other guests' vCPUs (dedicated).
+fn no_cpu_left(request: &Request, load_of: &dyn Fn(u32) -> f64, dedicated: &CpuSet) -> String {
+    let pool = match request.pool {
+        Pool::Shared => "shared",
+        Pool::Dedicated => "dedicated",
+    };
+    let eligible = &request.eligible;
+    if eligible.is_empty() {
+        return format!(
+            "no CPU is eligible for the {pool} pool (every CPU is reserved, an IRQ CPU, CPU0, or outside host.{pool}_cpus)"
+        );
+    }
+    let held = eligible.intersection(dedicated);
+    let rest = eligible.difference(dedicated);
+    let held_text = if held.is_empty() {
+        String::new()
+    } else {
+        format!("{} held by dedicated guests ({held})", held.len())
+    };
+    if rest.is_empty() {
+        return format!(
+            "every eligible {pool} CPU ({eligible}) is held by dedicated guests; none is at the allocation ratio"
+        );
+    }
+    let joined = |other: String| {
+        if held_text.is_empty() {
+            other
+        } else {
+            format!("{held_text}, {other}")
+        }
+    };
+    match request.pool {
+        Pool::Shared => {
+            let ratio = request.cpu_allocation_ratio.max(1.0);
+            let peak = rest.iter().map(load_of).fold(0.0, f64::max);
+            format!(
+                "no shared CPU has room: of the {} eligible CPUs ({eligible}), {}",
+                eligible.len(),
+                joined(format!(
+                    "{} ({rest}) at cpu_allocation_ratio {ratio} (up to {peak:.1} vCPUs each)",
+                    rest.len()
+                ))
+            )
+        }
+        Pool::Dedicated => format!(
+            "no free dedicated CPU: of the {} eligible CPUs ({eligible}), {}",
+            eligible.len(),
+            joined(format!("{} ({rest}) run shared guests' vCPUs", rest.len()))
+        ),
+    }
 }
 
 /// Under `isolate`/`require`: the policy and the CPUs of the free cores, which
@@ -356,45 +566,87 @@ fn thread_policy_cpus(
     })
 }
 
-/// When no level fits the CPUs: a shared guest is overcommitted across every
-/// usable CPU while the ratio leaves room; a dedicated one has no room.
+/// When no level fits the CPUs. A guest's own vCPUs never share a CPU unless the
+/// guest is larger than its pool (the eligible CPUs no dedicated guest holds, for
+/// a shared guest): only then is a shared guest overcommitted across the usable
+/// CPUs (within `max_nodes` nodes) while the ratio leaves room, and the placement
+/// says so. Otherwise there is no room, and the reason names the cause.
 fn fit_nowhere(
     host: &Host,
     request: &Request,
     available: &CpuSet,
     load_of: &dyn Fn(u32) -> f64,
+    memory: &MemoryView<'_>,
+    dedicated: &CpuSet,
 ) -> Result<Placement, NoRoom> {
     let wanted = request.vcpus.max(1) as usize;
+    let capped = |what: &str| {
+        request.max_nodes.map_or(String::new(), |m| {
+            format!("; max_nodes {m} caps the guest at {m} node(s) and no {m} node(s) {what}")
+        })
+    };
     match request.pool {
         Pool::Shared => {
             let ratio = request.cpu_allocation_ratio.max(1.0);
-            let room: f64 = available
+            let pool = request.eligible.difference(dedicated);
+            if wanted <= pool.len() {
+                let cause = if available.len() >= wanted {
+                    capped(&format!(
+                        "have {wanted} CPUs under cpu_allocation_ratio {ratio}{}",
+                        if request.memory_strict {
+                            " and the memory"
+                        } else {
+                            ""
+                        }
+                    ))
+                } else {
+                    format!(
+                        ", of which only {} ({available}) have room under cpu_allocation_ratio {ratio}; a guest's own vCPUs never share a CPU unless it is larger than its pool",
+                        available.len()
+                    )
+                };
+                return Err(NoRoom(format!(
+                    "{wanted} shared vCPUs need {wanted} distinct CPUs of the {} shared CPUs ({pool}){cause}",
+                    pool.len()
+                )));
+            }
+            // Larger than its pool: overcommitted, within max_nodes nodes.
+            let usable = match request.max_nodes {
+                Some(m) => best_nodes_by_cpus(host, available, m as usize),
+                None => available.clone(),
+            };
+            let room: f64 = usable
                 .iter()
                 .map(|c| (ratio - load_of(c)).floor().max(0.0))
                 .sum();
             if wanted as f64 > room {
                 return Err(NoRoom(format!(
-                    "{wanted} shared vCPUs do not fit: the {} usable CPUs ({available}) have room for {room} more vCPUs under cpu_allocation_ratio {ratio}",
-                    available.len()
+                    "{wanted} shared vCPUs do not fit: the {} usable CPUs ({usable}) have room for {room} more vCPUs under cpu_allocation_ratio {ratio}{}",
+                    usable.len(),
+                    request
+                        .max_nodes
+                        .map_or(String::new(), |m| format!(" within max_nodes {m}"))
                 )));
             }
-            let vcpus = assign_overcommitted(host, available, wanted, load_of, ratio);
+            let vcpus = assign_overcommitted(host, &usable, wanted, load_of, ratio);
             // CPUs at the ratio got no vCPU: the placement is what was used.
             let cpus = vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
             let nodes = nodes_of(host, &cpus);
             if request.memory_strict
-                && !memory_fits(host, &nodes, request.memory_kib, request.hugepage_kib)
+                && !memory.fits(&nodes, request.memory_kib, request.hugepage_kib)
             {
                 return Err(NoRoom(format!(
-                    "nodes {nodes} do not have the guest's {} MiB free, and strict memory binding never overcommits a node",
-                    request.memory_kib / 1024
+                    "nodes {nodes} cannot hold the guest's {} MiB ({}), and strict memory binding never overcommits a node",
+                    request.memory_kib / 1024,
+                    memory.describe(&nodes, request.hugepage_kib)
                 )));
             }
             Ok(Placement {
                 level: Level::Host,
                 why: format!(
-                    "{wanted} vCPUs exceed the {} usable CPUs ({available}): overcommitted across them",
-                    available.len()
+                    "{wanted} vCPUs exceed the shared pool's {} CPUs ({pool}): overcommitted across {} usable CPUs ({usable}), so the guest's own vCPUs share CPUs",
+                    pool.len(),
+                    usable.len()
                 ),
                 vcpus,
                 cpus,
@@ -402,24 +654,79 @@ fn fit_nowhere(
             })
         }
         Pool::Dedicated => Err(NoRoom(format!(
-            "{wanted} dedicated vCPUs do not fit: {} free dedicated CPUs ({available}) on the host",
-            available.len()
+            "{wanted} dedicated vCPUs do not fit: {} free dedicated CPUs ({available}) on the host{}",
+            available.len(),
+            if available.len() >= wanted {
+                capped(&format!("have {wanted} free dedicated CPUs"))
+            } else {
+                String::new()
+            }
         ))),
     }
 }
 
+/// The CPUs of the `count` nodes with the most `available` CPUs (ties: nearest,
+/// then lowest numbers).
+fn best_nodes_by_cpus(host: &Host, available: &CpuSet, count: usize) -> CpuSet {
+    let usable = |id: u32| {
+        host.nodes
+            .get(&id)
+            .map_or(0, |n| n.cpus.intersection(available).len())
+    };
+    let ids: Vec<u32> = host
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| usable(*id) > 0)
+        .collect();
+    let mut best: Option<(usize, u32, CpuSet)> = None;
+    for_each_subset(&ids, count.min(ids.len()), &mut |nodes: &CpuSet| {
+        let cpus: usize = nodes.iter().map(usable).sum();
+        let key = (cpus, spread(host, nodes));
+        if best
+            .as_ref()
+            .is_none_or(|b| key.0 > b.0 || (key.0 == b.0 && key.1 < b.1))
+        {
+            best = Some((key.0, key.1, nodes.clone()));
+        }
+    });
+    best.map_or_else(CpuSet::new, |(_, _, nodes)| {
+        node_cpus(host, &nodes).intersection(available)
+    })
+}
+
+/// Calls `f` with every `k`-node subset of `ids`, in lexicographic order.
+fn for_each_subset(ids: &[u32], k: usize, f: &mut dyn FnMut(&CpuSet)) {
+    fn go(ids: &[u32], k: usize, chosen: &mut CpuSet, f: &mut dyn FnMut(&CpuSet)) {
+        if k == 0 {
+            f(chosen);
+            return;
+        }
+        for i in 0..ids.len() {
+            if ids.len() - i < k {
+                break;
+            }
+            chosen.insert(ids[i]);
+            go(&ids[i + 1..], k - 1, chosen, f);
+            chosen.remove(ids[i]);
+        }
+    }
+    go(ids, k, &mut CpuSet::new(), f);
+}
+
 /// The smallest level that fits (core → L3 group → node → socket → fewest nearest
-/// nodes), with or without the memory requirement; None when the CPUs fit nowhere.
+/// nodes), with the memory requirement when `memory` is given; None when the CPUs
+/// fit nowhere.
 fn search(
     host: &Host,
     request: &Request,
     available: &CpuSet,
     load_of: &dyn Fn(u32) -> f64,
-    check_memory: bool,
+    memory: Option<&MemoryView<'_>>,
 ) -> Option<Placement> {
     let wanted = request.vcpus.max(1) as usize;
     let node_fits = |nodes: &CpuSet| {
-        !check_memory || memory_fits(host, nodes, request.memory_kib, request.hugepage_kib)
+        memory.is_none_or(|m| m.fits(nodes, request.memory_kib, request.hugepage_kib))
     };
     let unit_load =
         |unit: &CpuSet| unit.iter().map(load_of).sum::<f64>() / unit.len().max(1) as f64;
@@ -477,8 +784,11 @@ fn search(
     }
     candidates.push((Level::Nodes, host.nodes.keys().copied().collect()));
     let mut best: Option<(usize, u32, Level, CpuSet)> = None;
+    let max_nodes = request.max_nodes.map_or(usize::MAX, |m| m as usize);
     for (level, nodes) in candidates {
-        if let Some(chosen) = fewest_nearest_nodes(host, &nodes, available, wanted, &node_fits) {
+        if let Some(chosen) =
+            fewest_nearest_nodes(host, &nodes, available, wanted, max_nodes, &node_fits)
+        {
             let distance = spread(host, &chosen);
             let key = (chosen.len(), distance, level, chosen.clone());
             if best
@@ -614,31 +924,6 @@ pub fn nodes_of(host: &Host, cpus: &CpuSet) -> CpuSet {
         .collect()
 }
 
-fn memory_fits(host: &Host, nodes: &CpuSet, memory_kib: u64, hugepage_kib: Option<u64>) -> bool {
-    if let Some(size) = hugepage_kib {
-        // Huge-page-backed memory comes only from free pages of that size.
-        let pools: Vec<u64> = nodes
-            .iter()
-            .filter_map(|id| host.nodes.get(&id)?.hugepages.get(&size))
-            .map(|h| h.free.saturating_mul(size))
-            .collect();
-        if !pools.is_empty() {
-            return pools.iter().sum::<u64>() >= memory_kib;
-        }
-        // No huge page information for these nodes: does not block placement.
-        return true;
-    }
-    let mut free = 0u64;
-    for id in nodes.iter() {
-        match host.nodes.get(&id).and_then(|n| n.mem_free_kib) {
-            Some(kib) => free = free.saturating_add(kib),
-            // Unknown free memory (sysfs without meminfo) does not block placement.
-            None => return true,
-        }
-    }
-    free >= memory_kib
-}
-
 /// Sum of pairwise distances (0 when the host gives none).
 fn spread(host: &Host, nodes: &CpuSet) -> u32 {
     let ids: Vec<u32> = nodes.iter().collect();
@@ -656,13 +941,20 @@ fn spread(host: &Host, nodes: &CpuSet) -> u32 {
     total
 }
 
-/// Greedy: start from the node with the most usable CPUs, add the nearest node
-/// (ties: most usable CPUs) until the CPUs and memory fit.
+/// Candidate node sets up to this many nodes are searched exhaustively (2^12
+/// subsets at most); larger hosts use the greedy search.
+const EXHAUSTIVE_NODES: usize = 12;
+
+/// The fewest nodes among `candidates` whose usable CPUs hold `wanted` vCPUs and
+/// that `fits` (memory), at most `max_nodes`; among those, the nearest (smallest
+/// sum of pairwise distances), then the lowest node numbers. Exhaustive on hosts
+/// with up to [`EXHAUSTIVE_NODES`] candidate nodes, greedy beyond.
 fn fewest_nearest_nodes(
     host: &Host,
     candidates: &[u32],
     available: &CpuSet,
     wanted: usize,
+    max_nodes: usize,
     fits: &dyn Fn(&CpuSet) -> bool,
 ) -> Option<CpuSet> {
     let usable = |id: u32| {
@@ -671,14 +963,52 @@ fn fewest_nearest_nodes(
             .map(|n| n.cpus.intersection(available).len())
             .unwrap_or(0)
     };
+    let ids: Vec<u32> = candidates
+        .iter()
+        .copied()
+        .filter(|id| usable(*id) > 0)
+        .collect();
+    if ids.len() > EXHAUSTIVE_NODES {
+        return greedy_nearest_nodes(host, &ids, wanted, max_nodes, &usable, fits);
+    }
+    for k in 1..=ids.len().min(max_nodes) {
+        let mut best: Option<(u32, CpuSet)> = None;
+        for_each_subset(&ids, k, &mut |nodes: &CpuSet| {
+            let cpus: usize = nodes.iter().map(usable).sum();
+            if cpus < wanted {
+                return;
+            }
+            let distance = spread(host, nodes);
+            if best.as_ref().is_some_and(|b| b.0 <= distance) || !fits(nodes) {
+                return;
+            }
+            best = Some((distance, nodes.clone()));
+        });
+        if let Some((_, nodes)) = best {
+            return Some(nodes);
+        }
+    }
+    None
+}
+
+/// Greedy, for hosts with many nodes: start from each node, add the nearest node
+/// (ties: most usable CPUs) until the CPUs and memory fit, at most `max_nodes`.
+fn greedy_nearest_nodes(
+    host: &Host,
+    ids: &[u32],
+    wanted: usize,
+    max_nodes: usize,
+    usable: &dyn Fn(u32) -> usize,
+    fits: &dyn Fn(&CpuSet) -> bool,
+) -> Option<CpuSet> {
     let mut best: Option<CpuSet> = None;
-    for &start in candidates.iter().filter(|id| usable(**id) > 0) {
+    for &start in ids {
         let mut chosen = CpuSet::single(start);
         let mut count = usable(start);
-        while count < wanted || !fits(&chosen) {
-            let next = candidates
+        while (count < wanted || !fits(&chosen)) && chosen.len() < max_nodes {
+            let next = ids
                 .iter()
-                .filter(|id| !chosen.contains(**id) && usable(**id) > 0)
+                .filter(|id| !chosen.contains(**id))
                 .min_by_key(|id| {
                     let distance: u32 = chosen
                         .iter()

@@ -165,6 +165,8 @@ impl Planner<'_> {
                         .copied()
                         .unwrap_or(self.settings.hugepage_size_kib)
                 }),
+                memory_reserve_kib: host_settings.reserved_memory_per_node_kib,
+                max_nodes: self.settings.max_nodes,
             };
             let others = occupancy.without(&self.domain.name);
             // A running guest keeps the CPUs it runs on (its own claim), while they
@@ -344,6 +346,7 @@ impl Planner<'_> {
 
         // Memory binding (1.2).
         self.numatune(&placement);
+        self.memfree_note(occupancy, &placement);
         self.plan.placement = Some(placement);
     }
 
@@ -376,6 +379,38 @@ impl Planner<'_> {
                 }
                 Ok(p)
             }
+        }
+    }
+
+    /// MemFree is no admission figure (page cache fills it), only a sanity check:
+    /// a guest not yet running whose nodes have less MemFree than its memory gets
+    /// a note, since the kernel must first reclaim cache (or the nodes really are
+    /// short of memory outside kvmtune's accounting).
+    fn memfree_note(&mut self, occupancy: &Occupancy, placement: &Placement) {
+        // A guest already running has its memory; huge pages are not MemFree.
+        if occupancy.guests.contains_key(&self.domain.name)
+            || placement.nodes.is_empty()
+            || self.domain.memory_backing.hugepages
+        {
+            return;
+        }
+        let mut free = 0u64;
+        for id in placement.nodes.iter() {
+            match self.host.nodes.get(&id).and_then(|n| n.mem_free_kib) {
+                Some(kib) => free = free.saturating_add(kib),
+                None => return,
+            }
+        }
+        if free < self.domain.memory_kib {
+            self.note(
+                "1.2",
+                format!(
+                    "node(s) {} have {} MiB MemFree, less than the guest's {} MiB: admitted by committed memory (MemTotal − reserve − guests); the kernel reclaims page cache for the rest, or the host runs memory kvmtune does not account",
+                    placement.nodes,
+                    free / 1024,
+                    self.domain.memory_kib / 1024
+                ),
+            );
         }
     }
 

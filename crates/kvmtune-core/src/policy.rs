@@ -80,34 +80,61 @@ pub enum IrqCpus {
     List(CpuSet),
 }
 
+/// Memory kept back on every NUMA node for the host itself (kernel, page tables,
+/// libvirt, qemu's own overhead) when guests' committed memory is accounted
+/// against the node's MemTotal: 1 GiB.
+pub const DEFAULT_RESERVED_MEMORY_PER_NODE_KIB: u64 = 1 << 20;
+
 /// `host:` section.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSettings {
     /// CPUs never given to guests (housekeeping, IRQs). Empty = none.
     pub reserved_cpus: CpuSet,
     pub irq_cpus: IrqCpus,
     /// CPU0 carries many interrupts and kernel work; guests only get it when allowed.
     pub allow_cpu0: bool,
-    /// Host CPUs for the shared pool (Nova's `cpu_shared_set`); empty = every
-    /// eligible CPU.
-    pub shared_cpus: CpuSet,
-    /// Host CPUs for the dedicated pool (Nova's `cpu_dedicated_set`); empty = every
-    /// eligible CPU. Splitting the two keeps shared guests from taking the idle
+    /// Host CPUs for the shared pool (Nova's `cpu_shared_set`); `None` (`none`)
+    /// = every eligible CPU, `Some` of an empty set (`[]`) = no CPU at all.
+    pub shared_cpus: Option<CpuSet>,
+    /// Host CPUs for the dedicated pool (Nova's `cpu_dedicated_set`), as
+    /// `shared_cpus`. Splitting the two keeps shared guests from taking the idle
     /// CPUs a later dedicated guest needs.
-    pub dedicated_cpus: CpuSet,
+    pub dedicated_cpus: Option<CpuSet>,
+    /// Memory per NUMA node guests never get (`host.reserved_memory_per_node`):
+    /// a node holds guests up to MemTotal minus this, minus what the running
+    /// guests committed there.
+    pub reserved_memory_per_node_kib: u64,
     /// `host.tuning:` the host-side rules `kvmtune host check|apply` enforce.
     pub tuning: crate::host_tuning::HostTuning,
 }
 
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings {
+            reserved_cpus: CpuSet::new(),
+            irq_cpus: IrqCpus::default(),
+            allow_cpu0: false,
+            shared_cpus: None,
+            dedicated_cpus: None,
+            reserved_memory_per_node_kib: DEFAULT_RESERVED_MEMORY_PER_NODE_KIB,
+            tuning: crate::host_tuning::HostTuning::default(),
+        }
+    }
+}
+
 impl HostSettings {
     /// The CPUs a pool may use at all (before reserved/IRQ/CPU0 are removed):
-    /// `None` = no restriction.
+    /// `None` = no restriction; an empty set = the pool has no CPU (`[]`).
     pub fn pool_cpus(&self, pool: Pool) -> Option<&CpuSet> {
-        let set = match pool {
-            Pool::Shared => &self.shared_cpus,
-            Pool::Dedicated => &self.dedicated_cpus,
-        };
-        (!set.is_empty()).then_some(set)
+        match pool {
+            Pool::Shared => self.shared_cpus.as_ref(),
+            Pool::Dedicated => self.dedicated_cpus.as_ref(),
+        }
+    }
+
+    /// Whether the pools have CPU sets of their own (either key set, `[]` too).
+    pub fn pools_split(&self) -> bool {
+        self.shared_cpus.is_some() || self.dedicated_cpus.is_some()
     }
 }
 
@@ -249,6 +276,9 @@ pub struct Settings {
     pub dedicated_fallback: DedicatedFallback,
     /// Restrict placement to these NUMA nodes (None = any node).
     pub nodes: Option<CpuSet>,
+    /// 1.2: a guest spans at most this many NUMA nodes (Nova's `hw:numa_nodes`);
+    /// None = as many as it needs.
+    pub max_nodes: Option<u32>,
 }
 
 impl Default for Settings {
@@ -271,6 +301,7 @@ impl Default for Settings {
             cpu_allocation_ratio: 16,
             thread_policy: ThreadPolicy::Prefer,
             dedicated_fallback: DedicatedFallback::Shared,
+            max_nodes: None,
         }
     }
 }
@@ -536,8 +567,11 @@ impl Policy {
                 reserved_cpus: host.reserved_cpus.map(|c| c.0).unwrap_or_default(),
                 irq_cpus: host.irq_cpus.map(|i| i.0).unwrap_or_default(),
                 allow_cpu0: host.allow_cpu0.unwrap_or(false),
-                shared_cpus: host.shared_cpus.map(|c| c.0).unwrap_or_default(),
-                dedicated_cpus: host.dedicated_cpus.map(|c| c.0).unwrap_or_default(),
+                shared_cpus: host.shared_cpus.and_then(|c| c.0),
+                dedicated_cpus: host.dedicated_cpus.and_then(|c| c.0),
+                reserved_memory_per_node_kib: host
+                    .reserved_memory_per_node
+                    .map_or(DEFAULT_RESERVED_MEMORY_PER_NODE_KIB, |m| m.0),
                 tuning,
             },
             defaults,
@@ -594,8 +628,9 @@ impl Policy {
         if let IrqCpus::List(irq) = &self.host.irq_cpus {
             check(&[key("host"), key("irq_cpus")], irq, host_cpus, Thing::Cpu);
         }
-        let shared = &self.host.shared_cpus;
-        let dedicated = &self.host.dedicated_cpus;
+        let none = CpuSet::new();
+        let shared = self.host.shared_cpus.as_ref().unwrap_or(&none);
+        let dedicated = self.host.dedicated_cpus.as_ref().unwrap_or(&none);
         check(
             &[key("host"), key("shared_cpus")],
             shared,
@@ -627,10 +662,7 @@ impl Policy {
                 check(&path, nodes, host_nodes, Thing::Node);
             }
         }
-        let both = self
-            .host
-            .shared_cpus
-            .intersection(&self.host.dedicated_cpus);
+        let both = shared.intersection(dedicated);
         if !both.is_empty() {
             errors.push(doc.invalid(
                 &[key("host"), key("dedicated_cpus")],
@@ -682,7 +714,18 @@ impl Policy {
             .filter(|s| s.pin_vcpus)
             .map(|s| s.pool)
             .collect();
-        let split = !self.host.shared_cpus.is_empty() || !self.host.dedicated_cpus.is_empty();
+        let split = self.host.pools_split();
+        for (pool, name) in [(Pool::Shared, "shared"), (Pool::Dedicated, "dedicated")] {
+            let empty = self.host.pool_cpus(pool).is_some_and(CpuSet::is_empty);
+            if empty && pools.contains(&pool) {
+                let message = format!(
+                    "host.{name}_cpus: [] gives the {name} pool no CPU, but the policy places \
+                     guests in the {name} pool: they get no placement (dedicated guests with \
+                     dedicated_fallback: shared go to the shared CPUs)"
+                );
+                warnings.push(doc.warning(&[key("host"), key(&format!("{name}_cpus"))], &message));
+            }
+        }
         if pools.contains(&Pool::Shared) && pools.contains(&Pool::Dedicated) && !split {
             warnings.push(doc.warning(
                 &[key("host")],
@@ -810,8 +853,9 @@ struct RawHost {
     reserved_cpus: Option<ReservedCpus>,
     irq_cpus: Option<RawIrqCpus>,
     allow_cpu0: Option<bool>,
-    shared_cpus: Option<ReservedCpus>,
-    dedicated_cpus: Option<ReservedCpus>,
+    shared_cpus: Option<PoolCpus>,
+    dedicated_cpus: Option<PoolCpus>,
+    reserved_memory_per_node: Option<MemorySize>,
     tuning: Option<crate::host_tuning::HostTuning>,
 }
 
@@ -838,6 +882,7 @@ struct RawSettings {
     /// `None`: key absent (inherit the defaults'); `Some(NodeList(None))`: any node.
     #[serde(default, deserialize_with = "present")]
     nodes: Option<NodeList>,
+    max_nodes: Option<MaxNodes>,
 }
 
 impl RawSettings {
@@ -861,6 +906,7 @@ impl RawSettings {
                 .unwrap_or(base.cpu_allocation_ratio),
             thread_policy: self.thread_policy.unwrap_or(base.thread_policy),
             dedicated_fallback: self.dedicated_fallback.unwrap_or(base.dedicated_fallback),
+            max_nodes: self.max_nodes.map_or(base.max_nodes, |m| m.0),
             nodes: match self.nodes {
                 Some(given) => given.0,
                 None => base.nodes.clone(),
@@ -955,6 +1001,39 @@ scalar_from_str!(
     |s: &str| parse_cpulist_or_none(s).map(|set| ReservedCpus(set.unwrap_or_default()))
 );
 
+/// `shared_cpus:` / `dedicated_cpus:` — a cpulist; `none` (or empty text) for no
+/// restriction (every eligible CPU); a YAML list of cpulists, where `[]` means no
+/// CPU at all.
+struct PoolCpus(Option<CpuSet>);
+impl<'de> Deserialize<'de> for PoolCpus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PoolCpus;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a cpulist such as \"1-7\", none (every eligible CPU), or [] (no CPU)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PoolCpus, E> {
+                parse_cpulist_or_none(v).map(PoolCpus).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PoolCpus, E> {
+                self.visit_str(&v.to_string())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<PoolCpus, E> {
+                Ok(PoolCpus(None))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<PoolCpus, A::Error> {
+                let mut set = CpuSet::new();
+                while let Some(item) = seq.next_element::<ReservedCpus>()? {
+                    set = set.union(&item.0);
+                }
+                Ok(PoolCpus(Some(set)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// `nodes:` — a list of NUMA nodes, or `None` for any node (`null`, `none`, empty).
 struct NodeList(Option<CpuSet>);
 impl<'de> Deserialize<'de> for NodeList {
@@ -1005,6 +1084,43 @@ scalar_from_str!(
         )),
     },
     |v: u64| Err(format!("huge page size {v} needs a unit: use 2M or 1G"))
+);
+
+/// `max_nodes:` — a node count of at least 1, or `none` (no cap).
+struct MaxNodes(Option<u32>);
+scalar_from_str!(
+    MaxNodes,
+    "a number of NUMA nodes (1 or more), or none",
+    |s: &str| {
+        let t = s.trim();
+        if t == "none" || t.is_empty() {
+            return Ok(MaxNodes(None));
+        }
+        match t.parse::<u32>() {
+            Ok(0) => Err("max_nodes 0 never fits: a guest uses at least one node".to_string()),
+            Ok(n) => Ok(MaxNodes(Some(n))),
+            Err(_) => Err(format!(
+                "invalid max_nodes '{t}': a number such as 2, or none"
+            )),
+        }
+    }
+);
+
+/// A memory size such as `1G` or `512M`; a bare `0` means none.
+struct MemorySize(u64);
+scalar_from_str!(
+    MemorySize,
+    "a memory size such as 1G or 512M",
+    |s: &str| parse_size_kib(s).map(MemorySize),
+    |v: u64| {
+        if v == 0 {
+            Ok(MemorySize(0))
+        } else {
+            Err(format!(
+                "memory size {v} needs a unit (K, M, G or T), such as {v}G"
+            ))
+        }
+    }
 );
 
 struct RuleName(String);

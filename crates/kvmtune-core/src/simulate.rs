@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cpuset::CpuSet;
 use crate::host::Host;
-use crate::placement::{Claim, Occupancy, Pool, Request, eligible_cpus, place};
+use crate::placement::{
+    Claim, NodeMemory, Occupancy, Pool, Request, committed_memory, eligible_cpus, node_memory,
+    place,
+};
 use crate::policy::{GuestFacts, IrqCpus, MemoryMode, Policy};
 
 /// Largest vCPU count a workload may ask for (libvirt's own limit is lower).
@@ -30,8 +33,9 @@ pub enum Strategy {
     /// online CPUs (CPU0 and reserved CPUs included).
     LibvirtDefault,
     /// A naive hook: each vCPU on its own CPU, first fit in CPU-number order,
-    /// skipping CPU0 and reserved/IRQ CPUs; shared guests overcommit only once no
-    /// idle CPU is left.
+    /// skipping CPU0 and reserved/IRQ CPUs and keeping each pool in its CPU set
+    /// (`host.shared_cpus` / `host.dedicated_cpus`); shared guests overcommit only
+    /// once no idle CPU is left.
     NaiveFirstFit,
 }
 
@@ -285,6 +289,25 @@ pub struct Spanning {
     pub nodes: usize,
 }
 
+/// Where one placed guest went, so every figure of a report can be checked per
+/// guest (`simulate --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuestOutcome {
+    pub guest: String,
+    pub vcpus: u32,
+    pub memory_kib: u64,
+    /// The pool the guest got (libvirt-default: always shared, it has no
+    /// dedicated CPUs).
+    pub pool: Pool,
+    /// Host CPUs of each vCPU, by vCPU number.
+    pub vcpu_cpus: Vec<CpuSet>,
+    /// NUMA nodes its memory is bound to.
+    pub memory_nodes: CpuSet,
+    /// Moves of this guest after it was placed (none yet: the simulator does not
+    /// repack).
+    pub moves: Vec<String>,
+}
+
 /// The outcome of one simulation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -294,11 +317,14 @@ pub struct Report {
     pub departures: usize,
     pub placed: usize,
     pub refused: Vec<Refusal>,
-    /// % of placed guests whose vCPUs are all within one NUMA node.
-    pub numa_local_pct: f64,
+    /// Every placed arrival, in workload order.
+    pub guests: Vec<GuestOutcome>,
+    /// % of placed guests whose vCPUs are all within one NUMA node; None when
+    /// nothing was placed.
+    pub numa_local_pct: Option<f64>,
     /// % of placed guests within one L3 group (the socket when the host reports
-    /// no caches).
-    pub l3_local_pct: f64,
+    /// no caches); None when nothing was placed.
+    pub l3_local_pct: Option<f64>,
     /// Placed guests with exactly 2 vCPUs.
     pub two_vcpu_guests: usize,
     /// % of those on the two threads of one core; None when no core has two
@@ -329,8 +355,10 @@ impl Report {
             self.placed,
             self.refused.len()
         );
-        let _ = writeln!(out, "NUMA-local: {:.1}%", self.numa_local_pct);
-        let _ = writeln!(out, "L3-local: {:.1}%", self.l3_local_pct);
+        let pct =
+            |p: Option<f64>| p.map_or("n/a (nothing placed)".to_string(), |p| format!("{p:.1}%"));
+        let _ = writeln!(out, "NUMA-local: {}", pct(self.numa_local_pct));
+        let _ = writeln!(out, "L3-local: {}", pct(self.l3_local_pct));
         match self.smt_paired_pct {
             Some(p) => {
                 let _ = writeln!(
@@ -368,11 +396,15 @@ impl Report {
             "reserved/CPU0 violations: {}",
             self.reserved_violations
         );
-        let _ = writeln!(
-            out,
-            "placement time per guest: mean {:.1} µs, max {:.1} µs",
-            self.placement_us_mean, self.placement_us_max
-        );
+        if self.placed == 0 {
+            let _ = writeln!(out, "placement time per guest: n/a (nothing placed)");
+        } else {
+            let _ = writeln!(
+                out,
+                "placement time per guest: mean {:.1} µs, max {:.1} µs",
+                self.placement_us_mean, self.placement_us_max
+            );
+        }
         for r in &self.refused {
             let _ = writeln!(
                 out,
@@ -390,13 +422,11 @@ impl Report {
 #[derive(Debug, Clone)]
 pub struct Simulator<'a> {
     base: &'a Host,
-    /// The host with `mem_free_kib` reduced by the running guests.
-    host: Host,
     policy: &'a Policy,
     strategy: Strategy,
+    /// The running guests' claims; their memory is what the nodes have committed
+    /// (see [`crate::placement::NodeMemory`]), the same accounting `place()` does.
     occupancy: Occupancy,
-    /// Memory taken from each node, per guest (given back exactly on departure).
-    debits: BTreeMap<String, Vec<(u32, u64)>>,
     /// Requested pool per running guest (the baselines' admission counts).
     pools: BTreeMap<String, (Pool, u32, u32)>,
     forbidden: CpuSet,
@@ -414,11 +444,9 @@ impl<'a> Simulator<'a> {
         let eligible = host_eligible(host, policy);
         Simulator {
             base: host,
-            host: host.clone(),
             policy,
             strategy,
             occupancy: Occupancy::default(),
-            debits: BTreeMap::new(),
             pools: BTreeMap::new(),
             forbidden: host.online.difference(&eligible),
         }
@@ -428,9 +456,47 @@ impl<'a> Simulator<'a> {
         &self.occupancy
     }
 
-    /// The host as the simulation sees it now (free memory reduced by the guests).
+    /// The host as read (the snapshot is never changed: memory is accounted from
+    /// the occupancy, see [`Simulator::node_memory`]).
     pub fn host(&self) -> &Host {
-        &self.host
+        self.base
+    }
+
+    /// Each node's memory as `place()` accounts it now: MemTotal − the policy's
+    /// `host.reserved_memory_per_node` − free huge pages − the running guests'
+    /// committed memory; `None` where MemTotal is unknown.
+    pub fn node_memory(&self) -> BTreeMap<u32, Option<NodeMemory>> {
+        node_memory(
+            self.base,
+            &self.occupancy,
+            self.policy.host.reserved_memory_per_node_kib,
+        )
+    }
+
+    /// Memory the host can still give guests at all (every node with a known
+    /// MemTotal; guests bound to no node count too); `None` when no node reports
+    /// its MemTotal.
+    pub fn host_memory_room_kib(&self) -> Option<u64> {
+        let nodes: Vec<NodeMemory> = self.node_memory().into_values().flatten().collect();
+        if nodes.is_empty() {
+            return None;
+        }
+        let capacity: u64 = nodes
+            .iter()
+            .map(|n| {
+                n.total_kib
+                    .saturating_sub(n.reserve_kib)
+                    .saturating_sub(n.hugepages_free_kib)
+            })
+            .sum();
+        let committed: u64 = self.occupancy.guests.values().map(|c| c.memory_kib).sum();
+        Some(capacity.saturating_sub(committed))
+    }
+
+    /// The memory committed per node (a claim's memory split evenly over its
+    /// nodes).
+    pub fn committed_memory(&self) -> BTreeMap<u32, u64> {
+        committed_memory(&self.occupancy)
     }
 
     /// Online CPUs no guest should get under the policy (CPU0 unless allowed,
@@ -467,29 +533,24 @@ impl<'a> Simulator<'a> {
             .map_or(16, |s| s.cpu_allocation_ratio)
             .max(1);
 
-        // Common admission for every strategy: the host has the memory at all.
-        let known: Vec<u64> = self
-            .host
-            .nodes
-            .values()
-            .filter_map(|n| n.mem_free_kib)
-            .collect();
-        if !known.is_empty() {
-            let free: u64 = known.iter().sum();
-            if free < memory_kib {
-                return Err(format!(
-                    "not enough free memory on the host ({} MiB free, {} MiB asked)",
-                    free / 1024,
-                    memory_kib / 1024
-                ));
-            }
+        // Common admission for every strategy: the host can hold the memory at
+        // all (committed memory against MemTotal − reserve, as place() counts).
+        if let Some(room) = self.host_memory_room_kib()
+            && room < memory_kib
+        {
+            return Err(format!(
+                "not enough memory on the host: {} MiB uncommitted (MemTotal − {} MiB reserve per node − free huge pages − guests), {} MiB asked",
+                room / 1024,
+                self.policy.host.reserved_memory_per_node_kib / 1024,
+                memory_kib / 1024
+            ));
         }
 
         let start = Instant::now();
         let claim = match (self.strategy, &settings) {
             (Strategy::Kvmtune, Some(settings)) => {
                 let mut eligible = eligible_cpus(
-                    &self.host,
+                    self.base,
                     &self.policy.host.reserved_cpus,
                     &irq_cpus(self.base, self.policy),
                     self.policy.host.allow_cpu0,
@@ -510,8 +571,10 @@ impl<'a> Simulator<'a> {
                         MemoryMode::Strict | MemoryMode::Restrictive
                     ),
                     hugepage_kib: None,
+                    memory_reserve_kib: self.policy.host.reserved_memory_per_node_kib,
+                    max_nodes: settings.max_nodes,
                 };
-                let p = place(&self.host, &self.occupancy, &request).map_err(|e| e.0)?;
+                let p = place(self.base, &self.occupancy, &request).map_err(|e| e.0)?;
                 Claim {
                     vcpus: p.vcpus,
                     nodes: p.nodes,
@@ -527,8 +590,6 @@ impl<'a> Simulator<'a> {
         };
         let elapsed_us = start.elapsed().as_secs_f64() * 1e6;
 
-        let debit = self.debit(&claim);
-        self.debits.insert(name.to_string(), debit);
         self.pools.insert(name.to_string(), (pool, vcpus, ratio));
         self.occupancy
             .guests
@@ -552,16 +613,6 @@ impl<'a> Simulator<'a> {
     pub fn depart(&mut self, name: &str) -> Option<Claim> {
         let claim = self.occupancy.guests.remove(name)?;
         self.pools.remove(name);
-        for (node, kib) in self.debits.remove(name).unwrap_or_default() {
-            if let Some(free) = self
-                .host
-                .nodes
-                .get_mut(&node)
-                .and_then(|n| n.mem_free_kib.as_mut())
-            {
-                *free += kib;
-            }
-        }
         Some(claim)
     }
 
@@ -604,8 +655,13 @@ impl<'a> Simulator<'a> {
     }
 
     /// A naive hook: the lowest-numbered eligible CPUs, idle ones first.
+    /// The pools' CPU sets (`host.shared_cpus` / `host.dedicated_cpus`) are
+    /// honoured as a hook following the same policy would.
     fn naive(&self, vcpus: u32, memory_kib: u64, pool: Pool, ratio: u32) -> Result<Claim, String> {
-        let eligible = self.base.online.difference(&self.forbidden);
+        let mut eligible = self.base.online.difference(&self.forbidden);
+        if let Some(set) = self.policy.host.pool_cpus(pool) {
+            eligible = eligible.intersection(set);
+        }
         let load = self.occupancy.cpu_load();
         let load_of = |cpu: u32| load.get(&cpu).copied().unwrap_or(0.0);
         let dedicated = self.occupancy.dedicated_cpus();
@@ -661,56 +717,6 @@ impl<'a> Simulator<'a> {
             memory_kib,
             pool,
         })
-    }
-
-    /// Takes the claim's memory from its nodes (evenly), the rest from the other
-    /// nodes in number order, as the kernel falls back; returns what was taken.
-    fn debit(&mut self, claim: &Claim) -> Vec<(u32, u64)> {
-        let known: Vec<u32> = self
-            .host
-            .nodes
-            .values()
-            .filter(|n| n.mem_free_kib.is_some())
-            .map(|n| n.id)
-            .collect();
-        if known.is_empty() {
-            return Vec::new();
-        }
-        let own: Vec<u32> = known
-            .iter()
-            .copied()
-            .filter(|id| claim.nodes.contains(*id))
-            .collect();
-        let mut left = claim.memory_kib;
-        let mut taken: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut take = |host: &mut Host, node: u32, want: u64| -> u64 {
-            let Some(free) = host
-                .nodes
-                .get_mut(&node)
-                .and_then(|n| n.mem_free_kib.as_mut())
-            else {
-                return 0;
-            };
-            let got = want.min(*free);
-            *free -= got;
-            *taken.entry(node).or_insert(0) += got;
-            got
-        };
-        if !own.is_empty() {
-            let share = left / own.len() as u64;
-            let extra = left % own.len() as u64;
-            for (i, node) in own.iter().enumerate() {
-                let want = share + u64::from((i as u64) < extra);
-                left -= take(&mut self.host, *node, want);
-            }
-        }
-        for node in own.iter().chain(known.iter()) {
-            if left == 0 {
-                break;
-            }
-            left -= take(&mut self.host, *node, left);
-        }
-        taken.into_iter().filter(|(_, k)| *k > 0).collect()
     }
 }
 
@@ -776,6 +782,7 @@ pub fn host_has_smt(host: &Host, forbidden: &CpuSet) -> bool {
 pub fn simulate(host: &Host, policy: &Policy, workload: &Workload, strategy: Strategy) -> Report {
     let mut sim = Simulator::new(host, policy, strategy);
     let mut refused = Vec::new();
+    let mut guests = Vec::new();
     let mut spanning = Vec::new();
     let (mut placed, mut departures, mut numa_local, mut l3_local) = (0usize, 0usize, 0, 0);
     let (mut two, mut paired, mut violations) = (0usize, 0usize, 0usize);
@@ -790,6 +797,15 @@ pub fn simulate(host: &Host, policy: &Policy, workload: &Workload, strategy: Str
             } => match sim.arrive(name, *vcpus, *memory_kib, *pool) {
                 Ok(decision) => {
                     placed += 1;
+                    guests.push(GuestOutcome {
+                        guest: name.clone(),
+                        vcpus: *vcpus,
+                        memory_kib: *memory_kib,
+                        pool: decision.claim.pool,
+                        vcpu_cpus: decision.claim.vcpus.clone(),
+                        memory_nodes: decision.claim.nodes.clone(),
+                        moves: Vec::new(),
+                    });
                     total_us += decision.elapsed_us;
                     max_us = max_us.max(decision.elapsed_us);
                     let q = quality(host, &decision.claim);
@@ -845,8 +861,9 @@ pub fn simulate(host: &Host, policy: &Policy, workload: &Workload, strategy: Str
         departures,
         placed,
         refused,
-        numa_local_pct: pct(numa_local, placed),
-        l3_local_pct: pct(l3_local, placed),
+        guests,
+        numa_local_pct: (placed > 0).then(|| pct(numa_local, placed)),
+        l3_local_pct: (placed > 0).then(|| pct(l3_local, placed)),
         two_vcpu_guests: two,
         smt_paired_pct: (host_has_smt(host, &sim.forbidden) && two > 0).then(|| pct(paired, two)),
         spanning,

@@ -68,8 +68,9 @@ fn valid_policy() -> Policy {
             reserved_cpus: set("0-1"),
             irq_cpus: IrqCpus::Auto,
             allow_cpu0: false,
-            shared_cpus: CpuSet::new(),
-            dedicated_cpus: CpuSet::new(),
+            shared_cpus: None,
+            dedicated_cpus: None,
+            reserved_memory_per_node_kib: 1 << 20,
             tuning: Default::default(),
         },
         defaults: defaults.clone(),
@@ -137,14 +138,16 @@ fn built_in_defaults_are_the_documented_ones() {
         cpu_allocation_ratio: 16,
         thread_policy: crate::placement::ThreadPolicy::Prefer,
         dedicated_fallback: DedicatedFallback::Shared,
+        max_nodes: None,
     };
     assert_eq!(Settings::default(), expected);
     let host = HostSettings {
         reserved_cpus: CpuSet::new(),
         irq_cpus: IrqCpus::Auto,
         allow_cpu0: false,
-        shared_cpus: CpuSet::new(),
-        dedicated_cpus: CpuSet::new(),
+        shared_cpus: None,
+        dedicated_cpus: None,
+        reserved_memory_per_node_kib: 1 << 20,
         tuning: Default::default(),
     };
     assert_eq!(HostSettings::default(), host);
@@ -192,8 +195,9 @@ defaults:
             reserved_cpus: set("0-3,8"),
             irq_cpus: IrqCpus::List(set("4-5")),
             allow_cpu0: true,
-            shared_cpus: CpuSet::new(),
-            dedicated_cpus: CpuSet::new(),
+            shared_cpus: None,
+            dedicated_cpus: None,
+            reserved_memory_per_node_kib: 1 << 20,
             tuning: Default::default(),
         }
     );
@@ -219,6 +223,7 @@ defaults:
         cpu_allocation_ratio: 16,
         thread_policy: crate::placement::ThreadPolicy::Isolate,
         dedicated_fallback: DedicatedFallback::Shared,
+        max_nodes: None,
     };
     assert_eq!(policy.defaults, expected);
 }
@@ -316,7 +321,7 @@ fn validation_errors() {
             invalid(
                 8,
                 3,
-                "host: unknown field `alow_cpu0`, expected one of `reserved_cpus`, `irq_cpus`, `allow_cpu0`, `shared_cpus`, `dedicated_cpus`, `tuning`",
+                "host: unknown field `alow_cpu0`, expected one of `reserved_cpus`, `irq_cpus`, `allow_cpu0`, `shared_cpus`, `dedicated_cpus`, `reserved_memory_per_node`, `tuning`",
             ),
         ),
         (
@@ -325,7 +330,7 @@ fn validation_errors() {
             invalid(
                 19,
                 7,
-                "rules[0].set: unknown field `cpu_mdoe`, expected one of `pin_vcpus`, `memory_mode`, `emulator`, `existing_pins`, `disk_cache`, `disk_io`, `nosharepages`, `hugepages`, `hugepage_size`, `vhost_net`, `max_net_queues`, `cpu_mode`, `pool`, `cpu_allocation_ratio`, `thread_policy`, `dedicated_fallback`, `nodes`",
+                "rules[0].set: unknown field `cpu_mdoe`, expected one of `pin_vcpus`, `memory_mode`, `emulator`, `existing_pins`, `disk_cache`, `disk_io`, `nosharepages`, `hugepages`, `hugepage_size`, `vhost_net`, `max_net_queues`, `cpu_mode`, `pool`, `cpu_allocation_ratio`, `thread_policy`, `dedicated_fallback`, `nodes`, `max_nodes`",
             ),
         ),
         (
@@ -1156,6 +1161,46 @@ fn pool_cpu_sets_are_read_checked_against_the_host_and_must_not_overlap() {
 }
 
 #[test]
+fn an_empty_pool_list_means_no_cpu_and_none_means_every_cpu() {
+    use crate::placement::Pool;
+    let host = |text: &str| parse(&format!("version: 1\nhost:\n{text}")).unwrap().host;
+    let empty = host("  shared_cpus: []\n  dedicated_cpus: 1-7\n");
+    assert_eq!(empty.pool_cpus(Pool::Shared), Some(&CpuSet::new()));
+    assert_eq!(empty.pool_cpus(Pool::Dedicated), Some(&set("1-7")));
+    assert!(empty.pools_split());
+    for all in ["none", "\"\"", "null"] {
+        let h = host(&format!("  shared_cpus: {all}\n"));
+        assert_eq!(h.pool_cpus(Pool::Shared), None, "{all}");
+        assert!(!h.pools_split(), "{all}");
+    }
+    let list = host("  shared_cpus: [1-3, 5]\n");
+    assert_eq!(list.pool_cpus(Pool::Shared), Some(&set("1-3,5")));
+    let err = parse("version: 1\nhost:\n  shared_cpus: [x]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("host.shared_cpus"), "{err}");
+    // Checked: a pool with no CPU that the policy uses is a warning.
+    let policy = parse("version: 1\nhost:\n  shared_cpus: []\n").unwrap();
+    assert!(policy.check_against(&set("0-7"), &set("0")).is_empty());
+    let warnings = policy.warnings_against(&set("0-7"), &set("0"));
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0]
+            .to_string()
+            .contains("host.shared_cpus: [] gives the shared pool no CPU"),
+        "{}",
+        warnings[0]
+    );
+    let dedicated_only =
+        parse("version: 1\nhost:\n  shared_cpus: []\ndefaults:\n  pool: dedicated\n").unwrap();
+    assert!(
+        dedicated_only
+            .warnings_against(&set("0-7"), &set("0"))
+            .is_empty()
+    );
+}
+
+#[test]
 fn mixing_pools_without_split_cpu_sets_is_a_warning() {
     let mixed = "version: 1\nrules:\n  - name: nfv\n    match:\n      name: 'nfv-*'\n    set:\n      pool: dedicated\n";
     let warnings = parse(mixed)
@@ -1204,4 +1249,45 @@ fn irq_cpus_resolve_against_the_host() {
     // A listed CPU the host does not have online is not kept.
     policy.host.irq_cpus = IrqCpus::List(set("2-3,12"));
     assert_eq!(policy.irq_cpus(&host), set("2-3"));
+}
+
+#[test]
+fn reserved_memory_per_node_takes_sizes() {
+    let kib = |text: &str| {
+        parse(&format!(
+            "version: 1\nhost:\n  reserved_memory_per_node: {text}\n"
+        ))
+        .map(|p| p.host.reserved_memory_per_node_kib)
+    };
+    assert_eq!(kib("1G").unwrap(), 1 << 20);
+    assert_eq!(kib("512M").unwrap(), 512 << 10);
+    assert_eq!(kib("2GiB").unwrap(), 2 << 20);
+    assert_eq!(kib("0").unwrap(), 0);
+    assert_eq!(
+        parse("version: 1\n")
+            .unwrap()
+            .host
+            .reserved_memory_per_node_kib,
+        crate::policy::DEFAULT_RESERVED_MEMORY_PER_NODE_KIB
+    );
+    let err = kib("512").unwrap_err().to_string();
+    assert!(err.contains("needs a unit"), "{err}");
+    assert!(err.contains(":3:"), "{err}");
+    let err = kib("lots").unwrap_err().to_string();
+    assert!(err.contains("reserved_memory_per_node"), "{err}");
+}
+
+#[test]
+fn max_nodes_is_a_count_or_none() {
+    let max = |text: &str| {
+        parse(&format!("version: 1\ndefaults:\n  max_nodes: {text}\n"))
+            .map(|p| p.defaults.max_nodes)
+    };
+    assert_eq!(max("2").unwrap(), Some(2));
+    assert_eq!(max("none").unwrap(), None);
+    assert_eq!(parse("version: 1\n").unwrap().defaults.max_nodes, None);
+    let err = max("0").unwrap_err().to_string();
+    assert!(err.contains("max_nodes 0 never fits"), "{err}");
+    let err = max("two").unwrap_err().to_string();
+    assert!(err.contains("invalid max_nodes"), "{err}");
 }
