@@ -188,6 +188,20 @@ pub enum DiskIo {
     Keep,
 }
 
+/// What happens after a guest started with XML-level violations (`converge:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Converge {
+    /// The hook queues the guest (never calling libvirt) and `kvmtune converge`
+    /// (the `kvmtune-converge.path` unit) conforms its persistent definition, as
+    /// `kvmtune apply GUEST --yes` does, so its next cold boot conforms. Never for
+    /// guests with Nova metadata (Nova owns their definitions).
+    #[default]
+    AfterStart,
+    /// Only warn or refuse (`on_violation`); the admin runs `kvmtune apply`.
+    Off,
+}
+
 /// What rule 5 does with `host-passthrough`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -249,6 +263,8 @@ pub struct Settings {
     pub dedicated_fallback: DedicatedFallback,
     /// Restrict placement to these NUMA nodes (None = any node).
     pub nodes: Option<CpuSet>,
+    /// After a start with XML-level violations: queue the guest for `kvmtune converge`.
+    pub converge: Converge,
 }
 
 impl Default for Settings {
@@ -271,6 +287,7 @@ impl Default for Settings {
             cpu_allocation_ratio: 16,
             thread_policy: ThreadPolicy::Prefer,
             dedicated_fallback: DedicatedFallback::Shared,
+            converge: Converge::AfterStart,
         }
     }
 }
@@ -838,6 +855,7 @@ struct RawSettings {
     /// `None`: key absent (inherit the defaults'); `Some(NodeList(None))`: any node.
     #[serde(default, deserialize_with = "present")]
     nodes: Option<NodeList>,
+    converge: Option<Converge>,
 }
 
 impl RawSettings {
@@ -861,6 +879,7 @@ impl RawSettings {
                 .unwrap_or(base.cpu_allocation_ratio),
             thread_policy: self.thread_policy.unwrap_or(base.thread_policy),
             dedicated_fallback: self.dedicated_fallback.unwrap_or(base.dedicated_fallback),
+            converge: self.converge.unwrap_or(base.converge),
             nodes: match self.nodes {
                 Some(given) => given.0,
                 None => base.nodes.clone(),
