@@ -3,13 +3,15 @@
 //! ([`sysfs`]), libvirt's status files ([`libvirt_run`]), the ledger store
 //! ([`ledger_store`]), the policy file ([`policy_file`]), thread affinity and
 //! cgroups ([`affinity`]), host tuning ([`hosttune`]), syslog ([`logging`]),
-//! bounded child processes ([`command`]), libvirt through virsh ([`virsh`]) and the
-//! backups of replaced definitions ([`backups`]). Decisions are `kvmtune_core`'s.
+//! bounded child processes ([`command`]), libvirt through virsh ([`virsh`]), the
+//! backups of replaced definitions ([`backups`]) and the convergence queue
+//! ([`converge_queue`]). Decisions are `kvmtune_core`'s.
 
 pub mod affinity;
 pub mod atomicfile;
 pub mod backups;
 pub mod command;
+pub mod converge_queue;
 pub mod hosttune;
 pub mod ledger_store;
 pub mod libvirt_run;
