@@ -52,6 +52,7 @@ CASES=(
     "apply2|120|no|apply on a running guest says 'next cold boot'; the live guest changes only after destroy + start"
     "revert|90|no|revert restores the exact previous definition; revert --list; bad names refused"
     "status|120|no|status lists the running test guests on the CPUs libvirt reports; plain when piped"
+    "conv|180|no|converge: a warned start is queued, kvmtune converge conforms the definition (backup, revert byte for byte); Nova guests never queued; undefined guests dropped; libvirtd down keeps the queue"
 )
 
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -368,7 +369,7 @@ run_case() { # "id|timeout|shape|description"
     # In the background + wait, so that a signal to run.sh is handled at once
     # (cleanup stops the case through CASE_PID).
     timeout -k 10 "$t" bash ${E2E_XTRACE:+-x} -c \
-        'PS4="+ \${EPOCHREALTIME} "; set -u -o pipefail; . "$E2E_DIR/lib.sh"; . "$E2E_DIR/cases.sh"; . "$E2E_DIR/cases/admin.sh"; "case_$1"' \
+        'PS4="+ \${EPOCHREALTIME} "; set -u -o pipefail; . "$E2E_DIR/lib.sh"; . "$E2E_DIR/cases.sh"; . "$E2E_DIR/cases/admin.sh"; . "$E2E_DIR/cases/converge.sh"; "case_$1"' \
         _ "$id" >"$log" 2>&1 </dev/null &
     CASE_PID=$!
     wait "$CASE_PID"
