@@ -302,3 +302,58 @@ fn a_start_still_running_is_waited_for_and_dry_run_keeps_the_queue() {
         "{listed}"
     );
 }
+
+/// The drain's virsh calls are bounded even when virsh leaves a grandchild holding
+/// its output pipes: a real [`ProcessRunner`] and a virsh script that does so.
+#[test]
+fn a_virsh_whose_grandchild_keeps_the_pipe_open_does_not_hang_the_drain() {
+    use kvmtune_sys::command::ProcessRunner;
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    s.enqueue("gone", "u-1");
+    let script = s.dir.path().join("virsh");
+    let pids = s.dir.path().join("pids");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nsleep 30 & echo $! >> '{}'\ncase \"$*\" in *list*) echo other ;; *) echo \"error: failed to get domain 'gone'\" >&2; exit 1 ;; esac\n",
+            pids.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let virsh = Virsh::new(
+        ProcessRunner::new(Duration::from_secs(20)),
+        script,
+        DEFAULT_URI.into(),
+    );
+    let backups = Backups::new(s.dir.path().join("backups"));
+    let running = Occupancy::default();
+    let ctx = Context {
+        virsh: &virsh,
+        policy: &s.policy,
+        host: &s.host,
+        running: &running,
+        backups: &backups,
+    };
+    let started = Instant::now();
+    let mut log = Log::memory();
+    let code = drain(&ctx, &s.queue(), false, &mut Vec::new(), &mut log).unwrap();
+    let elapsed = started.elapsed();
+    for pid in std::fs::read_to_string(&pids).unwrap_or_default().lines() {
+        if let Ok(pid) = pid.trim().parse() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    assert_eq!(code, exit::OK);
+    assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
+    assert!(s.queued().is_empty());
+    assert!(
+        log.lines[0].1.contains("dropped: undefined meanwhile"),
+        "{:?}",
+        log.lines
+    );
+}
