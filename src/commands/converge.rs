@@ -106,16 +106,18 @@ pub fn drain<R: Runner>(
             sanitize(&queued.guest)
         ));
         writeln!(out, "converge: {line}")?;
+        if dry_run {
+            // Looking changes nothing: no syslog line, the queue stays.
+            continue;
+        }
         match fate {
             Fate::Kept => {
                 log.warning(line);
-                if !dry_run {
-                    code = exit::FINDINGS;
-                }
+                code = exit::FINDINGS;
             }
             Fate::Done | Fate::Dropped => {
                 log.info(line);
-                if !dry_run && let Err(e) = queue.remove(&queued.guest) {
+                if let Err(e) = queue.remove(&queued.guest) {
                     let line = format!(
                         "guest={} stage=converge could not remove its queue entry: {e}",
                         sanitize(&queued.guest)

@@ -45,7 +45,8 @@ impl Queue {
         &self.dir
     }
 
-    /// Records `guest` (replacing an older entry of it).
+    /// Records `guest` (replacing an older entry of it). Callers hold the ledger
+    /// lock, so a temp file left here belongs to a killed writer and is removed.
     pub fn enqueue(&self, guest: &str, entry: &Entry) -> io::Result<()> {
         check_guest_name(guest).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         fs::DirBuilder::new()
@@ -59,6 +60,7 @@ impl Queue {
                 self.dir.display()
             )));
         }
+        self.remove_stale_temp_files();
         atomicfile::write(
             &self.dir.join(guest),
             "converge-entry",
@@ -107,6 +109,19 @@ impl Queue {
         match fs::remove_file(self.dir.join(guest)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
+        }
+    }
+}
+
+impl Queue {
+    fn remove_stale_temp_files(&self) {
+        let Ok(read) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for item in read.flatten() {
+            if item.file_name().to_str().is_some_and(is_temp_name) {
+                let _ = fs::remove_file(item.path());
+            }
         }
     }
 }
@@ -160,5 +175,8 @@ mod tests {
         let names: Vec<_> = q.list().unwrap().into_iter().map(|e| e.guest).collect();
         assert_eq!(names, ["ok"]);
         assert!(!dir.path().join("x").exists());
+        // The next writer (holding the ledger lock) removes a killed one's temp file.
+        q.enqueue("ok", &entry("u")).unwrap();
+        assert!(!q.dir().join(".converge-entry.1.tmp").exists());
     }
 }
