@@ -150,8 +150,8 @@ fn warn_mode_allows_and_logs_the_violation() {
 }
 
 /// `converge: after-start` (the default): a guest started with violations is
-/// queued under the run dir, a conforming one, a refused one and a Nova guest are
-/// not, and `converge: off` queues nothing. The hook has no virsh to call here.
+/// queued under the run dir (refused or not), a conforming one and a Nova guest
+/// are not, and `converge: off` queues nothing. The hook has no virsh to call here.
 #[test]
 fn prepare_queues_violating_guests_for_converge_but_never_nova_guests() {
     use kvmtune_sys::converge_queue::Queue;
@@ -193,12 +193,16 @@ fn prepare_queues_violating_guests_for_converge_but_never_nova_guests() {
         "intel-core-i5-m560-laptop-1s2c2t",
         &format!("{POLICY}on_violation: refuse\n"),
     );
-    assert_eq!(hook(&refuse, "wb", "prepare", "begin", &wb).exit, 1);
-    assert!(
+    // A refused start is queued too: converged, the next start is its first boot.
+    let out = hook(&refuse, "wb", "prepare", "begin", &wb);
+    assert_eq!(out.exit, 1);
+    assert!(out.summary.contains("converge: queued"), "{}", out.summary);
+    assert_eq!(
         Queue::under(&refuse.env.paths.run_dir)
             .list()
             .unwrap()
-            .is_empty()
+            .len(),
+        1
     );
     let off = fixture(
         "intel-core-i5-m560-laptop-1s2c2t",

@@ -44,11 +44,15 @@ pub(super) fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
             );
             locked.ledger.guests.remove(&ctx.domain.name);
             locked.save()?;
+            // Queued too: once converged, the next start is the first boot, conforming.
+            let queued = queue_for_convergence(ctx, &plan)
+                .map(|n| format!("; {n}"))
+                .unwrap_or_default();
             return Ok(Outcome {
                 exit: 1,
                 stderr: reason,
                 stdout: String::new(),
-                summary: format!("violation refused: {list}"),
+                summary: format!("violation refused: {list}{queued}"),
             });
         }
         notes.push(format!(
@@ -98,7 +102,8 @@ pub(super) fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
     Ok(Outcome::allow(notes.join("; ")))
 }
 
-/// `converge: after-start`: records the guest in the convergence queue, for
+/// `converge: after-start`: records the guest (started with a warning, or refused)
+/// in the convergence queue, for
 /// `kvmtune converge` to conform its definition after the start. A file write,
 /// under the ledger lock; never a libvirt call. A failure is a note, not an error.
 fn queue_for_convergence(ctx: &Stage<'_>, plan: &kvmtune_core::plan_model::Plan) -> Option<String> {

@@ -53,6 +53,7 @@ CASES=(
     "revert|90|no|revert restores the exact previous definition; revert --list; bad names refused"
     "status|120|no|status lists the running test guests on the CPUs libvirt reports; plain when piped"
     "conv|180|no|converge: a warned start is queued, kvmtune converge conforms the definition (backup, revert byte for byte); Nova guests never queued; undefined guests dropped; libvirtd down keeps the queue"
+    "convr|120|no|converge with on_violation: refuse: the refused start is queued; after kvmtune converge the next start is boot 1 and conforms"
 )
 
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }

@@ -3,7 +3,8 @@
 # Sourced after lib.sh and cases/admin.sh (for admin_env, kt, inactive_xml,
 # qemu_cmdline); runs in its own bash process under `timeout`, fails through `die`.
 #
-# Entry for run.sh's CASES table (id | timeout | needs 2-CPU shape | what):
+# Entries for run.sh's CASES table (id | timeout | needs 2-CPU shape | what):
+#   "convr|120|no|converge with on_violation: refuse: the refused start is queued; after kvmtune converge the next start is boot 1 and conforms"
 #   "conv|180|no|converge: a warned start is queued, kvmtune converge conforms the definition (backup, revert byte for byte); Nova guests never queued; undefined guests dropped; libvirtd down keeps the queue"
 #
 # There is no systemd on the CI machine, so the case drains the queue the way an
@@ -134,4 +135,31 @@ case_conv() {
     [ ! -e "$CONVERGE_Q/$g" ] || die "the entry was not drained after libvirtd came back"
     V dumpxml --inactive "$g" | grep -q "cache='none'" || die "not conformed after libvirtd came back"
     note "libvirtd back: drained, definition conforms"
+}
+
+# on_violation: refuse + converge: the refused start is queued; once drained, the
+# next start is the guest's first boot, and it conforms.
+case_convr() {
+    local g=${E2E_PREFIX}conv-refuse out rc cmd
+    admin_env
+    write_policy refuse allow with-vcpus
+    rm -f "$CONVERGE_Q"/* 2>/dev/null
+    define_guest "$g" --vcpus 1 --cache writeback
+    inactive_xml "$g" "$E2E_WORK/$g.before.xml"
+    out=$(V start "$g" 2>&1) && die "the refuse policy let $g start"
+    printf '%s\n' "$out" | grep -qF "kvmtune: guest '$g' violates the tuning policy" || die "refusal message missing: $out"
+    [ -f "$CONVERGE_Q/$g" ] || die "the refused $g was not queued"
+    out=$(kt converge 2>&1)
+    rc=$?
+    expect_eq "$rc" 0 "exit status of kvmtune converge after a refused start"
+    [ ! -e "$CONVERGE_Q/$g" ] || die "the queue entry of $g is still there"
+    start_guest "$g"
+    cmd=$(qemu_cmdline "$g")
+    printf '%s\n' "$cmd" | grep -q '"cache":{"direct":true' || die "boot 1 lacks a direct cache: $cmd"
+    printf '%s\n' "$cmd" | grep -q 'mem-merge=off' || die "boot 1 lacks mem-merge=off: $cmd"
+    note "refuse: start refused + queued, converge, the next start (boot 1) conforms: starts until fully conformant: 1"
+    V destroy "$g" >/dev/null || die "virsh destroy $g failed"
+    out=$(kt revert "$g" 2>&1) || die "kvmtune revert failed: $out"
+    inactive_xml "$g" "$E2E_WORK/$g.reverted.xml"
+    cmp -s "$E2E_WORK/$g.before.xml" "$E2E_WORK/$g.reverted.xml" || die "revert is not byte for byte"
 }
