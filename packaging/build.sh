@@ -118,6 +118,10 @@ stage() { # stage FAMILY ROOT
     # shellcheck disable=SC2094
     for f in "$WORK"/man/*.5; do gzip -9n <"$f" >"$root/usr/share/man/man5/$(basename "$f").gz"; done
     install -D -m 0644 "$WORK/completions/kvmtune.bash" "$root/usr/share/bash-completion/completions/kvmtune"
+    # systemd units of converge: after-start (both families, same path)
+    for f in kvmtune-converge.path kvmtune-converge.service kvmtune-converge.timer; do
+        install -D -m 0644 "$PKG/systemd/$f" "$root/usr/lib/systemd/system/$f"
+    done
     local doc=$root/usr/share/doc/kvmtune
     install -D -m 0644 "$REPO/README.md" "$doc/README.md"
     install -D -m 0644 "$REPO/docs/policy.md" "$doc/policy.md"

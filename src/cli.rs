@@ -54,6 +54,9 @@ pub enum Command {
     /// Conform persistent guest definitions to the policy (virsh dumpxml --inactive →
     /// plan → virsh define), backing up each previous definition.
     Apply(commands::apply::ApplyArgs),
+    /// Conform the definitions of the guests the hook queued after a start with
+    /// violations (converge: after-start), as `apply GUEST --yes` does.
+    Converge(commands::converge::ConvergeArgs),
     /// Restore a guest's definition from a backup made by `apply`.
     Revert(commands::apply::RevertArgs),
     /// Show the host (NUMA nodes, caches, cores, threads) with the running guests on
@@ -77,6 +80,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => commands::check::run(&args),
         Command::Hook(args) => Ok(crate::hook::run_from_cli(&args)),
         Command::Apply(args) => commands::apply::run_apply(&args),
+        Command::Converge(args) => commands::converge::run(&args),
         Command::Revert(args) => commands::apply::run_revert(&args),
         Command::Status(args) => commands::status::run_status(&args),
         Command::Host(args) => commands::host::run_host(&args),

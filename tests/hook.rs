@@ -149,6 +149,74 @@ fn warn_mode_allows_and_logs_the_violation() {
     );
 }
 
+/// `converge: after-start` (the default): a guest started with violations is
+/// queued under the run dir (refused or not), a conforming one and a Nova guest
+/// are not, and `converge: off` queues nothing. The hook has no virsh to call here.
+#[test]
+fn prepare_queues_violating_guests_for_converge_but_never_nova_guests() {
+    use kvmtune_sys::converge_queue::Queue;
+    let f = fixture("intel-core-i5-m560-laptop-1s2c2t", POLICY);
+    let queue = Queue::under(&f.env.paths.run_dir);
+    let wb = conforming("wb", 1).replace("cache='none' io='native'", "cache='writeback'");
+    let mut log = Log::memory();
+    let out = run(&f.env, "wb", "prepare", "begin", wb.as_bytes(), &mut log);
+    assert_eq!(out.exit, 0);
+    assert!(out.summary.contains("converge: queued"), "{}", out.summary);
+    let queued = queue.list().unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].guest, "wb");
+    assert_eq!(
+        queued[0].entry.uuid.as_deref(),
+        Some("00000000-0000-0000-0000-000000000001")
+    );
+    assert_eq!(
+        hook(&f, "ok", "prepare", "begin", &conforming("ok", 1)).exit,
+        0
+    );
+    let nova = conforming("nova", 1)
+        .replace("cache='none' io='native'", "cache='writeback'")
+        .replace(
+            "<os>",
+            "<metadata><nova:instance xmlns:nova='http://openstack.org/xmlns/libvirt/nova/1.1'><nova:name>i</nova:name></nova:instance></metadata>\n  <os>",
+        );
+    let out = hook(&f, "nova", "prepare", "begin", &nova);
+    assert_eq!(out.exit, 0);
+    assert!(
+        out.summary.contains("not queued (Nova metadata)"),
+        "{}",
+        out.summary
+    );
+    let names: Vec<_> = queue.list().unwrap().into_iter().map(|q| q.guest).collect();
+    assert_eq!(names, ["wb"]);
+
+    let refuse = fixture(
+        "intel-core-i5-m560-laptop-1s2c2t",
+        &format!("{POLICY}on_violation: refuse\n"),
+    );
+    // A refused start is queued too: converged, the next start is its first boot.
+    let out = hook(&refuse, "wb", "prepare", "begin", &wb);
+    assert_eq!(out.exit, 1);
+    assert!(out.summary.contains("converge: queued"), "{}", out.summary);
+    assert_eq!(
+        Queue::under(&refuse.env.paths.run_dir)
+            .list()
+            .unwrap()
+            .len(),
+        1
+    );
+    let off = fixture(
+        "intel-core-i5-m560-laptop-1s2c2t",
+        &format!("{POLICY}defaults:\n  converge: off\n"),
+    );
+    assert_eq!(hook(&off, "wb", "prepare", "begin", &wb).exit, 0);
+    assert!(
+        Queue::under(&off.env.paths.run_dir)
+            .list()
+            .unwrap()
+            .is_empty()
+    );
+}
+
 #[test]
 fn a_broken_policy_allows_the_guest_by_default_and_logs_the_error() {
     let f = fixture(

@@ -460,7 +460,9 @@ fn hostile_guest_names_keep_log_lines_one_line_and_write_no_paths() {
         }
     }
     // The ledger is one JSON file, the hook counters another (by stage, not by
-    // guest): no name ever became a path.
+    // guest): no name ever became a path, except as an entry of the convergence
+    // queue, one file directly in converge/, and only for names the backups' check
+    // accepts (no '/', '..', control characters).
     let mut files: Vec<String> = std::fs::read_dir(&f.env.paths.run_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -471,11 +473,19 @@ fn hostile_guest_names_keep_log_lines_one_line_and_write_no_paths() {
         vec![
             "hook-counters.json",
             "hook-counters.lock",
+            "converge",
             "host-topology.json",
             "ledger.json",
             "ledger.lock"
         ]
     );
+    for entry in std::fs::read_dir(f.env.paths.run_dir.join("converge")).unwrap() {
+        let entry = entry.unwrap();
+        assert!(entry.file_type().unwrap().is_file(), "{entry:?}");
+        let name = entry.file_name().into_string().unwrap();
+        kvmtune_sys::backups::check_guest_name(&name).unwrap();
+        assert!(hostile_names().iter().any(|(n, _)| *n == name), "{name:?}");
+    }
     let top: Vec<String> = std::fs::read_dir(f.dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

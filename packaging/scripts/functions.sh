@@ -188,6 +188,39 @@ kvmtune_metrics_enable() {
         if command -v deb-systemd-invoke >/dev/null 2>&1; then
             deb-systemd-invoke restart $KVMTUNE_METRICS_UNITS >/dev/null 2>&1 || true
         fi
+# ---- systemd units of `converge: after-start` (kvmtune-converge.path/.timer →
+# kvmtune-converge.service). Enabled on install (like debhelper does: symlinks
+# only, harmless without systemd), started only when systemd runs; on a machine
+# without systemd nothing else happens. Failures are reported, never fatal.
+KVMTUNE_CONVERGE_UNITS="kvmtune-converge.path kvmtune-converge.timer"
+
+kvmtune_systemd_running() {
+    [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
+}
+
+# $1: deb (deb-systemd-helper keeps the admin's enable/disable over upgrades) or rpm.
+kvmtune_units_enable() {
+    for kvmtune_u in $KVMTUNE_CONVERGE_UNITS; do
+        if [ "$1" = deb ] && command -v deb-systemd-helper >/dev/null 2>&1; then
+            deb-systemd-helper unmask "$kvmtune_u" >/dev/null 2>&1 || true
+            if deb-systemd-helper --quiet was-enabled "$kvmtune_u"; then
+                deb-systemd-helper enable "$kvmtune_u" >/dev/null 2>&1 || kvmtune_say "WARNING: could not enable $kvmtune_u"
+            else
+                deb-systemd-helper update-state "$kvmtune_u" >/dev/null 2>&1 || true
+            fi
+        elif [ "$1" = rpm ] && command -v systemctl >/dev/null 2>&1; then
+            systemctl enable "$kvmtune_u" >/dev/null 2>&1 || kvmtune_say "WARNING: could not enable $kvmtune_u"
+        fi
+    done
+    if kvmtune_systemd_running; then
+        systemctl --system daemon-reload >/dev/null 2>&1 || true
+        for kvmtune_u in $KVMTUNE_CONVERGE_UNITS; do
+            if systemctl is-enabled --quiet "$kvmtune_u" 2>/dev/null; then
+                systemctl start "$kvmtune_u" >/dev/null 2>&1 || kvmtune_say "WARNING: could not start $kvmtune_u"
+            fi
+        done
+    else
+        kvmtune_say "no systemd here: after a guest starts with violations, run 'kvmtune converge' to conform its definition (converge: after-start)."
     fi
     return 0
 }
@@ -196,6 +229,15 @@ kvmtune_metrics_enable() {
 kvmtune_metrics_stop() {
     if [ -d /run/systemd/system ] && command -v deb-systemd-invoke >/dev/null 2>&1; then
         deb-systemd-invoke stop $KVMTUNE_METRICS_UNITS kvmtune-metrics.service >/dev/null 2>&1 || true
+# On removal: stop the units (and, rpm, disable them; deb masks them in postrm).
+kvmtune_units_stop() {
+    if kvmtune_systemd_running; then
+        for kvmtune_u in $KVMTUNE_CONVERGE_UNITS kvmtune-converge.service; do
+            systemctl stop "$kvmtune_u" >/dev/null 2>&1 || true
+        done
+    fi
+    if [ "$1" = rpm ] && command -v systemctl >/dev/null 2>&1; then
+        systemctl disable $KVMTUNE_CONVERGE_UNITS >/dev/null 2>&1 || true
     fi
     return 0
 }
@@ -215,5 +257,22 @@ kvmtune_metrics_remove() { # kvmtune_metrics_remove remove|purge
         systemctl --system daemon-reload >/dev/null 2>&1 || true
     fi
     rm -f "$KVMTUNE_METRICS_FILE"
+# postrm: $1 remove (deb: mask until purge, as debhelper does) or purge (forget
+# every trace), rpm (erase). Then systemd rereads its units.
+kvmtune_units_forget() {
+    if command -v deb-systemd-helper >/dev/null 2>&1; then
+        for kvmtune_u in $KVMTUNE_CONVERGE_UNITS; do
+            case $1 in
+                remove) deb-systemd-helper mask "$kvmtune_u" >/dev/null 2>&1 || true ;;
+                purge)
+                    deb-systemd-helper purge "$kvmtune_u" >/dev/null 2>&1 || true
+                    deb-systemd-helper unmask "$kvmtune_u" >/dev/null 2>&1 || true
+                    ;;
+            esac
+        done
+    fi
+    if kvmtune_systemd_running; then
+        systemctl --system daemon-reload >/dev/null 2>&1 || true
+    fi
     return 0
 }

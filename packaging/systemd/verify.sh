@@ -23,7 +23,7 @@ trap 'rm -rf "$ROOT"' EXIT
 mkdir -p "$ROOT/lib/systemd"
 cp -a /lib/systemd/system "$ROOT/lib/systemd/"
 dpkg-deb -x "$DEB" "$ROOT"
-units=$(dpkg-deb -c "$DEB" | awk '{ print $6 }' | sed -n 's|^\./lib/systemd/system/||p')
+units=$(dpkg-deb -c "$DEB" | awk '{ print $6 }' | sed -n -e 's|^\./lib/systemd/system/||p' -e 's|^\./usr/lib/systemd/system/||p' | grep -v '^$' || true)
 [ -n "$units" ] || { echo "verify.sh: $DEB ships no systemd unit" >&2; exit 1; }
 echo "verify.sh: systemd-analyze verify" $units
 # shellcheck disable=SC2086 # one word per unit

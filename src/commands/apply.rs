@@ -246,12 +246,31 @@ pub struct Context<'a, R: Runner> {
     pub backups: &'a Backups,
 }
 
+/// A definition `apply` replaced: the guest, each change's reason, the backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defined {
+    pub guest: String,
+    pub reasons: Vec<String>,
+    pub backup: String,
+}
+
 /// Plans, shows and (unless dry-run or declined) defines. Returns the exit code.
 pub fn apply<R: Runner>(
     ctx: &Context<'_, R>,
     request: &ApplyRequest<'_>,
     consent: Consent<'_>,
     out: &mut dyn Write,
+) -> Result<u8> {
+    apply_reporting(ctx, request, consent, out, &mut Vec::new())
+}
+
+/// [`apply`], also listing in `defined` what it defined (`kvmtune converge` logs it).
+pub fn apply_reporting<R: Runner>(
+    ctx: &Context<'_, R>,
+    request: &ApplyRequest<'_>,
+    consent: Consent<'_>,
+    out: &mut dyn Write,
+    defined: &mut Vec<Defined>,
 ) -> Result<u8> {
     let Context {
         virsh,
@@ -398,6 +417,13 @@ pub fn apply<R: Runner>(
     let mut done: Vec<&str> = Vec::new();
     for p in changing {
         let result = define_one(ctx, &occupancy, p, &active, out);
+        if let Ok(stamp) = &result {
+            defined.push(Defined {
+                guest: p.name.clone(),
+                reasons: p.plan.edits.iter().map(|e| e.reason.to_string()).collect(),
+                backup: stamp.clone(),
+            });
+        }
         if let Err(e) = result {
             let code = e
                 .downcast_ref::<Failure>()
@@ -420,7 +446,7 @@ fn define_one<R: Runner>(
     p: &Planned,
     active: &BTreeSet<String>,
     out: &mut dyn Write,
-) -> Result<()> {
+) -> Result<String> {
     let Context {
         virsh,
         policy,
@@ -483,7 +509,7 @@ fn define_one<R: Runner>(
             p.name
         )?;
     }
-    Ok(())
+    Ok(backup.stamp)
 }
 
 // ---------------------------------------------------------------- revert

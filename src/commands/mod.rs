@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod check;
+pub mod converge;
 pub mod host;
 pub mod nova;
 pub mod plan;

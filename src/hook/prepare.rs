@@ -44,11 +44,15 @@ pub(super) fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
             );
             locked.ledger.guests.remove(&ctx.domain.name);
             locked.save()?;
+            // Queued too: once converged, the next start is the first boot, conforming.
+            let queued = queue_for_convergence(ctx, &plan)
+                .map(|n| format!("; {n}"))
+                .unwrap_or_default();
             return Ok(Outcome {
                 exit: 1,
                 stderr: reason,
                 stdout: String::new(),
-                summary: format!("violation refused: {list}"),
+                summary: format!("violation refused: {list}{queued}"),
             });
         }
         notes.push(format!(
@@ -94,5 +98,28 @@ pub(super) fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
         }
     }
     locked.save()?;
+    notes.extend(queue_for_convergence(ctx, &plan));
     Ok(Outcome::allow(notes.join("; ")))
+}
+
+/// `converge: after-start`: records the guest (started with a warning, or refused)
+/// in the convergence queue, for
+/// `kvmtune converge` to conform its definition after the start. A file write,
+/// under the ledger lock; never a libvirt call. A failure is a note, not an error.
+fn queue_for_convergence(ctx: &Stage<'_>, plan: &kvmtune_core::plan_model::Plan) -> Option<String> {
+    use kvmtune_core::converge::{Decision, Entry, decide};
+    match decide(&ctx.policy, &ctx.domain, plan) {
+        Decision::Queue => {}
+        Decision::Nova => return Some("converge: not queued (Nova metadata)".into()),
+        Decision::Conforms | Decision::Off => return None,
+    }
+    let entry = Entry {
+        uuid: ctx.domain.uuid.clone(),
+        queued_at: kvmtune_sys::ledger_store::now(),
+    };
+    let queue = kvmtune_sys::converge_queue::Queue::under(&ctx.env.paths.run_dir);
+    Some(match queue.enqueue(&ctx.domain.name, &entry) {
+        Ok(()) => "converge: queued for kvmtune converge".into(),
+        Err(e) => format!("converge: could not queue: {e}"),
+    })
 }

@@ -57,6 +57,8 @@ CASES=(
     "inv3|150|yes|save A, start B dedicated, restore A: the restore is refused, A never runs on B's CPU"
     "inv4|90|yes|a definition copied with A's pins onto A's dedicated CPU: refused (warn finds no shared CPU; refuse says why)"
     "inv5|90|yes|<iothreadpin> kept at started; unpinned threads follow the emulator policy"
+    "conv|180|no|converge: a warned start is queued, kvmtune converge conforms the definition (backup, revert byte for byte); Nova guests never queued; undefined guests dropped; libvirtd down keeps the queue"
+    "convr|120|no|converge with on_violation: refuse: the refused start is queued; after kvmtune converge the next start is boot 1 and conforms"
 )
 
 usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -373,7 +375,7 @@ run_case() { # "id|timeout|shape|description"
     # In the background + wait, so that a signal to run.sh is handled at once
     # (cleanup stops the case through CASE_PID).
     timeout -k 10 "$t" bash ${E2E_XTRACE:+-x} -c \
-        'PS4="+ \${EPOCHREALTIME} "; set -u -o pipefail; . "$E2E_DIR/lib.sh"; . "$E2E_DIR/cases.sh"; . "$E2E_DIR/cases/admin.sh"; . "$E2E_DIR/cases/invariant.sh"; "case_$1"' \
+        'PS4="+ \${EPOCHREALTIME} "; set -u -o pipefail; . "$E2E_DIR/lib.sh"; . "$E2E_DIR/cases.sh"; . "$E2E_DIR/cases/admin.sh"; . "$E2E_DIR/cases/invariant.sh"; . "$E2E_DIR/cases/converge.sh"; "case_$1"' \
         _ "$id" >"$log" 2>&1 </dev/null &
     CASE_PID=$!
     wait "$CASE_PID"

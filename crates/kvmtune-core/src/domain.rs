@@ -143,6 +143,9 @@ pub struct Domain {
     pub kvmtune_rule: Option<String>,
     /// `<nova:flavor name=...>`.
     pub nova_flavor: Option<String>,
+    /// `<nova:instance>` (or any element in Nova's namespace) in `<metadata>`: Nova
+    /// manages this guest and owns its definition.
+    pub nova_managed: bool,
 }
 
 impl Domain {
@@ -232,6 +235,10 @@ impl Domain {
                 .and_then(|m| metadata_element(m, NOVA_NAMESPACE, "flavor"))
                 .and_then(|n| n.attribute("name"))
                 .map(str::to_string),
+            nova_managed: metadata.is_some_and(|m| {
+                m.descendants()
+                    .any(|n| n.is_element() && n.tag_name().namespace() == Some(NOVA_NAMESPACE))
+            }),
             name,
         })
     }
@@ -612,6 +619,7 @@ mod tests {
         assert_eq!(d.interfaces[0].label, "52:54:00:00:00:01");
         assert_eq!(d.kvmtune_rule.as_deref(), Some("nfv"));
         assert_eq!(d.nova_flavor.as_deref(), Some("m1.large"));
+        assert!(d.nova_managed);
         assert!(!d.pins_explicitly(), "only 2 of 4 vCPUs pinned");
     }
 

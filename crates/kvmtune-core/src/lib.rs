@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod batch;
 pub mod conformance;
+pub mod converge;
 pub mod cpuset;
 pub mod domain;
 pub mod host;

@@ -215,6 +215,20 @@ pub enum DiskIo {
     Keep,
 }
 
+/// What happens after a guest started with XML-level violations (`converge:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Converge {
+    /// The hook queues the guest (never calling libvirt) and `kvmtune converge`
+    /// (the `kvmtune-converge.path` unit) conforms its persistent definition, as
+    /// `kvmtune apply GUEST --yes` does, so its next cold boot conforms. Never for
+    /// guests with Nova metadata (Nova owns their definitions).
+    #[default]
+    AfterStart,
+    /// Only warn or refuse (`on_violation`); the admin runs `kvmtune apply`.
+    Off,
+}
+
 /// What rule 5 does with `host-passthrough`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -279,6 +293,8 @@ pub struct Settings {
     /// 1.2: a guest spans at most this many NUMA nodes (Nova's `hw:numa_nodes`);
     /// None = as many as it needs.
     pub max_nodes: Option<u32>,
+    /// After a start with XML-level violations: queue the guest for `kvmtune converge`.
+    pub converge: Converge,
 }
 
 impl Default for Settings {
@@ -302,6 +318,7 @@ impl Default for Settings {
             thread_policy: ThreadPolicy::Prefer,
             dedicated_fallback: DedicatedFallback::Shared,
             max_nodes: None,
+            converge: Converge::AfterStart,
         }
     }
 }
@@ -883,6 +900,7 @@ struct RawSettings {
     #[serde(default, deserialize_with = "present")]
     nodes: Option<NodeList>,
     max_nodes: Option<MaxNodes>,
+    converge: Option<Converge>,
 }
 
 impl RawSettings {
@@ -907,6 +925,7 @@ impl RawSettings {
             thread_policy: self.thread_policy.unwrap_or(base.thread_policy),
             dedicated_fallback: self.dedicated_fallback.unwrap_or(base.dedicated_fallback),
             max_nodes: self.max_nodes.map_or(base.max_nodes, |m| m.0),
+            converge: self.converge.unwrap_or(base.converge),
             nodes: match self.nodes {
                 Some(given) => given.0,
                 None => base.nodes.clone(),

@@ -4,13 +4,15 @@
 //! ([`ledger_store`]), the policy file ([`policy_file`]), thread affinity and
 //! cgroups ([`affinity`]), host tuning ([`hosttune`]), syslog ([`logging`]),
 //! bounded child processes ([`command`]), libvirt through virsh ([`virsh`]), the
-//! backups of replaced definitions ([`backups`]) and the hook's outcome counters and the
-//! convergence queue's length ([`run_metrics`]). Decisions are `kvmtune_core`'s.
+//! backups of replaced definitions ([`backups`]), the hook's outcome counters and the
+//! convergence queue's length ([`run_metrics`]), and the convergence queue itself
+//! ([`converge_queue`]). Decisions are `kvmtune_core`'s.
 
 pub mod affinity;
 pub mod atomicfile;
 pub mod backups;
 pub mod command;
+pub mod converge_queue;
 pub mod hosttune;
 pub mod ledger_store;
 pub mod libvirt_run;

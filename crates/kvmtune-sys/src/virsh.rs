@@ -116,6 +116,18 @@ impl<R: Runner> Virsh<R> {
         )
     }
 
+    /// The guest's UUID (`domuuid`).
+    pub fn domuuid(&self, guest: &str) -> Result<String, VirshError> {
+        let out = self.call(&["domuuid", "--domain", guest], Some(guest))?;
+        Ok(String::from_utf8_lossy(&out).trim().to_string())
+    }
+
+    /// The guest's state and reason (`domstate --reason`), e.g. `paused (starting up)`.
+    pub fn domstate(&self, guest: &str) -> Result<String, VirshError> {
+        let out = self.call(&["domstate", "--reason", "--domain", guest], Some(guest))?;
+        Ok(String::from_utf8_lossy(&out).trim().to_string())
+    }
+
     /// `virsh define FILE`.
     pub fn define(&self, file: &Path, guest: &str) -> Result<(), VirshError> {
         let file = file.to_string_lossy();

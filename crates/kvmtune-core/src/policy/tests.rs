@@ -139,6 +139,7 @@ fn built_in_defaults_are_the_documented_ones() {
         thread_policy: crate::placement::ThreadPolicy::Prefer,
         dedicated_fallback: DedicatedFallback::Shared,
         max_nodes: None,
+        converge: Converge::AfterStart,
     };
     assert_eq!(Settings::default(), expected);
     let host = HostSettings {
@@ -186,6 +187,7 @@ defaults:
   max_net_queues: 0
   cpu_mode: refuse
   thread_policy: isolate
+  converge: off
   nodes: 0-1
 ";
     let policy = parse(text).unwrap();
@@ -224,6 +226,7 @@ defaults:
         thread_policy: crate::placement::ThreadPolicy::Isolate,
         dedicated_fallback: DedicatedFallback::Shared,
         max_nodes: None,
+        converge: Converge::Off,
     };
     assert_eq!(policy.defaults, expected);
 }
@@ -330,7 +333,7 @@ fn validation_errors() {
             invalid(
                 19,
                 7,
-                "rules[0].set: unknown field `cpu_mdoe`, expected one of `pin_vcpus`, `memory_mode`, `emulator`, `existing_pins`, `disk_cache`, `disk_io`, `nosharepages`, `hugepages`, `hugepage_size`, `vhost_net`, `max_net_queues`, `cpu_mode`, `pool`, `cpu_allocation_ratio`, `thread_policy`, `dedicated_fallback`, `nodes`, `max_nodes`",
+                "rules[0].set: unknown field `cpu_mdoe`, expected one of `pin_vcpus`, `memory_mode`, `emulator`, `existing_pins`, `disk_cache`, `disk_io`, `nosharepages`, `hugepages`, `hugepage_size`, `vhost_net`, `max_net_queues`, `cpu_mode`, `pool`, `cpu_allocation_ratio`, `thread_policy`, `dedicated_fallback`, `nodes`, `max_nodes`, `converge`",
             ),
         ),
         (
