@@ -471,9 +471,9 @@ fn hostile_guest_names_keep_log_lines_one_line_and_write_no_paths() {
     assert_eq!(
         files,
         vec![
+            "converge",
             "hook-counters.json",
             "hook-counters.lock",
-            "converge",
             "host-topology.json",
             "ledger.json",
             "ledger.lock"
