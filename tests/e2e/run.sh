@@ -11,6 +11,7 @@
 #   --only IDS      run only these cases (env always runs first)
 #   --artifacts DIR keep logs/traces there (default: a new /tmp/kvmtune-e2e.XXXXXX)
 #   --list          print the cases and exit
+#   --require-all   a skipped case fails the run (CI: every case must run there)
 #
 # Installs libvirt/QEMU with apt if missing, starts its own virtlogd/libvirtd (and a
 # syslog listener on /dev/log when the machine has none), and undoes all of it on
@@ -54,18 +55,20 @@ CASES=(
     "status|120|no|status lists the running test guests on the CPUs libvirt reports; plain when piped"
 )
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 
 BIN=""
 INSTALLED=0
 ONLY=""
 ARTIFACTS=""
+REQUIRE_ALL=0
 while [ $# -gt 0 ]; do
     case $1 in
         --bin) BIN=$2; shift 2 ;;
         --installed) INSTALLED=1; shift ;;
         --only) ONLY=$2; shift 2 ;;
         --artifacts) ARTIFACTS=$2; shift 2 ;;
+        --require-all) REQUIRE_ALL=1; shift ;;
         --list) for c in "${CASES[@]}"; do IFS='|' read -r id _ _ d <<<"$c"; printf '%-4s %s\n' "$id" "$d"; done; exit 0 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -345,6 +348,7 @@ PASSED=0
 FAILED=0
 SKIPPED=0
 FAILED_IDS=()
+SKIPPED_IDS=()
 
 wanted() { # ID
     [ -z "$ONLY" ] && return 0
@@ -360,6 +364,7 @@ run_case() { # "id|timeout|shape|description"
     if [ "$shape" = yes ] && [ "$SHAPE_OK" = 0 ]; then
         printf 'SKIP  %-4s %s (needs online CPUs 0-1, one node)\n' "$id" "$desc"
         SKIPPED=$((SKIPPED + 1))
+        SKIPPED_IDS+=("$id")
         return 0
     fi
     log=$E2E_WORK/case-$id.log
@@ -428,5 +433,9 @@ if [ "$FAILED" = 0 ]; then
     say "$PASSED passed, 0 failed, $SKIPPED skipped"
 else
     say "$PASSED passed, $FAILED failed, $SKIPPED skipped (failed: ${FAILED_IDS[*]})"
+fi
+if [ "$REQUIRE_ALL" = 1 ] && [ "$SKIPPED" -gt 0 ]; then
+    say "FAIL: --require-all and $SKIPPED case(s) skipped: ${SKIPPED_IDS[*]}"
+    exit 1
 fi
 [ "$FAILED" = 0 ]
