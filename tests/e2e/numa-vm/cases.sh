@@ -428,9 +428,13 @@ case_span() {
     ev "$g restarted: vCPU threads of $(vcpu_union "$g" >/dev/null; VL)"
     pid=$(qpid "$g")
     # each cell is a memory backend of its own: its mapping's pages per node
-    m=$(/usr/bin/python3 - "$pid" <<'PY'
+    local cells
+    cells=$(sed -n "s/.*<cell id='[0-9]*' cpus='[^']*' memory='\([0-9]*\)' unit='KiB'.*/\1/p" "$OUT/span.applied.xml" | tr '\n' ' ')
+    ev "cells (KiB): $cells"
+    m=$(/usr/bin/python3 - "$pid" $cells <<'PY'
 import re, sys
 pid = sys.argv[1]
+cells = [int(c) * 1024 for c in sys.argv[2:]]
 sizes = {}
 for line in open(f"/proc/{pid}/maps"):
     a, b = line.split()[0].split("-")
@@ -439,7 +443,8 @@ out = []
 for line in open(f"/proc/{pid}/numa_maps"):
     f = line.split()
     size = sizes.get(int(f[0], 16), 0)
-    if size < 64 << 20 or "anon=" not in line:
+    # a cell's backend: an anonymous mapping of the cell's size (QEMU may align it up)
+    if "anon=" not in line or not any(c <= size <= c + (4 << 20) for c in cells):
         continue
     per = {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"N(\d+)=(\d+)", line)}
     tot = sum(per.values())
