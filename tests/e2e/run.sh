@@ -44,6 +44,7 @@ CASES=(
     "b2|90|no|on_violation: warn starts a cache='writeback' guest and logs the violation"
     "c|120|yes|save + restore: live XML pinned to CPU 1 with cache='none', definition unchanged"
     "d|180|no|8 parallel starts all succeed; ledger == virsh list; empty after destroy"
+    "d2|180|no|8 parallel dedicated starts: no CPU shared by two guests' vCPU threads, refusals exactly when the host is full, one line each"
     "e1|120|no|libvirtd killed + started under running guests: ledger still right"
     "e2|120|yes|libvirtd stopped + started under a running guest: placement kept"
     "f|90|no|broken policy with on_error allow: guest starts, error logged"
@@ -53,6 +54,12 @@ CASES=(
     "apply2|120|no|apply on a running guest says 'next cold boot'; the live guest changes only after destroy + start"
     "revert|90|no|revert restores the exact previous definition; revert --list; bad names refused"
     "status|120|no|status lists the running test guests on the CPUs libvirt reports; plain when piped"
+)
+
+# expected-to-fail-until-issue-11: id -> why the current binary fails it. A failure
+# is reported as XFAIL (counted, not a failure of the run); a pass as XPASS.
+declare -A XFAIL_ISSUE_11=(
+    [d2]="a dedicated guest with no CPU left starts unpinned instead of being refused or confined (issue 11)"
 )
 
 usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -347,6 +354,7 @@ host_shape() {
 PASSED=0
 FAILED=0
 SKIPPED=0
+XFAILED=0
 FAILED_IDS=()
 SKIPPED_IDS=()
 
@@ -389,9 +397,16 @@ run_case() { # "id|timeout|shape|description"
     fi
     cleanup_guests >>"$log" 2>&1 || echo "(warning: could not remove every guest after $id)" >>"$log"
 
-    if [ "$rc" = 0 ]; then
+    if [ "$rc" = 0 ] && [ -n "${XFAIL_ISSUE_11[$id]:-}" ]; then
+        printf 'XPASS %-4s %s (%ss; expected to fail until issue 11: remove it from XFAIL_ISSUE_11)\n' "$id" "$desc" "$secs"
+        PASSED=$((PASSED + 1))
+    elif [ "$rc" = 0 ]; then
         printf 'PASS  %-4s %s (%ss)\n' "$id" "$desc" "$secs"
         PASSED=$((PASSED + 1))
+    elif [ -n "${XFAIL_ISSUE_11[$id]:-}" ]; then
+        printf 'XFAIL %-4s %s (%ss): expected-to-fail-until-issue-11: %s -- got: %s\n' "$id" "$desc" "$secs" \
+            "${XFAIL_ISSUE_11[$id]}" "$(grep -m1 '^FAIL:' "$log" | cut -c7-)"
+        XFAILED=$((XFAILED + 1))
     else
         printf 'FAIL  %-4s %s (%ss)\n' "$id" "$desc" "$secs"
         tail -n 40 "$log" | sed 's/^/    | /'
@@ -430,9 +445,9 @@ for c in "${CASES[@]:1}"; do
 done
 
 if [ "$FAILED" = 0 ]; then
-    say "$PASSED passed, 0 failed, $SKIPPED skipped"
+    say "$PASSED passed, 0 failed, $SKIPPED skipped, $XFAILED xfail"
 else
-    say "$PASSED passed, $FAILED failed, $SKIPPED skipped (failed: ${FAILED_IDS[*]})"
+    say "$PASSED passed, $FAILED failed, $SKIPPED skipped, $XFAILED xfail (failed: ${FAILED_IDS[*]})"
 fi
 if [ "$REQUIRE_ALL" = 1 ] && [ "$SKIPPED" -gt 0 ]; then
     say "FAIL: --require-all and $SKIPPED case(s) skipped: ${SKIPPED_IDS[*]}"
