@@ -337,7 +337,12 @@ place() {
         [ "$(nodes_of "${e#*=}")" = "$node" ] || [ "${e#*=}" = "$(tolist "$(vcpu_union "$g")")" ] || die "$g: emulator thread ${e%%=*} on ${e#*=}, not on node $node (emulator: with-vcpus)"
     done
     pid=$(qpid "$g")
-    [ "$mode" != strict ] || ev "$g cgroup cpuset.mems.effective=$(cat "$(cgroup_of "$g")/cpuset.mems.effective" 2>&1)"
+    if [ "$mode" = strict ]; then
+        local mems
+        mems=$(cat "$(cgroup_of "$g")/cpuset.mems.effective" 2>&1)
+        ev "$g cgroup $(cgroup_of "$g" | sed 's|/sys/fs/cgroup||') cpuset.mems.effective=$mems"
+        [ "$(expand "$mems")" = "$node" ] || die "$g: cpuset.mems.effective '$mems', want the nodes '$node' (strict)"
+    fi
     m=$(mem_by_node "$pid" 256)
     pct=$(mem_on_node "$pid" 256 "${node// /,}")
     ev "$g memory ($mode): ${pct}% of guest RAM on node $node; $m"

@@ -106,6 +106,11 @@ KVER=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | sed -n 's/.*Depen
 [ -n "$KVER" ] || fatal "cannot resolve linux-image-cloud-amd64"
 KEY=$({ echo "$SUITE $PACKAGES $KVER"; cat "$HERE/stage1-init"; } | sha256sum | cut -c1-16)
 BASE=$CACHE/$KEY
+mkdir -p "$CACHE" || fatal "cannot create $CACHE"
+exec 8>"$CACHE/.lock"
+flock -w 900 8 || fatal "another run holds $CACHE/.lock"
+# Older images (other keys) are not needed any more.
+for d in "$CACHE"/*/; do [ "$d" = "$BASE/" ] || rm -rf "$d"; done
 if [ -f "$BASE/ok" ]; then
     say "base image: cached $BASE ($KVER)"
 else
