@@ -33,7 +33,7 @@ declare -A XFAIL_FOUND=(
 ev() { echo "E2E: EV $CASE $*" >&3; echo "EV $*"; }
 die() { echo "FAIL: $*"; echo "$*" >"$OUT/case-$CASE.reason"; exit 1; }
 skip() { echo "$*" >"$OUT/case-$CASE.skip"; exit 77; }
-V() { timeout -k 5 ${VIRSH_TIMEOUT:-120} virsh -q -c qemu:///system "$@"; }
+V() { timeout -k 5 ${VIRSH_TIMEOUT:-180} virsh -q -c qemu:///system "$@"; }
 
 # ------------------------------------------------------------------ topology
 
@@ -689,5 +689,5 @@ run_all() {
     echo "E2E: NOTE vm libvirtd up after $(($(date +%s) - t0))s: $(virsh -q version 2>&1 | tr '\n' ' ' | cut -c1-120)"
     local list=$SYM_CASES
     [ "$TOPO" = asym ] && list=$ASYM_CASES
-    for c in $list; do run_case "$c" 200 3>&1; done
+    for c in $list; do run_case "$c" 300 3>&1; done
 }

@@ -30,8 +30,8 @@ CACHE=${KVMTUNE_NUMA_VM_CACHE:-/var/cache/kvmtune-numa-vm}
 ART=""
 # Per boot: the whole VM (boot, cases, power-off) must end within this (seconds;
 # measured here: sym 230-250 s, asym 75 s).
-SYM_TIMEOUT=${NUMA_VM_TIMEOUT:-480}
-ASYM_TIMEOUT=${NUMA_VM_TIMEOUT:-300}
+SYM_TIMEOUT=${NUMA_VM_TIMEOUT:-600}
+ASYM_TIMEOUT=${NUMA_VM_TIMEOUT:-360}
 
 while [ $# -gt 0 ]; do
     case $1 in
