@@ -246,8 +246,12 @@ fn rewrite_every_shared_fixture() {
     );
     if have_validator {
         println!("virt-xml-validate: {valid_before} valid before, {valid_after} valid after");
+        assert!(
+            valid_before > 0,
+            "no fixture validated before the rewrite: nothing was checked"
+        );
     } else {
-        println!("note: virt-xml-validate not on PATH; schema validation skipped");
+        rewrite_support::schema_tools_missing("rewrite fixture sweep (virt-xml-validate)");
     }
     assert!(
         regressions.is_empty(),

@@ -343,3 +343,66 @@ case_g() { # the shipped policy, as a package installs it: a typical guest is tu
         die "no kvmtune line with guest=$g, stage=prepare and 'violation'"
     note "shipped policy: vCPUs + emulator on CPU 1; warned: $line"
 }
+
+# ---------------------------------------------------------------- d2
+
+case_d2() { # 8 dedicated guests started in parallel: no CPU shared, refusals exactly when full
+    local i n names=() ok=0 refused=0 c eligible=0 tid id pid l out
+    mkdir -p "$(dirname "$POLICY")"
+    cat >"$POLICY.tmp" <<EOP
+version: 1
+on_violation: warn
+on_error: allow
+host:
+  reserved_cpus: none
+  irq_cpus: none
+  allow_cpu0: false
+defaults:
+  pool: dedicated
+  emulator: with-vcpus
+  disk_cache: none
+  cpu_mode: host-model
+EOP
+    mv "$POLICY.tmp" "$POLICY"
+    for c in $(seq 0 $(($(nproc --all) - 1))); do [ "$c" = 0 ] || eligible=$((eligible + 1)); done
+    for i in 1 2 3 4 5 6 7 8; do
+        n=${E2E_PREFIX}d2-$i
+        names+=("$n")
+        define_guest "$n" --vcpus 1
+    done
+    for n in "${names[@]}"; do
+        (V start "$n" >"$E2E_WORK/d2.$n.out" 2>&1; echo $? >"$E2E_WORK/d2.$n.rc") &
+    done
+    wait
+    local -A owner=()
+    for n in "${names[@]}"; do
+        if [ "$(cat "$E2E_WORK/d2.$n.rc")" = 0 ]; then
+            ok=$((ok + 1))
+            pid=$(qemu_pid "$n")
+            while read -r id tid; do
+                l=$(thread_cpus "$pid" "$tid")
+                note "$n vCPU $id: Cpus_allowed_list $l"
+                for c in $(echo "$l" | "$PY" -c 'import sys
+out = []
+for p in sys.stdin.read().strip().split(","):
+    a, _, b = p.partition("-")
+    out += range(int(a), int(b or a) + 1)
+print(*out)'); do
+                    [ "$c" != 0 ] || die "$n: a dedicated vCPU thread may run on CPU0 ($l)"
+                    [ -z "${owner[$c]:-}" ] || die "CPU $c is shared by dedicated guests ${owner[$c]} and $n"
+                    owner[$c]=$n
+                done
+            done < <(vcpu_tids "$n")
+        else
+            refused=$((refused + 1))
+            out=$(cat "$E2E_WORK/d2.$n.out")
+            note "$n refused: $out"
+            printf '%s\n' "$out" | grep -q "kvmtune: " || die "$n refused without a kvmtune line: $out"
+            [ "$(printf '%s\n' "$out" | sed -n '/kvmtune: /,$p' | sed '/^[[:space:]]*$/d' | wc -l)" = 1 ] ||
+                die "$n: the refusal is more than one line"
+        fi
+    done
+    local want=$((eligible < 8 ? eligible : 8))
+    note "started $ok, refused $refused, eligible CPUs $eligible"
+    [ "$ok" = "$want" ] || die "$ok dedicated guests started, want $want (eligible CPUs $eligible)"
+}

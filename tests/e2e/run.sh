@@ -11,6 +11,7 @@
 #   --only IDS      run only these cases (env always runs first)
 #   --artifacts DIR keep logs/traces there (default: a new /tmp/kvmtune-e2e.XXXXXX)
 #   --list          print the cases and exit
+#   --require-all   a skipped case fails the run (CI: every case must run there)
 #
 # Installs libvirt/QEMU with apt if missing, starts its own virtlogd/libvirtd (and a
 # syslog listener on /dev/log when the machine has none), and undoes all of it on
@@ -43,6 +44,7 @@ CASES=(
     "b2|90|no|on_violation: warn starts a cache='writeback' guest and logs the violation"
     "c|120|yes|save + restore: live XML pinned to CPU 1 with cache='none', definition unchanged"
     "d|180|no|8 parallel starts all succeed; ledger == virsh list; empty after destroy"
+    "d2|180|no|8 parallel dedicated starts: no CPU shared by two guests' vCPU threads, refusals exactly when the host is full, one line each"
     "e1|120|no|libvirtd killed + started under running guests: ledger still right"
     "e2|120|yes|libvirtd stopped + started under a running guest: placement kept"
     "f|90|no|broken policy with on_error allow: guest starts, error logged"
@@ -61,18 +63,26 @@ CASES=(
     "convr|120|no|converge with on_violation: refuse: the refused start is queued; after kvmtune converge the next start is boot 1 and conforms"
 )
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+# expected-to-fail-until-issue-11: id -> why the current binary fails it. A failure
+# is reported as XFAIL (counted, not a failure of the run); a pass as XPASS.
+declare -A XFAIL_ISSUE_11=(
+    [d2]="a dedicated guest with no CPU left starts unpinned instead of being refused or confined (issue 11)"
+)
+
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 
 BIN=""
 INSTALLED=0
 ONLY=""
 ARTIFACTS=""
+REQUIRE_ALL=0
 while [ $# -gt 0 ]; do
     case $1 in
         --bin) BIN=$2; shift 2 ;;
         --installed) INSTALLED=1; shift ;;
         --only) ONLY=$2; shift 2 ;;
         --artifacts) ARTIFACTS=$2; shift 2 ;;
+        --require-all) REQUIRE_ALL=1; shift ;;
         --list) for c in "${CASES[@]}"; do IFS='|' read -r id _ _ d <<<"$c"; printf '%-4s %s\n' "$id" "$d"; done; exit 0 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -351,7 +361,9 @@ host_shape() {
 PASSED=0
 FAILED=0
 SKIPPED=0
+XFAILED=0
 FAILED_IDS=()
+SKIPPED_IDS=()
 
 wanted() { # ID
     [ -z "$ONLY" ] && return 0
@@ -367,6 +379,7 @@ run_case() { # "id|timeout|shape|description"
     if [ "$shape" = yes ] && [ "$SHAPE_OK" = 0 ]; then
         printf 'SKIP  %-4s %s (needs online CPUs 0-1, one node)\n' "$id" "$desc"
         SKIPPED=$((SKIPPED + 1))
+        SKIPPED_IDS+=("$id")
         return 0
     fi
     log=$E2E_WORK/case-$id.log
@@ -391,9 +404,16 @@ run_case() { # "id|timeout|shape|description"
     fi
     cleanup_guests >>"$log" 2>&1 || echo "(warning: could not remove every guest after $id)" >>"$log"
 
-    if [ "$rc" = 0 ]; then
+    if [ "$rc" = 0 ] && [ -n "${XFAIL_ISSUE_11[$id]:-}" ]; then
+        printf 'XPASS %-4s %s (%ss; expected to fail until issue 11: remove it from XFAIL_ISSUE_11)\n' "$id" "$desc" "$secs"
+        PASSED=$((PASSED + 1))
+    elif [ "$rc" = 0 ]; then
         printf 'PASS  %-4s %s (%ss)\n' "$id" "$desc" "$secs"
         PASSED=$((PASSED + 1))
+    elif [ -n "${XFAIL_ISSUE_11[$id]:-}" ]; then
+        printf 'XFAIL %-4s %s (%ss): expected-to-fail-until-issue-11: %s -- got: %s\n' "$id" "$desc" "$secs" \
+            "${XFAIL_ISSUE_11[$id]}" "$(grep -m1 '^FAIL:' "$log" | cut -c7-)"
+        XFAILED=$((XFAILED + 1))
     else
         printf 'FAIL  %-4s %s (%ss)\n' "$id" "$desc" "$secs"
         tail -n 40 "$log" | sed 's/^/    | /'
@@ -432,8 +452,12 @@ for c in "${CASES[@]:1}"; do
 done
 
 if [ "$FAILED" = 0 ]; then
-    say "$PASSED passed, 0 failed, $SKIPPED skipped"
+    say "$PASSED passed, 0 failed, $SKIPPED skipped, $XFAILED xfail"
 else
-    say "$PASSED passed, $FAILED failed, $SKIPPED skipped (failed: ${FAILED_IDS[*]})"
+    say "$PASSED passed, $FAILED failed, $SKIPPED skipped, $XFAILED xfail (failed: ${FAILED_IDS[*]})"
+fi
+if [ "$REQUIRE_ALL" = 1 ] && [ "$SKIPPED" -gt 0 ]; then
+    say "FAIL: --require-all and $SKIPPED case(s) skipped: ${SKIPPED_IDS[*]}"
+    exit 1
 fi
 [ "$FAILED" = 0 ]

@@ -127,3 +127,67 @@ pub fn fixture_hosts() -> Vec<(String, kvmtune_core::host::Host)> {
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
+
+/// The schema tools (xmllint, libvirt's domain.rng, virt-xml-validate) are
+/// missing: fail, unless `KVMTUNE_ALLOW_NO_SCHEMA=1` is set outside CI (CI must
+/// validate, so the opt-out is refused when `CI` is set).
+pub fn schema_tools_missing(what: &str) {
+    let opt_out = std::env::var("KVMTUNE_ALLOW_NO_SCHEMA").is_ok_and(|v| v == "1");
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    if opt_out && !ci {
+        eprintln!("note: {what}: schema validation skipped (KVMTUNE_ALLOW_NO_SCHEMA=1)");
+        return;
+    }
+    panic!(
+        "{what}: xmllint, virt-xml-validate or libvirt's schemas (/usr/share/libvirt/schemas) \
+         are missing: apt-get install libxml2-utils libvirt-clients, or set \
+         KVMTUNE_ALLOW_NO_SCHEMA=1 (not honoured under CI) to skip schema validation"
+    );
+}
+
+/// Validates `files` with `xmllint --noout --relaxng SCHEMA` (one process) and
+/// returns those that fail. Panics unless xmllint ran properly: exit status 0
+/// (all valid) or 3 (some invalid), and every file reported as `validates` or
+/// `fails to validate`.
+pub fn xmllint_invalid(
+    schema: &std::path::Path,
+    files: &[std::path::PathBuf],
+) -> Vec<std::path::PathBuf> {
+    if files.is_empty() {
+        return Vec::new();
+    }
+    let out = std::process::Command::new("xmllint")
+        .arg("--noout")
+        .arg("--relaxng")
+        .arg(schema)
+        .args(files)
+        .output()
+        .expect("cannot run xmllint");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(0) | Some(3)),
+        "xmllint exited with {code:?} (0 = valid, 3 = invalid; anything else: it could not check): {}",
+        stderr.chars().take(2000).collect::<String>()
+    );
+    let mut bad = Vec::new();
+    for f in files {
+        let failed = stderr.contains(&format!("{} fails to validate", f.display()));
+        let passed = stderr.contains(&format!("{} validates", f.display()));
+        assert!(
+            failed || passed,
+            "xmllint did not report {} as validating or failing: {}",
+            f.display(),
+            stderr.chars().take(2000).collect::<String>()
+        );
+        if failed {
+            bad.push(f.clone());
+        }
+    }
+    assert_eq!(
+        code == Some(3),
+        !bad.is_empty(),
+        "xmllint's exit status {code:?} disagrees with its report"
+    );
+    bad
+}
