@@ -244,7 +244,7 @@ fn status_is_plain_when_piped_and_json_on_request() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["host"]["nodes"][1]["cpus"], "8-15,24-31");
 
-    let out = e.run(&["status", "--host-root", "/nonexistent"]);
+    let out = e.run(&["status", "--policy", &policy, "--host-root", "/nonexistent"]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(text(&out.stderr).lines().count(), 1);
 }

@@ -33,7 +33,18 @@ fn kvmtune(args: &[&str], stdin: &[u8]) -> Output {
 }
 
 fn plan_stdin(stdin: &[u8]) -> Output {
-    kvmtune(&["plan", "--host-root", HOST, "-"], stdin)
+    // The shipped policy, not whatever /etc/kvmtune/policy.yaml this machine has.
+    kvmtune(
+        &[
+            "plan",
+            "--policy",
+            "config/policy.yaml",
+            "--host-root",
+            HOST,
+            "-",
+        ],
+        stdin,
+    )
 }
 
 /// Asserts a one-line `kvmtune:` error containing `needle` and exit `code`.

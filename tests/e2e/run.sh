@@ -65,9 +65,8 @@ CASES=(
 
 # expected-to-fail-until-issue-11: id -> why the current binary fails it. A failure
 # is reported as XFAIL (counted, not a failure of the run); a pass as XPASS.
-declare -A XFAIL_ISSUE_11=(
-    [d2]="a dedicated guest with no CPU left starts unpinned instead of being refused or confined (issue 11)"
-)
+# Issue 11 has landed: empty (d2 passes).
+declare -A XFAIL_ISSUE_11=()
 
 usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 

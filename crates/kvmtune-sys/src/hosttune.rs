@@ -107,9 +107,12 @@ impl Item {
 /// Reads the host under `root` and judges every host-side setting.
 pub fn check(root: &Path, policy: &Policy, tuning: &HostTuning) -> Result<Vec<Item>, HostError> {
     let host = crate::sysfs::read_host(root)?;
+    // The CPUs set aside for IRQs: a list as written; `auto`, the reserved CPUs
+    // plus those the host already binds IRQs to (what placement avoids too).
     let irq_target = match &policy.host.irq_cpus {
         IrqCpus::List(set) => set.clone(),
-        _ => policy.host.reserved_cpus.clone(),
+        IrqCpus::Auto => policy.host.reserved_cpus.union(&host.irq_bound_cpus()),
+        IrqCpus::None => policy.host.reserved_cpus.clone(),
     }
     .intersection(&host.online);
     let mut items = Vec::new();
@@ -196,7 +199,7 @@ fn nic_irqs(root: &Path, host: &Host, target: &CpuSet, tuning: &HostTuning) -> V
     if target.is_empty() {
         return vec![Item::new("nic-irqs", "1.3").state(
             State::Skipped,
-            "the policy sets no CPUs aside for IRQs (host.reserved_cpus: none)",
+            "no CPUs are set aside for IRQs (host.reserved_cpus: none, and irq_cpus finds or lists none)",
         )];
     }
     let nics = physical_nics(root);
@@ -283,7 +286,7 @@ fn irqbalance(root: &Path, host: &Host, target: &CpuSet, tuning: &HostTuning) ->
     if target.is_empty() {
         return item.state(
             State::Skipped,
-            "the policy sets no CPUs aside for IRQs (host.reserved_cpus: none)",
+            "no CPUs are set aside for IRQs (host.reserved_cpus: none, and irq_cpus finds or lists none)",
         );
     }
     let existing = IRQBALANCE_CONFIGS

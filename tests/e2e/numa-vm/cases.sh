@@ -20,10 +20,8 @@ LEDGER=/run/kvmtune/ledger.json
 P=kvmtune-e2e-
 
 # expected-to-fail-until-issue-11: id -> why it fails on the current binary
-declare -A XFAIL_ISSUE_11=(
-    [ded8]="a dedicated guest with no room left starts unpinned (issue 11: refuse/confine, never unpin)"
-    [ledger]="a deleted ledger is not rebuilt from the running guests (issue 11)"
-)
+# Issue 11 has landed: empty (ded8 and ledger pass).
+declare -A XFAIL_ISSUE_11=()
 # expected to fail, found by this suite (no issue yet): id -> why
 declare -A XFAIL_FOUND=(
     [place2p]="preferred + <allocation mode='immediate'>: QEMU preallocates the RAM before the started hook pins anything, and kvmtune sets no memory policy for preferred at runtime, so the RAM lands wherever QEMU started (kvmtune apply fixes it: case applied)"

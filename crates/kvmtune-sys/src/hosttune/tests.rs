@@ -477,3 +477,19 @@ fn the_default_tuning_is_the_seed() {
     let yaml = serde_yaml_ng::to_string(&t).unwrap();
     assert_eq!(serde_yaml_ng::from_str::<HostTuning>(&yaml).unwrap(), t);
 }
+
+#[test]
+fn irq_cpus_auto_sets_the_cpus_irqs_are_bound_to_aside() {
+    // An IRQ bound to CPU 0 alone, `irq_cpus: auto` and no reserved CPUs: CPU 0 is
+    // an IRQ CPU (placement avoids it), so host check targets it too instead of
+    // saying that nothing is set aside (found by the multi-NUMA VM suite).
+    let dir = untuned();
+    put(dir.path(), "proc/irq/1/smp_affinity_list", "0\n");
+    let items = check(dir.path(), &Policy::default(), &HostTuning::default()).unwrap();
+    let nic = items
+        .iter()
+        .find(|i| i.name.starts_with("nic-irqs"))
+        .unwrap();
+    assert_ne!(nic.state, State::Skipped, "{nic:?}");
+    assert!(!item(&items, "irqbalance").wanted.is_empty(), "{items:#?}");
+}
