@@ -188,6 +188,37 @@ kvmtune_metrics_enable() {
         if command -v deb-systemd-invoke >/dev/null 2>&1; then
             deb-systemd-invoke restart $KVMTUNE_METRICS_UNITS >/dev/null 2>&1 || true
         fi
+    fi
+    return 0
+}
+
+# prerm remove: stop the timer and a run in progress.
+kvmtune_metrics_stop() {
+    if [ -d /run/systemd/system ] && command -v deb-systemd-invoke >/dev/null 2>&1; then
+        deb-systemd-invoke stop $KVMTUNE_METRICS_UNITS kvmtune-metrics.service >/dev/null 2>&1 || true
+    fi
+    return 0
+}
+
+# postrm remove/purge: forget the units (purge also drops the enablement state),
+# and remove the metrics file so that node_exporter stops exporting stale values.
+kvmtune_metrics_remove() { # kvmtune_metrics_remove remove|purge
+    if command -v deb-systemd-helper >/dev/null 2>&1; then
+        if [ "$1" = purge ]; then
+            deb-systemd-helper purge $KVMTUNE_METRICS_UNITS >/dev/null || true
+            deb-systemd-helper unmask $KVMTUNE_METRICS_UNITS >/dev/null || true
+        else
+            deb-systemd-helper mask $KVMTUNE_METRICS_UNITS >/dev/null || true
+        fi
+    fi
+    if [ -d /run/systemd/system ]; then
+        systemctl --system daemon-reload >/dev/null 2>&1 || true
+    fi
+    rm -f "$KVMTUNE_METRICS_FILE"
+    return 0
+}
+
+
 # ---- systemd units of `converge: after-start` (kvmtune-converge.path/.timer →
 # kvmtune-converge.service). Enabled on install (like debhelper does: symlinks
 # only, harmless without systemd), started only when systemd runs; on a machine
@@ -225,10 +256,6 @@ kvmtune_units_enable() {
     return 0
 }
 
-# prerm remove: stop the timer and a run in progress.
-kvmtune_metrics_stop() {
-    if [ -d /run/systemd/system ] && command -v deb-systemd-invoke >/dev/null 2>&1; then
-        deb-systemd-invoke stop $KVMTUNE_METRICS_UNITS kvmtune-metrics.service >/dev/null 2>&1 || true
 # On removal: stop the units (and, rpm, disable them; deb masks them in postrm).
 kvmtune_units_stop() {
     if kvmtune_systemd_running; then
@@ -242,21 +269,6 @@ kvmtune_units_stop() {
     return 0
 }
 
-# postrm remove/purge: forget the units (purge also drops the enablement state),
-# and remove the metrics file so that node_exporter stops exporting stale values.
-kvmtune_metrics_remove() { # kvmtune_metrics_remove remove|purge
-    if command -v deb-systemd-helper >/dev/null 2>&1; then
-        if [ "$1" = purge ]; then
-            deb-systemd-helper purge $KVMTUNE_METRICS_UNITS >/dev/null || true
-            deb-systemd-helper unmask $KVMTUNE_METRICS_UNITS >/dev/null || true
-        else
-            deb-systemd-helper mask $KVMTUNE_METRICS_UNITS >/dev/null || true
-        fi
-    fi
-    if [ -d /run/systemd/system ]; then
-        systemctl --system daemon-reload >/dev/null 2>&1 || true
-    fi
-    rm -f "$KVMTUNE_METRICS_FILE"
 # postrm: $1 remove (deb: mask until purge, as debhelper does) or purge (forget
 # every trace), rpm (erase). Then systemd rereads its units.
 kvmtune_units_forget() {

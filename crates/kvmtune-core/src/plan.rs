@@ -5,6 +5,16 @@
 //! in their modules under [`crate::rules`], which this planner runs in order.
 
 pub(crate) use crate::plan_model::Planner;
+
+/// The CPU sets placement works with on this host.
+struct CpuSets {
+    /// CPUs guests may use (not reserved, IRQ or CPU0; within the policy's nodes).
+    eligible: CpuSet,
+    /// Online CPUs guests never get.
+    forbidden: CpuSet,
+    /// Where `emulator: housekeeping` puts emulator threads.
+    housekeeping: CpuSet,
+}
 pub use crate::plan_model::{
     Change, Edit, Enforcement, GuestCell, IothreadPin, Note, Plan, PlanError, Reason, VcpuPin,
     Violation,
@@ -88,10 +98,37 @@ impl Planner<'_> {
         }
     }
 
+    /// Rules 1.1–1.3: where the vCPUs, the emulator threads and the iothreads go,
+    /// and the memory binding that follows them.
     fn placement(&mut self, occupancy: &Occupancy) {
         if !self.settings.pin_vcpus {
             return;
         }
+        let sets = self.cpu_sets();
+        let kept =
+            self.domain.pins_explicitly() && self.settings.existing_pins == ExistingPins::Keep;
+        let placement = if kept {
+            self.kept_placement(&sets.forbidden)
+        } else {
+            match self.fresh_placement(occupancy, &sets.eligible) {
+                Some(p) => p,
+                None => return,
+            }
+        };
+        if !self.plan.kept_existing_pins {
+            self.vcpu_pin_edit(&placement, &sets.forbidden);
+        }
+        let emulator = self.emulator_cpus(&placement, &sets, occupancy);
+        self.emulator_edits(&emulator);
+        self.plan.emulator_cpus = Some(emulator);
+        // Memory binding (1.2).
+        self.numatune(&placement);
+        self.memfree_note(occupancy, &placement);
+        self.plan.placement = Some(placement);
+    }
+
+    /// The CPUs guests may use, those they never get, and the housekeeping CPUs.
+    fn cpu_sets(&self) -> CpuSets {
         let host_settings = &self.policy.host;
         let irq = self.irq_cpus();
         let eligible = eligible_cpus(
@@ -102,191 +139,225 @@ impl Planner<'_> {
             self.settings.nodes.as_ref(),
         );
         let forbidden = self.host.online.difference(&eligible);
-        let housekeeping = {
-            let mut hk = host_settings
-                .reserved_cpus
-                .union(&irq)
-                .intersection(&self.host.online);
-            if hk.is_empty() && !host_settings.allow_cpu0 && self.host.online.contains(0) {
-                hk.insert(0);
-            }
-            hk
-        };
+        let mut housekeeping = host_settings
+            .reserved_cpus
+            .union(&irq)
+            .intersection(&self.host.online);
+        if housekeeping.is_empty() && !host_settings.allow_cpu0 && self.host.online.contains(0) {
+            housekeeping.insert(0);
+        }
+        CpuSets {
+            eligible,
+            forbidden,
+            housekeeping,
+        }
+    }
 
-        let placement = if self.domain.pins_explicitly()
-            && self.settings.existing_pins == ExistingPins::Keep
-        {
-            let vcpus: Vec<CpuSet> = (0..self.domain.vcpus_max)
-                .map(|v| self.domain.pinned_cpus_of(v).cloned().unwrap_or_default())
-                .collect();
-            let cpus = self.domain.pinned_cpus();
-            let bad = cpus.intersection(&forbidden);
-            if !bad.is_empty() {
-                self.note(
-                    "1.3",
-                    format!(
-                        "the guest's own pinning uses CPUs {bad} that guests should not get (reserved, IRQ or CPU0); kept because existing_pins: keep"
-                    ),
-                );
-            }
-            self.plan.kept_existing_pins = true;
-            Placement {
-                level: Level::Host,
-                nodes: nodes_of(self.host, &cpus),
-                why: "the guest pins its vCPUs itself (existing_pins: keep)".into(),
-                vcpus,
-                cpus,
-            }
-        } else {
-            // Nova-style pool CPU sets (host.shared_cpus / host.dedicated_cpus).
-            let pool_eligible = |pool: Pool| match host_settings.pool_cpus(pool) {
-                Some(set) => eligible.intersection(set),
-                None => eligible.clone(),
-            };
-            let request = Request {
-                vcpus: self.domain.vcpus_max,
-                memory_kib: self.domain.memory_kib,
-                pool: self.settings.pool,
-                eligible: pool_eligible(self.settings.pool),
-                cpu_allocation_ratio: f64::from(self.settings.cpu_allocation_ratio),
-                thread_policy: self.settings.thread_policy,
-                memory_strict: matches!(
-                    self.settings.memory_mode,
-                    MemoryMode::Strict | MemoryMode::Restrictive
+    /// The guest's own explicit pinning, kept (`existing_pins: keep`).
+    fn kept_placement(&mut self, forbidden: &CpuSet) -> Placement {
+        let vcpus: Vec<CpuSet> = (0..self.domain.vcpus_max)
+            .map(|v| self.domain.pinned_cpus_of(v).cloned().unwrap_or_default())
+            .collect();
+        let cpus = self.domain.pinned_cpus();
+        let bad = cpus.intersection(forbidden);
+        if !bad.is_empty() {
+            self.note(
+                "1.3",
+                format!(
+                    "the guest's own pinning uses CPUs {bad} that guests should not get (reserved, IRQ or CPU0); kept because existing_pins: keep"
                 ),
-                // A guest already backed by huge pages needs free pages of its
-                // size on the node (one that only may get them is decided later,
-                // from the chosen node's free pages: rule 3.2).
-                hugepage_kib: self.domain.memory_backing.hugepages.then(|| {
-                    self.domain
-                        .memory_backing
-                        .hugepage_sizes_kib
-                        .first()
-                        .copied()
-                        .unwrap_or(self.settings.hugepage_size_kib)
-                }),
-                memory_reserve_kib: host_settings.reserved_memory_per_node_kib,
-                max_nodes: self.settings.max_nodes,
-            };
-            let others = occupancy.without(&self.domain.name);
-            // A running guest keeps the CPUs it runs on (its own claim), while they
-            // still suit the policy: `apply` then writes where it already is, and a
-            // restart lands there again. No one else may hold them exclusively.
-            let own = occupancy.guests.get(&self.domain.name).filter(|claim| {
-                let cpus = claim.cpus();
-                claim.vcpus.len() == self.domain.vcpus_max as usize
-                    && claim.pool == self.settings.pool
-                    && claim.vcpus.iter().all(|s| !s.is_empty())
-                    && cpus.is_subset(&request.eligible)
-                    && !cpus.intersects(&others.dedicated_cpus())
-                    && (claim.pool == Pool::Shared || !cpus.intersects(&others.all_cpus()))
-            });
-            let fresh = match own {
-                Some(claim) => Ok(crate::placement::describe(
-                    self.host,
-                    claim.vcpus.clone(),
-                    "kept where the running guest already is".into(),
-                )),
-                None => self.place_node_local_first(&others, &request),
-            };
-            match fresh {
-                Ok(p) => p,
-                Err(NoRoom(why)) => {
-                    let line = crate::admission::no_room_line(
-                        request.vcpus,
-                        request.pool,
-                        &request.eligible,
-                        &others,
-                    );
-                    self.plan.no_room = Some(format!("{why} ({line})"));
-                    // No dedicated room: the eligible shared CPUs (still local, never
-                    // a dedicated or forbidden CPU) when the policy allows it. With
-                    // no placement at all the hook refuses: never unpinned.
-                    let shared = Request {
-                        pool: Pool::Shared,
-                        eligible: pool_eligible(Pool::Shared).difference(&others.dedicated_cpus()),
-                        ..request
-                    };
-                    let fallback = self.settings.pool == Pool::Dedicated
-                        && self.settings.dedicated_fallback == DedicatedFallback::Shared;
-                    if !fallback {
-                        return;
-                    }
-                    match place(self.host, &others, &shared) {
-                        Ok(p) => {
-                            self.note(
-                                "1.1",
-                                format!("{why}: placed in the shared pool instead (dedicated_fallback: shared)"),
-                            );
-                            self.plan.pool = Pool::Shared;
-                            self.plan.fell_back_to_shared = true;
-                            p
-                        }
-                        Err(NoRoom(shared_why)) => {
-                            self.plan.no_room = Some(format!(
-                                "{why}; no shared CPU either: {shared_why} ({line})"
-                            ));
-                            return;
-                        }
-                    }
-                }
-            }
-        };
+            );
+        }
+        self.plan.kept_existing_pins = true;
+        Placement {
+            level: Level::Host,
+            nodes: nodes_of(self.host, &cpus),
+            why: "the guest pins its vCPUs itself (existing_pins: keep)".into(),
+            vcpus,
+            cpus,
+        }
+    }
 
-        if !self.plan.kept_existing_pins {
-            if self.domain.vcpus_current < self.domain.vcpus_max {
+    /// The eligible CPUs of the guest's pool (Nova-style `host.shared_cpus` /
+    /// `host.dedicated_cpus`).
+    fn pool_eligible(&self, eligible: &CpuSet, pool: Pool) -> CpuSet {
+        match self.policy.host.pool_cpus(pool) {
+            Some(set) => eligible.intersection(set),
+            None => eligible.clone(),
+        }
+    }
+
+    /// What the placement engine is asked for this guest.
+    fn request(&self, eligible: &CpuSet) -> Request {
+        let host_settings = &self.policy.host;
+        Request {
+            vcpus: self.domain.vcpus_max,
+            memory_kib: self.domain.memory_kib,
+            pool: self.settings.pool,
+            eligible: self.pool_eligible(eligible, self.settings.pool),
+            cpu_allocation_ratio: f64::from(self.settings.cpu_allocation_ratio),
+            thread_policy: self.settings.thread_policy,
+            memory_strict: matches!(
+                self.settings.memory_mode,
+                MemoryMode::Strict | MemoryMode::Restrictive
+            ),
+            // A guest already backed by huge pages needs free pages of its
+            // size on the node (one that only may get them is decided later,
+            // from the chosen node's free pages: rule 3.2).
+            hugepage_kib: self.domain.memory_backing.hugepages.then(|| {
+                self.domain
+                    .memory_backing
+                    .hugepage_sizes_kib
+                    .first()
+                    .copied()
+                    .unwrap_or(self.settings.hugepage_size_kib)
+            }),
+            memory_reserve_kib: host_settings.reserved_memory_per_node_kib,
+            max_nodes: self.settings.max_nodes,
+        }
+    }
+
+    /// A placement made now: where the running guest already is, else a new one,
+    /// else (dedicated, no room) the shared fallback. None: no placement at all
+    /// (the hook refuses the guest; `no_room` says why).
+    fn fresh_placement(&mut self, occupancy: &Occupancy, eligible: &CpuSet) -> Option<Placement> {
+        let request = self.request(eligible);
+        let others = occupancy.without(&self.domain.name);
+        // A running guest keeps the CPUs it runs on (its own claim), while they
+        // still suit the policy: `apply` then writes where it already is, and a
+        // restart lands there again. No one else may hold them exclusively.
+        let own = occupancy.guests.get(&self.domain.name).filter(|claim| {
+            let cpus = claim.cpus();
+            claim.vcpus.len() == self.domain.vcpus_max as usize
+                && claim.pool == self.settings.pool
+                && claim.vcpus.iter().all(|s| !s.is_empty())
+                && cpus.is_subset(&request.eligible)
+                && !cpus.intersects(&others.dedicated_cpus())
+                && (claim.pool == Pool::Shared || !cpus.intersects(&others.all_cpus()))
+        });
+        let fresh = match own {
+            Some(claim) => Ok(crate::placement::describe(
+                self.host,
+                claim.vcpus.clone(),
+                "kept where the running guest already is".into(),
+            )),
+            None => self.place_node_local_first(&others, &request),
+        };
+        match fresh {
+            Ok(p) => Some(p),
+            Err(NoRoom(why)) => self.fall_back(why, request, &others, eligible),
+        }
+    }
+
+    /// No room in the guest's own pool: the eligible shared CPUs (still local,
+    /// never a dedicated or forbidden CPU) when the policy allows it.
+    fn fall_back(
+        &mut self,
+        why: String,
+        request: Request,
+        others: &Occupancy,
+        eligible: &CpuSet,
+    ) -> Option<Placement> {
+        let line =
+            crate::admission::no_room_line(request.vcpus, request.pool, &request.eligible, others);
+        self.plan.no_room = Some(format!("{why} ({line})"));
+        // With no placement at all the hook refuses: never unpinned.
+        let fallback = self.settings.pool == Pool::Dedicated
+            && self.settings.dedicated_fallback == DedicatedFallback::Shared;
+        if !fallback {
+            return None;
+        }
+        let shared = Request {
+            pool: Pool::Shared,
+            eligible: self
+                .pool_eligible(eligible, Pool::Shared)
+                .difference(&others.dedicated_cpus()),
+            ..request
+        };
+        match place(self.host, others, &shared) {
+            Ok(p) => {
                 self.note(
                     "1.1",
                     format!(
-                        "placed for all {} vCPUs (only {} online now) so hot-plugged vCPUs stay local",
-                        self.domain.vcpus_max, self.domain.vcpus_current
+                        "{why}: placed in the shared pool instead (dedicated_fallback: shared)"
                     ),
                 );
+                self.plan.pool = Pool::Shared;
+                self.plan.fell_back_to_shared = true;
+                Some(p)
             }
-            let pins: Vec<VcpuPin> = placement
-                .vcpus
-                .iter()
-                .enumerate()
-                .map(|(v, s)| VcpuPin {
-                    vcpu: v as u32,
-                    cpuset: s.clone(),
-                })
-                .collect();
-            let already = self.domain.vcpu_cpuset.as_ref() == Some(&placement.cpus)
-                && pins
-                    .iter()
-                    .all(|p| self.domain.vcpu_pins.get(&p.vcpu) == Some(&p.cpuset))
-                && self.domain.vcpu_pins.len() == pins.len();
-            if !already {
-                let text = format!(
-                    "pin vCPUs within {}: {} (never CPU0, reserved or IRQ CPUs {})",
-                    placement.level,
-                    placement.cpus,
-                    if forbidden.is_empty() {
-                        "-".to_string()
-                    } else {
-                        forbidden.to_string()
-                    }
-                );
-                self.edit(
-                    if placement.level <= Level::L3 {
-                        "1.1"
-                    } else {
-                        "1.2"
-                    },
-                    Change::VcpuPins {
-                        cpuset: placement.cpus.clone(),
-                        pins,
-                    },
-                    text,
-                );
+            Err(NoRoom(shared_why)) => {
+                self.plan.no_room = Some(format!(
+                    "{why}; no shared CPU either: {shared_why} ({line})"
+                ));
+                None
             }
         }
+    }
 
-        // Emulator threads and iothreads.
-        let emulator = match self.settings.emulator {
+    /// Pins each vCPU where the placement put it, unless the XML already says so.
+    fn vcpu_pin_edit(&mut self, placement: &Placement, forbidden: &CpuSet) {
+        if self.domain.vcpus_current < self.domain.vcpus_max {
+            self.note(
+                "1.1",
+                format!(
+                    "placed for all {} vCPUs (only {} online now) so hot-plugged vCPUs stay local",
+                    self.domain.vcpus_max, self.domain.vcpus_current
+                ),
+            );
+        }
+        let pins: Vec<VcpuPin> = placement
+            .vcpus
+            .iter()
+            .enumerate()
+            .map(|(v, s)| VcpuPin {
+                vcpu: v as u32,
+                cpuset: s.clone(),
+            })
+            .collect();
+        let already = self.domain.vcpu_cpuset.as_ref() == Some(&placement.cpus)
+            && pins
+                .iter()
+                .all(|p| self.domain.vcpu_pins.get(&p.vcpu) == Some(&p.cpuset))
+            && self.domain.vcpu_pins.len() == pins.len();
+        if !already {
+            let text = format!(
+                "pin vCPUs within {}: {} (never CPU0, reserved or IRQ CPUs {})",
+                placement.level,
+                placement.cpus,
+                if forbidden.is_empty() {
+                    "-".to_string()
+                } else {
+                    forbidden.to_string()
+                }
+            );
+            self.edit(
+                if placement.level <= Level::L3 {
+                    "1.1"
+                } else {
+                    "1.2"
+                },
+                Change::VcpuPins {
+                    cpuset: placement.cpus.clone(),
+                    pins,
+                },
+                text,
+            );
+        }
+    }
+
+    /// Where the emulator threads (and iothreads) go, per `emulator:`.
+    fn emulator_cpus(
+        &mut self,
+        placement: &Placement,
+        sets: &CpuSets,
+        occupancy: &Occupancy,
+    ) -> CpuSet {
+        match self.settings.emulator {
             EmulatorPlacement::WithVcpus => placement.cpus.clone(),
-            EmulatorPlacement::Housekeeping if !housekeeping.is_empty() => housekeeping.clone(),
+            EmulatorPlacement::Housekeeping if !sets.housekeeping.is_empty() => {
+                sets.housekeeping.clone()
+            }
             EmulatorPlacement::Housekeeping => {
                 self.note("1.3", "emulator: housekeeping, but the host has no housekeeping CPU; emulator threads stay with the vCPUs".into());
                 placement.cpus.clone()
@@ -294,8 +365,8 @@ impl Planner<'_> {
             EmulatorPlacement::NodeShared => {
                 let shared = node_shared_cpus(
                     self.host,
-                    &placement,
-                    &eligible,
+                    placement,
+                    &sets.eligible,
                     &occupancy.without(&self.domain.name),
                     self.plan.pool,
                 );
@@ -306,10 +377,14 @@ impl Planner<'_> {
                     shared
                 }
             }
-        };
+        }
+    }
+
+    /// The emulator pin and the iothread pins the XML lacks.
+    fn emulator_edits(&mut self, emulator: &CpuSet) {
         let keep_own = self.settings.existing_pins == ExistingPins::Keep;
         if !(keep_own && self.domain.emulator_pin.is_some())
-            && self.domain.emulator_pin.as_ref() != Some(&emulator)
+            && self.domain.emulator_pin.as_ref() != Some(emulator)
         {
             self.edit(
                 "1.3",
@@ -328,7 +403,7 @@ impl Planner<'_> {
                 .iothread_ids
                 .iter()
                 .filter(|id| !(keep_own && self.domain.iothread_pins.contains_key(id)))
-                .filter(|id| self.domain.iothread_pins.get(id) != Some(&emulator))
+                .filter(|id| self.domain.iothread_pins.get(id) != Some(emulator))
                 .map(|id| IothreadPin {
                     iothread: *id,
                     cpuset: emulator.clone(),
@@ -342,12 +417,6 @@ impl Planner<'_> {
                 );
             }
         }
-        self.plan.emulator_cpus = Some(emulator);
-
-        // Memory binding (1.2).
-        self.numatune(&placement);
-        self.memfree_note(occupancy, &placement);
-        self.plan.placement = Some(placement);
     }
 
     /// Places on CPUs that a NUMA node lists first; the CPUs no node lists
