@@ -73,6 +73,16 @@ impl Outcome {
             ..Outcome::default()
         }
     }
+
+    /// Exit 1 with `line` on stderr: libvirt shows it to the user and aborts.
+    fn refuse(line: String) -> Outcome {
+        Outcome {
+            exit: 1,
+            summary: format!("refused: {line}"),
+            stderr: line,
+            stdout: String::new(),
+        }
+    }
 }
 
 /// Entry from `kvmtune hook ...`.

@@ -89,12 +89,7 @@ pub(super) fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
         Admission::Refused(line) => {
             locked.ledger.guests.remove(&ctx.domain.name);
             locked.save()?;
-            return Ok(Outcome {
-                exit: 1,
-                summary: format!("refused: {line}"),
-                stderr: line,
-                stdout: String::new(),
-            });
+            return Ok(Outcome::refuse(line));
         }
     }
     locked.save()?;

@@ -56,12 +56,7 @@ pub(super) fn restore_or_migrate(ctx: &Stage<'_>, migrate: bool) -> Result<Outco
             if locked.ledger.guests.remove(&ctx.domain.name).is_some() {
                 locked.save()?;
             }
-            return Ok(Outcome {
-                exit: 1,
-                summary: format!("refused: {line}"),
-                stderr: line,
-                stdout: String::new(),
-            });
+            return Ok(Outcome::refuse(line));
         }
     };
     drop(locked);

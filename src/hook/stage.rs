@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow};
 
 use kvmtune_core::admission::{self, Candidate};
+use kvmtune_core::cpuset::CpuSet;
 use kvmtune_core::domain::Domain;
 use kvmtune_core::host::Host;
 use kvmtune_core::ledger::{Entry, EntryState};
@@ -255,25 +256,8 @@ pub(super) fn admit(
     let others = occupancy.without(&ctx.domain.name);
     let forbidden = admission::forbidden_cpus(&ctx.policy, host);
     let on_housekeeping = settings.emulator == EmulatorPlacement::Housekeeping;
-    let breaches_of = |entry: &Entry| {
-        let claim = Claim {
-            vcpus: entry.vcpus.clone(),
-            nodes: entry.nodes.clone(),
-            memory_kib: entry.memory_kib,
-            pool: entry.pool,
-        };
-        admission::check(
-            &Candidate {
-                guest: &ctx.domain.name,
-                claim: &claim,
-                emulator: entry.emulator.as_ref(),
-                emulator_on_housekeeping: on_housekeeping,
-            },
-            &others,
-            &locked.ledger.guests,
-            &forbidden,
-        )
-    };
+    let breaches_of =
+        |entry: &Entry| breaches(ctx, locked, &others, &forbidden, on_housekeeping, entry);
     let mut notes = Vec::new();
     let first = match (entry_from_plan(ctx, plan), &plan.no_room) {
         (Some(_), Some(why)) if refuse => {
@@ -356,4 +340,33 @@ pub(super) fn pool_name(pool: Pool) -> &'static str {
         Pool::Shared => "shared",
         Pool::Dedicated => "dedicated",
     }
+}
+
+/// The placement invariant's breaches of `entry` (this guest's claim) against the
+/// claims of every other guest (`others`, with their emulator sets from the ledger).
+pub(super) fn breaches(
+    ctx: &Stage<'_>,
+    locked: &Locked,
+    others: &Occupancy,
+    forbidden: &CpuSet,
+    emulator_on_housekeeping: bool,
+    entry: &Entry,
+) -> Vec<admission::Breach> {
+    let claim = Claim {
+        vcpus: entry.vcpus.clone(),
+        nodes: entry.nodes.clone(),
+        memory_kib: entry.memory_kib,
+        pool: entry.pool,
+    };
+    admission::check(
+        &Candidate {
+            guest: &ctx.domain.name,
+            claim: &claim,
+            emulator: entry.emulator.as_ref(),
+            emulator_on_housekeeping,
+        },
+        others,
+        &locked.ledger.guests,
+        forbidden,
+    )
 }

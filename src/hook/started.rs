@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, anyhow};
 
-use kvmtune_core::admission::{self, Candidate};
+use kvmtune_core::admission;
 use kvmtune_core::cpuset::CpuSet;
 use kvmtune_core::ledger::{Entry, EntryState};
-use kvmtune_core::placement::{Claim, Occupancy};
+use kvmtune_core::placement::Occupancy;
 use kvmtune_core::plan::plan;
 use kvmtune_core::policy::{EmulatorPlacement, MemoryMode};
 use kvmtune_sys::affinity;
@@ -93,12 +93,7 @@ fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Settled>, Outcome>> {
                 Admission::Claim { entry, .. } => entry,
                 Admission::Unpinned => return Ok(Ok(None)),
                 Admission::Refused(line) => {
-                    return Ok(Err(Outcome {
-                        exit: 1,
-                        summary: format!("refused: {line}"),
-                        stderr: line,
-                        stdout: String::new(),
-                    }));
+                    return Ok(Err(Outcome::refuse(line)));
                 }
             }
         }
@@ -143,22 +138,13 @@ fn holds_up(ctx: &Stage<'_>, locked: &Locked, occupancy: &Occupancy, entry: &Ent
         .select(&kvmtune_core::plan::guest_facts(&ctx.domain))
         .settings
         .is_some_and(|s| s.emulator == EmulatorPlacement::Housekeeping);
-    let claim = Claim {
-        vcpus: entry.vcpus.clone(),
-        nodes: entry.nodes.clone(),
-        memory_kib: entry.memory_kib,
-        pool: entry.pool,
-    };
-    admission::check(
-        &Candidate {
-            guest: &ctx.domain.name,
-            claim: &claim,
-            emulator: entry.emulator.as_ref(),
-            emulator_on_housekeeping: on_housekeeping,
-        },
+    super::stage::breaches(
+        ctx,
+        locked,
         &occupancy.without(&ctx.domain.name),
-        &locked.ledger.guests,
         &admission::forbidden_cpus(&ctx.policy, &host),
+        on_housekeeping,
+        entry,
     )
     .is_empty()
 }
