@@ -180,8 +180,11 @@ pub fn build(inputs: &Inputs<'_>) -> Status {
     let Inputs {
         policy, host, live, ..
     } = inputs;
-    let reserved = policy.host.reserved_cpus.intersection(&host.online);
-    let irq = policy.irq_cpus(host);
+    let roles = Roles {
+        reserved: policy.host.reserved_cpus.intersection(&host.online),
+        irq: policy.irq_cpus(host),
+        cpu0_forbidden: !policy.host.allow_cpu0,
+    };
     let (ledger, ledger_file) = match &inputs.ledger {
         None => (Ledger::default(), "absent"),
         Some(None) => (Ledger::default(), "unreadable"),
@@ -195,54 +198,14 @@ pub fn build(inputs: &Inputs<'_>) -> Status {
         .guests
         .extend(crate::runstate::pinned_by_others(live, &claimed).guests);
 
-    let mut guests = Vec::new();
-    for (name, guest) in live.iter() {
-        guests.push(guest_view(name, guest, inputs, &ledger, &occupancy));
-    }
-
-    let mut stale = Vec::new();
-    let mut starting = Vec::new();
-    for (name, entry) in &ledger.guests {
-        if live.contains_key(name) {
-            continue;
-        }
-        let young = inputs.now.saturating_sub(entry.claimed_at) < PREPARE_GRACE.as_secs();
-        if entry.state == EntryState::Prepared && young {
-            starting.push(name.clone());
-        } else {
-            stale.push(name.clone());
-        }
-    }
+    let guests: Vec<GuestView> = live
+        .iter()
+        .map(|(name, guest)| guest_view(name, guest, inputs, &ledger, &occupancy))
+        .collect();
+    let (stale, starting) = stale_and_starting(&ledger, inputs);
     let agrees =
         stale.is_empty() && ledger_file != "unreadable" && guests.iter().all(|g| g.ledger.agrees);
-
-    // Which guest vCPUs may run on which CPU.
-    let mut uses: BTreeMap<u32, Vec<GuestUse>> = BTreeMap::new();
-    for g in &guests {
-        let mut per_cpu: BTreeMap<u32, CpuSet> = BTreeMap::new();
-        for (v, set) in g.vcpu_cpus.iter().enumerate() {
-            for cpu in set.iter() {
-                per_cpu.entry(cpu).or_default().insert(v as u32);
-            }
-        }
-        for (cpu, vcpus) in per_cpu {
-            uses.entry(cpu).or_default().push(GuestUse {
-                guest: g.name.clone(),
-                vcpus,
-            });
-        }
-    }
-    let role = |cpu: u32| {
-        if reserved.contains(cpu) {
-            Role::Reserved
-        } else if irq.contains(cpu) {
-            Role::Irq
-        } else if cpu == 0 && !policy.host.allow_cpu0 {
-            Role::Cpu0
-        } else {
-            Role::Guests
-        }
-    };
+    let uses = cpu_uses(&guests);
 
     // CPUs some placed guest's vCPUs may use: live pins, ledger claims (starting too).
     let used = guests
@@ -251,87 +214,14 @@ pub fn build(inputs: &Inputs<'_>) -> Status {
     let eligible = host
         .online
         .iter()
-        .filter(|cpu| role(*cpu) == Role::Guests)
+        .filter(|cpu| roles.of(*cpu) == Role::Guests)
         .collect::<CpuSet>();
-
-    let mut nodes = Vec::new();
-    for node in host.nodes.values() {
-        let free_cpus = [Pool::Shared, Pool::Dedicated]
-            .into_iter()
-            .map(|pool| {
-                let mut cpus = eligible.intersection(&node.cpus).difference(&used);
-                if let Some(set) = policy.host.pool_cpus(pool) {
-                    cpus = cpus.intersection(set);
-                }
-                PoolCpus { pool, cpus }
-            })
-            .collect();
-        let mut groups: Vec<GroupView> = Vec::new();
-        let mut cores: Vec<&crate::host::Core> =
-            host.cores.iter().filter(|c| c.node == node.id).collect();
-        cores.sort_by_key(|c| c.cpus.first());
-        for core in cores {
-            let Some(first) = core.cpus.first() else {
-                continue;
-            };
-            let (kind, cpus) = match host.l3_of(first) {
-                Some(l3) => ("l3", l3.intersection(&node.cpus)),
-                None => (
-                    "socket",
-                    host.sockets
-                        .get(&core.socket)
-                        .cloned()
-                        .unwrap_or_default()
-                        .intersection(&node.cpus),
-                ),
-            };
-            let threads = core
-                .cpus
-                .iter()
-                .map(|cpu| ThreadView {
-                    cpu,
-                    role: role(cpu),
-                    guests: uses.get(&cpu).cloned().unwrap_or_default(),
-                })
-                .collect();
-            let view = CoreView {
-                cpus: core.cpus.clone(),
-                threads,
-            };
-            match groups.iter_mut().find(|g| g.kind == kind && g.cpus == cpus) {
-                Some(g) => g.cores.push(view),
-                None => groups.push(GroupView {
-                    kind,
-                    socket: core.socket,
-                    cpus,
-                    cores: vec![view],
-                }),
-            }
-        }
-        let guests_mem_kib = guests
-            .iter()
-            .filter(|g| g.nodes.contains(node.id))
-            .map(|g| g.memory_kib / g.nodes.len().max(1) as u64)
-            .sum();
-        nodes.push(NodeView {
-            id: node.id,
-            cpus: node.cpus.clone(),
-            mem_total_kib: node.mem_total_kib,
-            mem_free_kib: node.mem_free_kib,
-            guests_mem_kib,
-            hugepages: node
-                .hugepages
-                .iter()
-                .map(|(size, h)| HugePagesView {
-                    size_kib: *size,
-                    total: h.total,
-                    free: h.free,
-                })
-                .collect(),
-            free_cpus,
-            groups,
-        });
-    }
+    let nodes = host
+        .nodes
+        .values()
+        .map(|node| node_view(inputs, node, &roles, &eligible, &used, &uses, &guests))
+        .collect();
+    let (reserved, irq) = (roles.reserved, roles.irq);
 
     Status {
         host: HostView {
@@ -351,6 +241,166 @@ pub fn build(inputs: &Inputs<'_>) -> Status {
             agrees,
         },
     }
+}
+
+/// What a CPU is for, in the host picture.
+struct Roles {
+    reserved: CpuSet,
+    irq: CpuSet,
+    cpu0_forbidden: bool,
+}
+
+impl Roles {
+    fn of(&self, cpu: u32) -> Role {
+        if self.reserved.contains(cpu) {
+            Role::Reserved
+        } else if self.irq.contains(cpu) {
+            Role::Irq
+        } else if cpu == 0 && self.cpu0_forbidden {
+            Role::Cpu0
+        } else {
+            Role::Guests
+        }
+    }
+}
+
+/// Ledger entries without a running guest: still starting (prepared, young) or
+/// stale.
+fn stale_and_starting(ledger: &Ledger, inputs: &Inputs<'_>) -> (Vec<String>, Vec<String>) {
+    let mut stale = Vec::new();
+    let mut starting = Vec::new();
+    for (name, entry) in &ledger.guests {
+        if inputs.live.contains_key(name) {
+            continue;
+        }
+        let young = inputs.now.saturating_sub(entry.claimed_at) < PREPARE_GRACE.as_secs();
+        if entry.state == EntryState::Prepared && young {
+            starting.push(name.clone());
+        } else {
+            stale.push(name.clone());
+        }
+    }
+    (stale, starting)
+}
+
+/// Which guest vCPUs may run on which CPU.
+fn cpu_uses(guests: &[GuestView]) -> BTreeMap<u32, Vec<GuestUse>> {
+    let mut uses: BTreeMap<u32, Vec<GuestUse>> = BTreeMap::new();
+    for g in guests {
+        let mut per_cpu: BTreeMap<u32, CpuSet> = BTreeMap::new();
+        for (v, set) in g.vcpu_cpus.iter().enumerate() {
+            for cpu in set.iter() {
+                per_cpu.entry(cpu).or_default().insert(v as u32);
+            }
+        }
+        for (cpu, vcpus) in per_cpu {
+            uses.entry(cpu).or_default().push(GuestUse {
+                guest: g.name.clone(),
+                vcpus,
+            });
+        }
+    }
+    uses
+}
+
+/// One NUMA node of the host picture: its CPUs by cache group and core, who runs
+/// where, memory and huge pages, free CPUs per pool.
+fn node_view(
+    inputs: &Inputs<'_>,
+    node: &crate::host::Node,
+    roles: &Roles,
+    eligible: &CpuSet,
+    used: &CpuSet,
+    uses: &BTreeMap<u32, Vec<GuestUse>>,
+    guests: &[GuestView],
+) -> NodeView {
+    let (policy, host) = (inputs.policy, inputs.host);
+    let free_cpus = [Pool::Shared, Pool::Dedicated]
+        .into_iter()
+        .map(|pool| {
+            let mut cpus = eligible.intersection(&node.cpus).difference(used);
+            if let Some(set) = policy.host.pool_cpus(pool) {
+                cpus = cpus.intersection(set);
+            }
+            PoolCpus { pool, cpus }
+        })
+        .collect();
+    let groups = node_groups(host, node, roles, uses);
+    let guests_mem_kib = guests
+        .iter()
+        .filter(|g| g.nodes.contains(node.id))
+        .map(|g| g.memory_kib / g.nodes.len().max(1) as u64)
+        .sum();
+    NodeView {
+        id: node.id,
+        cpus: node.cpus.clone(),
+        mem_total_kib: node.mem_total_kib,
+        mem_free_kib: node.mem_free_kib,
+        guests_mem_kib,
+        hugepages: node
+            .hugepages
+            .iter()
+            .map(|(size, h)| HugePagesView {
+                size_kib: *size,
+                total: h.total,
+                free: h.free,
+            })
+            .collect(),
+        free_cpus,
+        groups,
+    }
+}
+
+/// A node's cores grouped by L3 cache (or by socket when the host reports none).
+fn node_groups(
+    host: &crate::host::Host,
+    node: &crate::host::Node,
+    roles: &Roles,
+    uses: &BTreeMap<u32, Vec<GuestUse>>,
+) -> Vec<GroupView> {
+    let mut groups: Vec<GroupView> = Vec::new();
+    let mut cores: Vec<&crate::host::Core> =
+        host.cores.iter().filter(|c| c.node == node.id).collect();
+    cores.sort_by_key(|c| c.cpus.first());
+    for core in cores {
+        let Some(first) = core.cpus.first() else {
+            continue;
+        };
+        let (kind, cpus) = match host.l3_of(first) {
+            Some(l3) => ("l3", l3.intersection(&node.cpus)),
+            None => (
+                "socket",
+                host.sockets
+                    .get(&core.socket)
+                    .cloned()
+                    .unwrap_or_default()
+                    .intersection(&node.cpus),
+            ),
+        };
+        let threads = core
+            .cpus
+            .iter()
+            .map(|cpu| ThreadView {
+                cpu,
+                role: roles.of(cpu),
+                guests: uses.get(&cpu).cloned().unwrap_or_default(),
+            })
+            .collect();
+        let view = CoreView {
+            cpus: core.cpus.clone(),
+            threads,
+        };
+        match groups.iter_mut().find(|g| g.kind == kind && g.cpus == cpus) {
+            Some(g) => g.cores.push(view),
+            None => groups.push(GroupView {
+                kind,
+                socket: core.socket,
+                cpus,
+                cores: vec![view],
+            }),
+        }
+    }
+    groups
 }
 
 /// How many vCPUs a running guest has: its live XML's `<vcpu>`, else the vCPU
@@ -443,29 +493,7 @@ fn guest_view(
     };
 
     let opted_out = conformance.iter().any(|c| c.state == Conformance::OptedOut);
-    let ledger_agreement = match (entry, source) {
-        (None, _) if opted_out => Agreement {
-            agrees: true,
-            detail: "not tracked (opted out by policy)".into(),
-        },
-        (None, _) => Agreement {
-            agrees: false,
-            detail: "no ledger entry (started before the hook was installed, or the hook failed)"
-                .into(),
-        },
-        (Some(e), Source::Xml) if e.vcpus != vcpu_cpus => Agreement {
-            agrees: false,
-            detail: format!("ledger says CPUs {} but the live XML pins {}", e.cpus, cpus),
-        },
-        (Some(e), _) if e.state == EntryState::Prepared => Agreement {
-            agrees: true,
-            detail: "claimed at prepare; started not seen yet".into(),
-        },
-        (Some(_), _) => Agreement {
-            agrees: true,
-            detail: "agrees".into(),
-        },
-    };
+    let ledger_agreement = agreement(entry, source, opted_out, &vcpu_cpus, &cpus);
 
     GuestView {
         name: name.to_string(),
@@ -487,3 +515,36 @@ fn guest_view(
 
 #[cfg(test)]
 mod tests;
+
+/// Whether kvmtune's ledger agrees with what libvirt runs, for one guest.
+fn agreement(
+    entry: Option<&crate::ledger::Entry>,
+    source: Source,
+    opted_out: bool,
+    vcpu_cpus: &[CpuSet],
+    cpus: &CpuSet,
+) -> Agreement {
+    match (entry, source) {
+        (None, _) if opted_out => Agreement {
+            agrees: true,
+            detail: "not tracked (opted out by policy)".into(),
+        },
+        (None, _) => Agreement {
+            agrees: false,
+            detail: "no ledger entry (started before the hook was installed, or the hook failed)"
+                .into(),
+        },
+        (Some(e), Source::Xml) if e.vcpus != vcpu_cpus => Agreement {
+            agrees: false,
+            detail: format!("ledger says CPUs {} but the live XML pins {}", e.cpus, cpus),
+        },
+        (Some(e), _) if e.state == EntryState::Prepared => Agreement {
+            agrees: true,
+            detail: "claimed at prepare; started not seen yet".into(),
+        },
+        (Some(_), _) => Agreement {
+            agrees: true,
+            detail: "agrees".into(),
+        },
+    }
+}
