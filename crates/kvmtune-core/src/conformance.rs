@@ -200,3 +200,24 @@ pub fn checks(
     }
     checks
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every rule of the table (`rules::RULES`) has its line in `kvmtune status`:
+    /// a rule added to the table without an aspect here fails this test.
+    #[test]
+    fn every_rule_in_the_table_appears_in_status() {
+        for rule in crate::rules::RULES {
+            let aspect = aspect_of_rule(rule.id)
+                .unwrap_or_else(|| panic!("rule {} has no line in status", rule.id));
+            let (id, what) = ASPECTS[aspect];
+            assert!(
+                rule.id.starts_with(id),
+                "rule {} is shown as {id} ({what})",
+                rule.id
+            );
+        }
+    }
+}
