@@ -262,51 +262,138 @@ pub fn check(conf: &NovaConf, policy: &Policy, host: &Host) -> Vec<Finding> {
 
 fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<Finding>) {
     let start = findings.len();
-    let forbidden = Forbidden::of(policy, host);
-    let dedicated = cpu_option(conf, "compute", "cpu_dedicated_set", findings);
-    let shared = cpu_option(conf, "compute", "cpu_shared_set", findings);
-    let pin_set = cpu_option(conf, "DEFAULT", "vcpu_pin_set", findings);
-    let usable = |cpus: &CpuSet| host.online.difference(&forbidden.all).intersection(cpus);
+    let cpus = CpuCheck::new(conf, policy, host, findings);
+    cpus.pin_set_findings(findings);
+    cpus.option_findings(findings);
+    cpus.overlap_finding(findings);
+    if cpus.dedicated.is_none() && cpus.shared.is_none() && cpus.pin_set.is_none() {
+        cpus.unset_finding(findings);
+    } else {
+        cpus.policy_pool_findings(findings);
+    }
+    if findings[start..]
+        .iter()
+        .all(|f| f.severity < Severity::Warn)
+    {
+        findings.push(cpus.ok_finding());
+    }
+    findings.push(existing_pins_finding(policy));
+}
 
-    let wanted_dedicated = usable(
-        policy
+/// What the CPU checks share: the three cpulist options, the forbidden CPUs and
+/// the values the fix lines suggest.
+struct CpuCheck<'a> {
+    policy: &'a Policy,
+    host: &'a Host,
+    forbidden: Forbidden,
+    dedicated: Option<CpuOption<'a>>,
+    shared: Option<CpuOption<'a>>,
+    pin_set: Option<CpuOption<'a>>,
+    wanted: Wanted,
+    /// The lines replacing vcpu_pin_set (empty when it is unset).
+    pin_replacement: Vec<String>,
+}
+
+impl<'a> CpuCheck<'a> {
+    /// Reads the three options (reporting unparsable ones) and computes the wanted sets.
+    fn new(
+        conf: &'a NovaConf,
+        policy: &'a Policy,
+        host: &'a Host,
+        findings: &mut Vec<Finding>,
+    ) -> Self {
+        let forbidden = Forbidden::of(policy, host);
+        let dedicated = cpu_option(conf, "compute", "cpu_dedicated_set", findings);
+        let shared = cpu_option(conf, "compute", "cpu_shared_set", findings);
+        let pin_set = cpu_option(conf, "DEFAULT", "vcpu_pin_set", findings);
+        let usable = |cpus: &CpuSet| host.online.difference(&forbidden.all).intersection(cpus);
+
+        let wanted_dedicated = usable(
+            policy
+                .host
+                .pool_cpus(crate::placement::Pool::Dedicated)
+                .or(dedicated.as_ref().map(|o| &o.cpus))
+                .unwrap_or(&CpuSet::new()),
+        );
+        let shared_base = policy
             .host
-            .pool_cpus(crate::placement::Pool::Dedicated)
-            .or(dedicated.as_ref().map(|o| &o.cpus))
-            .unwrap_or(&CpuSet::new()),
-    );
-    let shared_base = policy
-        .host
-        .pool_cpus(crate::placement::Pool::Shared)
-        .cloned()
-        // With vcpu_pin_set, cpu_shared_set means emulator threads (pre-Train).
-        .or_else(|| pin_set.as_ref().or(shared.as_ref()).map(|o| o.cpus.clone()))
-        .unwrap_or_else(|| host.online.difference(&wanted_dedicated));
-    let wanted = Wanted {
-        shared: usable(&shared_base).difference(&wanted_dedicated),
-        dedicated: wanted_dedicated,
-    };
-    let shared_fix = || section_line("compute", format!("cpu_shared_set = {}", wanted.shared));
-    let dedicated_fix = || {
+            .pool_cpus(crate::placement::Pool::Shared)
+            .cloned()
+            // With vcpu_pin_set, cpu_shared_set means emulator threads (pre-Train).
+            .or_else(|| pin_set.as_ref().or(shared.as_ref()).map(|o| o.cpus.clone()))
+            .unwrap_or_else(|| host.online.difference(&wanted_dedicated));
+        let wanted = Wanted {
+            shared: usable(&shared_base).difference(&wanted_dedicated),
+            dedicated: wanted_dedicated,
+        };
+        let mut check = CpuCheck {
+            policy,
+            host,
+            forbidden,
+            dedicated,
+            shared,
+            pin_set,
+            wanted,
+            pin_replacement: Vec::new(),
+        };
+        check.pin_replacement = check.pin_replacement();
+        check
+    }
+
+    /// The lines that comment out vcpu_pin_set and set the two pools instead.
+    fn pin_replacement(&self) -> Vec<String> {
+        self.pin_set.as_ref().map_or_else(Vec::new, |pin| {
+            let mut fix = vec![
+                "[DEFAULT]".to_string(),
+                format!("#vcpu_pin_set = {}", pin.entry.value.replace('\n', " ")),
+            ];
+            fix.extend(self.shared_fix());
+            if !self.wanted.dedicated.is_empty() {
+                fix.push(format!("cpu_dedicated_set = {}", self.wanted.dedicated));
+            }
+            fix
+        })
+    }
+
+    /// The fix line for cpu_shared_set.
+    fn shared_fix(&self) -> Vec<String> {
         section_line(
             "compute",
-            format!("cpu_dedicated_set = {}", wanted.dedicated),
+            format!("cpu_shared_set = {}", self.wanted.shared),
         )
-    };
+    }
 
-    let pin_replacement = pin_set.as_ref().map_or_else(Vec::new, |pin| {
-        let mut fix = vec![
-            "[DEFAULT]".to_string(),
-            format!("#vcpu_pin_set = {}", pin.entry.value.replace('\n', " ")),
-        ];
-        fix.extend(shared_fix());
-        if !wanted.dedicated.is_empty() {
-            fix.push(format!("cpu_dedicated_set = {}", wanted.dedicated));
+    /// The fix line for cpu_dedicated_set.
+    fn dedicated_fix(&self) -> Vec<String> {
+        section_line(
+            "compute",
+            format!("cpu_dedicated_set = {}", self.wanted.dedicated),
+        )
+    }
+
+    /// The shared pool Nova uses: vcpu_pin_set when set (cpu_shared_set then holds
+    /// emulator threads, which may well sit on the housekeeping CPUs).
+    fn shared_pool(&self) -> &Option<CpuOption<'a>> {
+        if self.pin_set.is_some() {
+            &self.pin_set
+        } else {
+            &self.shared
         }
-        fix
-    });
-    if let Some(pin) = &pin_set {
-        let fix = pin_replacement.clone();
+    }
+
+    /// The fix for the shared pool: replacing vcpu_pin_set when set, else cpu_shared_set.
+    fn shared_pool_fix(&self) -> Vec<String> {
+        if self.pin_set.is_some() {
+            self.pin_replacement.clone()
+        } else {
+            self.shared_fix()
+        }
+    }
+
+    /// Checks vcpu_pin_set: deprecated, exclusive with cpu_dedicated_set, and
+    /// changes the meaning of cpu_shared_set.
+    fn pin_set_findings(&self, findings: &mut Vec<Finding>) {
+        let Some(pin) = &self.pin_set else { return };
         findings.push(
             Finding::new(
                 NOVA_RULE,
@@ -317,9 +404,9 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
                     where_(pin.entry)
                 ),
             )
-            .fix(fix),
+            .fix(self.pin_replacement.clone()),
         );
-        if let Some(d) = &dedicated {
+        if let Some(d) = &self.dedicated {
             findings.push(Finding::new(
                 NOVA_RULE,
                 Severity::Error,
@@ -330,7 +417,7 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
                 ),
             ));
         }
-        if let Some(s) = &shared {
+        if let Some(s) = &self.shared {
             findings.push(Finding::new(
                 NOVA_RULE,
                 Severity::Warn,
@@ -343,23 +430,25 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
         }
     }
 
-    // The shared pool Nova uses: vcpu_pin_set when set (cpu_shared_set then holds
-    // emulator threads, which may well sit on the housekeeping CPUs).
-    let shared_pool = if pin_set.is_some() { &pin_set } else { &shared };
-    let options = [
-        ("cpu_dedicated_set", &dedicated),
-        ("cpu_shared_set", shared_pool),
-    ];
-    for (key, option) in options {
-        let Some(option) = option else { continue };
-        let fix = if key == "cpu_dedicated_set" {
-            dedicated_fix()
-        } else if pin_set.is_some() {
-            pin_replacement.clone()
-        } else {
-            shared_fix()
-        };
-        let offline = option.cpus.difference(&host.online);
+    /// Checks the dedicated and the shared pool for offline and forbidden CPUs.
+    fn option_findings(&self, findings: &mut Vec<Finding>) {
+        if let Some(option) = &self.dedicated {
+            self.option_cpus_findings("cpu_dedicated_set", option, self.dedicated_fix(), findings);
+        }
+        if let Some(option) = self.shared_pool() {
+            self.option_cpus_findings("cpu_shared_set", option, self.shared_pool_fix(), findings);
+        }
+    }
+
+    /// Checks one pool option for CPUs this host lacks online and CPUs rule 1.3 forbids.
+    fn option_cpus_findings(
+        &self,
+        key: &str,
+        option: &CpuOption<'_>,
+        fix: Vec<String>,
+        findings: &mut Vec<Finding>,
+    ) {
+        let offline = option.cpus.difference(&self.host.online);
         if !offline.is_empty() {
             findings.push(
                 Finding::new(
@@ -369,13 +458,13 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
                     format!(
                         "{} names CPUs {offline} this host does not have online (online: {}): nova-compute refuses to start",
                         where_(option.entry),
-                        host.online
+                        self.host.online
                     ),
                 )
                 .fix(fix.clone()),
             );
         }
-        let bad = option.cpus.intersection(&forbidden.all);
+        let bad = option.cpus.intersection(&self.forbidden.all);
         if !bad.is_empty() {
             let (severity, consequence) = if key == "cpu_dedicated_set" {
                 (
@@ -396,7 +485,7 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
                     format!(
                         "{} includes {}, which rule 1.3 keeps from guests: {consequence}",
                         where_(option.entry),
-                        forbidden.describe(&bad)
+                        self.forbidden.describe(&bad)
                     ),
                 )
                 .fix(fix),
@@ -404,9 +493,13 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
         }
     }
 
-    if let (Some(d), Some(s)) = (&dedicated, &shared) {
+    /// Checks that cpu_shared_set and cpu_dedicated_set are disjoint (without vcpu_pin_set).
+    fn overlap_finding(&self, findings: &mut Vec<Finding>) {
+        let (Some(d), Some(s)) = (&self.dedicated, &self.shared) else {
+            return;
+        };
         let both = d.cpus.intersection(&s.cpus);
-        if !both.is_empty() && pin_set.is_none() {
+        if !both.is_empty() && self.pin_set.is_none() {
             findings.push(
                 Finding::new(
                     NOVA_RULE,
@@ -417,15 +510,16 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
                         d.entry.line
                     ),
                 )
-                .fix(shared_fix()),
+                .fix(self.shared_fix()),
             );
         }
     }
 
-    if dedicated.is_none() && shared.is_none() && pin_set.is_none() {
-        let mut fix = shared_fix();
-        if !wanted.dedicated.is_empty() {
-            fix.push(format!("cpu_dedicated_set = {}", wanted.dedicated));
+    /// Reports that none of the three options is set, so Nova offers every online CPU.
+    fn unset_finding(&self, findings: &mut Vec<Finding>) {
+        let mut fix = self.shared_fix();
+        if !self.wanted.dedicated.is_empty() {
+            fix.push(format!("cpu_dedicated_set = {}", self.wanted.dedicated));
         }
         findings.push(
             Finding::new(
@@ -434,34 +528,33 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
                 None,
                 format!(
                     "neither [compute] cpu_shared_set nor cpu_dedicated_set is set: Nova offers every online CPU ({}) to guests, {} included",
-                    host.online,
-                    forbidden.describe(&forbidden.all)
+                    self.host.online,
+                    self.forbidden.describe(&self.forbidden.all)
                 ),
             )
             .fix(fix),
         );
-    } else {
+    }
+
+    /// Checks both pools against the policy's host.shared_cpus / host.dedicated_cpus.
+    fn policy_pool_findings(&self, findings: &mut Vec<Finding>) {
         for (pool, policy_key, nova, key, fix) in [
             (
                 crate::placement::Pool::Shared,
                 "host.shared_cpus",
-                shared_pool.as_ref(),
+                self.shared_pool().as_ref(),
                 "cpu_shared_set",
-                if pin_set.is_some() {
-                    pin_replacement.clone()
-                } else {
-                    shared_fix()
-                },
+                self.shared_pool_fix(),
             ),
             (
                 crate::placement::Pool::Dedicated,
                 "host.dedicated_cpus",
-                dedicated.as_ref(),
+                self.dedicated.as_ref(),
                 "cpu_dedicated_set",
-                dedicated_fix(),
+                self.dedicated_fix(),
             ),
         ] {
-            let Some(want) = policy.host.pool_cpus(pool) else {
+            let Some(want) = self.policy.host.pool_cpus(pool) else {
                 continue;
             };
             let differs = nova.is_none_or(|o| o.cpus != *want);
@@ -484,31 +577,32 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
         }
     }
 
-    if findings[start..]
-        .iter()
-        .all(|f| f.severity < Severity::Warn)
-    {
+    /// The finding that the CPU options are disjoint, online and clear of forbidden CPUs.
+    fn ok_finding(&self) -> Finding {
         let show = |o: &Option<CpuOption<'_>>| {
             o.as_ref()
                 .map_or("unset".to_string(), |o| o.cpus.to_string())
         };
-        findings.push(Finding::new(
+        Finding::new(
             "1.3",
             Severity::Ok,
             None,
             format!(
                 "cpu_dedicated_set {} and cpu_shared_set {}: disjoint, online and clear of {}",
-                show(&dedicated),
-                show(&shared),
-                if forbidden.all.is_empty() {
+                show(&self.dedicated),
+                show(&self.shared),
+                if self.forbidden.all.is_empty() {
                     "forbidden CPUs (none on this host)".to_string()
                 } else {
-                    forbidden.describe(&forbidden.all)
+                    self.forbidden.describe(&self.forbidden.all)
                 }
             ),
-        ));
+        )
     }
+}
 
+/// Checks that no enabled rule (nor the defaults) sets existing_pins: override.
+fn existing_pins_finding(policy: &Policy) -> Finding {
     let overriding: Vec<&str> = std::iter::once(("defaults", &policy.defaults))
         .chain(
             policy
@@ -521,14 +615,14 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
         .map(|(name, _)| name)
         .collect();
     if overriding.is_empty() {
-        findings.push(Finding::new(
+        Finding::new(
             "1.1",
             Severity::Ok,
             None,
             "existing_pins: keep: kvmtune respects the pins Nova gives dedicated guests and counts them in its occupancy".to_string(),
-        ));
+        )
     } else {
-        findings.push(Finding::new(
+        Finding::new(
             "1.1",
             Severity::Warn,
             None,
@@ -536,12 +630,11 @@ fn check_cpus(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<
                 "existing_pins: override (in {}) re-pins guests Nova pinned itself (hw:cpu_policy=dedicated): Nova's accounting of cpu_dedicated_set no longer matches where they run; set existing_pins: keep in the policy",
                 overriding.join(", ")
             ),
-        ));
+        )
     }
 }
 
 fn check_cpu_mode(conf: &NovaConf, policy: &Policy, findings: &mut Vec<Finding>) {
-    let id = rules::cpu_mode::ID;
     let mode = conf.get("libvirt", "cpu_mode");
     let models = conf
         .get("libvirt", "cpu_models")
@@ -551,95 +644,106 @@ fn check_cpu_mode(conf: &NovaConf, policy: &Policy, findings: &mut Vec<Finding>)
         .get("libvirt", "virt_type")
         .map_or("kvm", |e| e.value.trim());
     let fix = section_line("libvirt", "cpu_mode = host-model".to_string());
-    let mode_value = mode.map_or(
-        if virt_type == "kvm" {
-            "host-model"
-        } else {
-            "none"
-        },
-        |e| e.value.trim(),
-    );
+    let mode_value = mode.map_or(nova_default_cpu_mode(virt_type), |e| e.value.trim());
     if let Some(m) = models
         && mode_value != "custom"
     {
-        findings.push(
-            Finding::new(
-                NOVA_RULE,
-                Severity::Warn,
-                Some(m.line),
-                format!(
-                    "{} takes effect only with cpu_mode = custom (cpu_mode is {mode_value})",
-                    where_(m)
-                ),
-            )
-            .fix(section_line("libvirt", format!("#{} = {}", m.key, m.value))),
-        );
+        findings.push(cpu_models_unused_finding(m, mode_value));
     }
-    match mode.map(|e| e.value.trim()) {
-        Some("host-passthrough") => {
-            let Some(entry) = mode else { return };
-            let (severity, what) = match policy.defaults.cpu_mode {
-                CpuModeAction::HostModel => (
-                    Severity::Warn,
-                    "Nova defines every guest with it and kvmtune apply has to rewrite each to host-model",
-                ),
-                CpuModeAction::Refuse => (
-                    Severity::Error,
-                    "the policy says cpu_mode: refuse, so the hook refuses to start every guest Nova defines",
-                ),
-                CpuModeAction::Keep => (
-                    Severity::Info,
-                    "the policy says cpu_mode: keep, so kvmtune leaves it",
-                ),
-            };
-            let mut finding = Finding::new(
-                id,
-                severity,
-                Some(entry.line),
-                format!(
-                    "[libvirt] cpu_mode = host-passthrough, which kernel-panicked production hosts: {what}; use host-model, or custom with a named cpu_models"
-                ),
-            );
-            if severity >= Severity::Warn {
-                finding = finding.fix(fix);
-            }
-            findings.push(finding);
+    match mode.map(|e| (e, e.value.trim())) {
+        Some((entry, "host-passthrough")) => {
+            findings.push(host_passthrough_finding(entry, policy, fix));
         }
-        Some("custom") if models.is_none() => {
-            let line = mode.map(|e| e.line);
+        Some((entry, "custom")) if models.is_none() => {
             findings.push(
                 Finding::new(
                     NOVA_RULE,
                     Severity::Error,
-                    line,
+                    Some(entry.line),
                     "[libvirt] cpu_mode = custom without cpu_models: nova-compute refuses to start"
                         .to_string(),
                 )
                 .fix(fix),
             );
         }
-        other => {
-            let shown = other.map_or_else(
-                || {
-                    format!(
-                        "unset (Nova's default for virt_type {virt_type}: {})",
-                        if virt_type == "kvm" {
-                            "host-model"
-                        } else {
-                            "none"
-                        }
-                    )
-                },
-                str::to_string,
-            );
-            findings.push(Finding::new(
-                id,
-                Severity::Ok,
-                mode.map(|e| e.line),
-                format!("[libvirt] cpu_mode {shown}: not host-passthrough"),
-            ));
-        }
+        _ => findings.push(cpu_mode_ok_finding(mode, virt_type)),
     }
+}
+
+/// Nova's `cpu_mode` when unset: host-model for KVM, none otherwise.
+fn nova_default_cpu_mode(virt_type: &str) -> &'static str {
+    if virt_type == "kvm" {
+        "host-model"
+    } else {
+        "none"
+    }
+}
+
+/// Reports cpu_models set while cpu_mode is not custom (Nova ignores it then).
+fn cpu_models_unused_finding(models: &Entry, mode_value: &str) -> Finding {
+    Finding::new(
+        NOVA_RULE,
+        Severity::Warn,
+        Some(models.line),
+        format!(
+            "{} takes effect only with cpu_mode = custom (cpu_mode is {mode_value})",
+            where_(models)
+        ),
+    )
+    .fix(section_line(
+        "libvirt",
+        format!("#{} = {}", models.key, models.value),
+    ))
+}
+
+/// Checks cpu_mode = host-passthrough against the policy's cpu_mode action (rule 5).
+fn host_passthrough_finding(entry: &Entry, policy: &Policy, fix: Vec<String>) -> Finding {
+    let (severity, what) = match policy.defaults.cpu_mode {
+        CpuModeAction::HostModel => (
+            Severity::Warn,
+            "Nova defines every guest with it and kvmtune apply has to rewrite each to host-model",
+        ),
+        CpuModeAction::Refuse => (
+            Severity::Error,
+            "the policy says cpu_mode: refuse, so the hook refuses to start every guest Nova defines",
+        ),
+        CpuModeAction::Keep => (
+            Severity::Info,
+            "the policy says cpu_mode: keep, so kvmtune leaves it",
+        ),
+    };
+    let finding = Finding::new(
+        rules::cpu_mode::ID,
+        severity,
+        Some(entry.line),
+        format!(
+            "[libvirt] cpu_mode = host-passthrough, which kernel-panicked production hosts: {what}; use host-model, or custom with a named cpu_models"
+        ),
+    );
+    if severity >= Severity::Warn {
+        finding.fix(fix)
+    } else {
+        finding
+    }
+}
+
+/// The finding that cpu_mode (set, or Nova's default) is not host-passthrough.
+fn cpu_mode_ok_finding(mode: Option<&Entry>, virt_type: &str) -> Finding {
+    let shown = mode.map(|e| e.value.trim()).map_or_else(
+        || {
+            format!(
+                "unset (Nova's default for virt_type {virt_type}: {})",
+                nova_default_cpu_mode(virt_type)
+            )
+        },
+        str::to_string,
+    );
+    Finding::new(
+        rules::cpu_mode::ID,
+        Severity::Ok,
+        mode.map(|e| e.line),
+        format!("[libvirt] cpu_mode {shown}: not host-passthrough"),
+    )
 }
 
 fn check_disk_cache(conf: &NovaConf, policy: &Policy, findings: &mut Vec<Finding>) {
@@ -746,38 +850,74 @@ fn size_name(kib: u64) -> String {
 }
 
 fn check_memory(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Vec<Finding>) {
-    let id = rules::hugepages::ID;
-    // The huge page pool: what the host holds now, or what host.tuning will
-    // reserve (on every node), whichever is larger.
-    let current_kib: u64 = host
-        .nodes
-        .values()
-        .flat_map(|n| {
-            n.hugepages
-                .iter()
-                .map(|(size, p)| size.saturating_mul(p.total))
-        })
-        .sum();
-    let target_kib: u64 = policy
-        .host
-        .tuning
-        .hugepages_per_node
-        .iter()
-        .filter_map(|(size, count)| {
-            crate::host_tuning::page_size_kib(size).map(|kib| kib.saturating_mul(*count))
-        })
-        .sum::<u64>()
-        .saturating_mul(host.nodes.len() as u64);
-    let (pool_mib, pool_source) = if target_kib > current_kib {
-        (target_kib / 1024, "host.tuning.hugepages_per_node reserves")
-    } else {
-        (current_kib / 1024, "this host holds")
-    };
+    let pool = HugePagePool::of(policy, host);
+    reserved_memory_findings(
+        conf.get("DEFAULT", "reserved_host_memory_mb"),
+        &pool,
+        findings,
+    );
+    let mut reserved_pages = false;
+    for e in conf.get_all("DEFAULT", "reserved_huge_pages") {
+        reserved_pages = true;
+        findings.push(reserved_huge_pages_finding(e, host));
+    }
+    if !reserved_pages && let Some(finding) = auto_hugepages_finding(policy, host) {
+        findings.push(finding);
+    }
+}
 
-    let entry = conf.get("DEFAULT", "reserved_host_memory_mb");
+/// The huge page pool Nova should keep from small-page guests, and where it comes from.
+struct HugePagePool {
+    mib: u64,
+    source: &'static str,
+}
+
+impl HugePagePool {
+    /// What the host holds now, or what host.tuning will reserve (on every node),
+    /// whichever is larger.
+    fn of(policy: &Policy, host: &Host) -> Self {
+        let current_kib: u64 = host
+            .nodes
+            .values()
+            .flat_map(|n| {
+                n.hugepages
+                    .iter()
+                    .map(|(size, p)| size.saturating_mul(p.total))
+            })
+            .sum();
+        let target_kib: u64 = policy
+            .host
+            .tuning
+            .hugepages_per_node
+            .iter()
+            .filter_map(|(size, count)| {
+                crate::host_tuning::page_size_kib(size).map(|kib| kib.saturating_mul(*count))
+            })
+            .sum::<u64>()
+            .saturating_mul(host.nodes.len() as u64);
+        if target_kib > current_kib {
+            HugePagePool {
+                mib: target_kib / 1024,
+                source: "host.tuning.hugepages_per_node reserves",
+            }
+        } else {
+            HugePagePool {
+                mib: current_kib / 1024,
+                source: "this host holds",
+            }
+        }
+    }
+}
+
+/// Checks reserved_host_memory_mb parses and covers the huge page pool (rule 3.2).
+fn reserved_memory_findings(
+    entry: Option<&Entry>,
+    pool: &HugePagePool,
+    findings: &mut Vec<Finding>,
+) {
     let reserved = match entry {
         Some(e) => match e.value.trim().parse::<u64>() {
-            Ok(v) => Some(v),
+            Ok(v) => v,
             Err(_) => {
                 findings.push(Finding::new(
                     NOVA_RULE,
@@ -788,109 +928,109 @@ fn check_memory(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Ve
                         where_(e)
                     ),
                 ));
-                None
+                return;
             }
         },
-        None => Some(NOVA_DEFAULT_RESERVED_MB),
+        None => NOVA_DEFAULT_RESERVED_MB,
     };
-    if let Some(reserved) = reserved {
-        let shown = entry.map_or_else(
-            || {
-                format!(
-                    "reserved_host_memory_mb is unset (Nova's default {NOVA_DEFAULT_RESERVED_MB})"
-                )
-            },
-            where_,
-        );
-        if pool_mib > 0 && reserved < pool_mib {
-            findings.push(
-                Finding::new(
-                    id,
-                    Severity::Warn,
-                    entry.map(|e| e.line),
-                    format!(
-                        "{shown}, but {pool_source} {pool_mib} MiB of huge pages, which Nova counts as free memory for guests without hw:mem_page_size: reserve them too, or Nova overcommits the small-page memory"
-                    ),
-                )
-                .fix(section_line(
-                    "DEFAULT",
-                    format!("reserved_host_memory_mb = {}", reserved + pool_mib),
-                )),
-            );
-        } else {
-            findings.push(Finding::new(
-                id,
-                Severity::Ok,
+    let shown = entry.map_or_else(
+        || format!("reserved_host_memory_mb is unset (Nova's default {NOVA_DEFAULT_RESERVED_MB})"),
+        where_,
+    );
+    let (pool_mib, pool_source) = (pool.mib, pool.source);
+    if pool_mib > 0 && reserved < pool_mib {
+        findings.push(
+            Finding::new(
+                rules::hugepages::ID,
+                Severity::Warn,
                 entry.map(|e| e.line),
-                format!("{shown}: covers the {pool_mib} MiB of huge pages {pool_source}"),
-            ));
-        }
-    }
-
-    let mut reserved_pages = false;
-    for e in conf.get_all("DEFAULT", "reserved_huge_pages") {
-        reserved_pages = true;
-        let mut node = None;
-        let mut size = None;
-        let mut count = None;
-        for part in e.value.split(',') {
-            let (k, v) = part.split_once(':').unwrap_or((part, ""));
-            match k.trim() {
-                "node" => node = v.trim().parse::<u32>().ok(),
-                "size" => size = page_size_kib(v),
-                "count" => count = v.trim().parse::<u64>().ok(),
-                _ => {}
-            }
-        }
-        let (Some(node), Some(size), Some(count)) = (node, size, count) else {
-            findings.push(Finding::new(
-                NOVA_RULE,
-                Severity::Error,
-                Some(e.line),
                 format!(
-                    "{}: wants node:N,size:KiB,count:N: nova-compute refuses to start",
-                    where_(e)
+                    "{shown}, but {pool_source} {pool_mib} MiB of huge pages, which Nova counts as free memory for guests without hw:mem_page_size: reserve them too, or Nova overcommits the small-page memory"
                 ),
-            ));
-            continue;
-        };
-        let have = host
-            .nodes
-            .get(&node)
-            .and_then(|n| n.hugepages.get(&size))
-            .map(|p| p.total);
-        let problem = match have {
-            _ if !host.nodes.contains_key(&node) => {
-                Some(format!("this host has no NUMA node {node}"))
-            }
-            None => Some(format!("node {node} has no {} huge pages", size_name(size))),
-            Some(total) if count > total => Some(format!(
-                "node {node} has only {total} {} huge pages",
-                size_name(size)
+            )
+            .fix(section_line(
+                "DEFAULT",
+                format!("reserved_host_memory_mb = {}", reserved + pool_mib),
             )),
-            Some(_) => None,
-        };
-        if let Some(problem) = problem {
-            findings.push(Finding::new(
-                id,
-                Severity::Error,
-                Some(e.line),
-                format!("{}: {problem}", where_(e)),
-            ));
-        } else {
-            findings.push(Finding::new(
-                id,
-                Severity::Ok,
-                Some(e.line),
-                format!(
-                    "{}: Nova keeps {count} of node {node}'s {} huge pages from hw:mem_page_size guests",
-                    where_(e),
-                    size_name(size)
-                ),
-            ));
+        );
+    } else {
+        findings.push(Finding::new(
+            rules::hugepages::ID,
+            Severity::Ok,
+            entry.map(|e| e.line),
+            format!("{shown}: covers the {pool_mib} MiB of huge pages {pool_source}"),
+        ));
+    }
+}
+
+/// `node:N,size:KiB,count:N` of a reserved_huge_pages value, `None` when a part is missing.
+fn parse_reserved_huge_pages(value: &str) -> Option<(u32, u64, u64)> {
+    let mut node = None;
+    let mut size = None;
+    let mut count = None;
+    for part in value.split(',') {
+        let (k, v) = part.split_once(':').unwrap_or((part, ""));
+        match k.trim() {
+            "node" => node = v.trim().parse::<u32>().ok(),
+            "size" => size = page_size_kib(v),
+            "count" => count = v.trim().parse::<u64>().ok(),
+            _ => {}
         }
     }
+    Some((node?, size?, count?))
+}
 
+/// Checks one reserved_huge_pages line parses and names pages this host has.
+fn reserved_huge_pages_finding(e: &Entry, host: &Host) -> Finding {
+    let id = rules::hugepages::ID;
+    let Some((node, size, count)) = parse_reserved_huge_pages(&e.value) else {
+        return Finding::new(
+            NOVA_RULE,
+            Severity::Error,
+            Some(e.line),
+            format!(
+                "{}: wants node:N,size:KiB,count:N: nova-compute refuses to start",
+                where_(e)
+            ),
+        );
+    };
+    let have = host
+        .nodes
+        .get(&node)
+        .and_then(|n| n.hugepages.get(&size))
+        .map(|p| p.total);
+    let problem = match have {
+        _ if !host.nodes.contains_key(&node) => Some(format!("this host has no NUMA node {node}")),
+        None => Some(format!("node {node} has no {} huge pages", size_name(size))),
+        Some(total) if count > total => Some(format!(
+            "node {node} has only {total} {} huge pages",
+            size_name(size)
+        )),
+        Some(_) => None,
+    };
+    if let Some(problem) = problem {
+        Finding::new(
+            id,
+            Severity::Error,
+            Some(e.line),
+            format!("{}: {problem}", where_(e)),
+        )
+    } else {
+        Finding::new(
+            id,
+            Severity::Ok,
+            Some(e.line),
+            format!(
+                "{}: Nova keeps {count} of node {node}'s {} huge pages from hw:mem_page_size guests",
+                where_(e),
+                size_name(size)
+            ),
+        )
+    }
+}
+
+/// Notes that hugepages: auto takes pages Nova does not see (no reserved_huge_pages set).
+fn auto_hugepages_finding(policy: &Policy, host: &Host) -> Option<Finding> {
     let size = policy.defaults.hugepage_size_kib;
     let per_node: Vec<(u32, u64)> = host
         .nodes
@@ -898,26 +1038,27 @@ fn check_memory(conf: &NovaConf, policy: &Policy, host: &Host, findings: &mut Ve
         .filter_map(|n| n.hugepages.get(&size).map(|p| (n.id, p.total)))
         .filter(|(_, total)| *total > 0)
         .collect();
-    if policy.defaults.hugepages == HugePagesMode::Auto && !per_node.is_empty() && !reserved_pages {
-        let mut fix = vec!["[DEFAULT]".to_string()];
-        for (node, total) in &per_node {
-            fix.push(format!(
-                "reserved_huge_pages = node:{node},size:{size},count:{total}"
-            ));
-        }
-        findings.push(
-            Finding::new(
-                id,
-                Severity::Info,
-                None,
-                format!(
-                    "policy hugepages: auto backs guests with {} huge pages at start when their node has enough free; Nova does not see those pages taken, so a later guest whose flavor sets hw:mem_page_size may not fit: either give every flavor hw:mem_page_size={size} (Nova then accounts the pages), or keep the pages from Nova with reserved_huge_pages",
-                    size_name(size)
-                ),
-            )
-            .fix(fix),
-        );
+    if policy.defaults.hugepages != HugePagesMode::Auto || per_node.is_empty() {
+        return None;
     }
+    let mut fix = vec!["[DEFAULT]".to_string()];
+    for (node, total) in &per_node {
+        fix.push(format!(
+            "reserved_huge_pages = node:{node},size:{size},count:{total}"
+        ));
+    }
+    Some(
+        Finding::new(
+            rules::hugepages::ID,
+            Severity::Info,
+            None,
+            format!(
+                "policy hugepages: auto backs guests with {} huge pages at start when their node has enough free; Nova does not see those pages taken, so a later guest whose flavor sets hw:mem_page_size may not fit: either give every flavor hw:mem_page_size={size} (Nova then accounts the pages), or keep the pages from Nova with reserved_huge_pages",
+                size_name(size)
+            ),
+        )
+        .fix(fix),
+    )
 }
 
 #[cfg(test)]
