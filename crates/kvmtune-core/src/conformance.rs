@@ -146,47 +146,8 @@ pub fn checks(
         checks[0].state = Conformance::Differs;
         texts[0].push(format!("no placement: {why}"));
     }
-    // What was enforced at runtime is what the ledger recorded, not what a plan
-    // made now would choose: describe that, and check the threads are there.
     if let Some(entry) = entry {
-        if checks[0].state == Conformance::RuntimeEnforced {
-            let pins: Vec<String> = entry
-                .vcpus
-                .iter()
-                .enumerate()
-                .map(|(v, s)| format!("{v}→{s}"))
-                .collect();
-            texts[0] = vec![format!("applied at start: vCPU→CPU {}", pins.join(" "))];
-            if source == Source::Ledger {
-                let off: Vec<String> = threads
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(v, t)| {
-                        let t = t.as_ref()?;
-                        let want = vcpu_cpus.get(v)?;
-                        (t != want).then(|| format!("vCPU {v} runs on {t}, ledger says {want}"))
-                    })
-                    .collect();
-                if !off.is_empty() {
-                    checks[0].state = Conformance::Differs;
-                    texts[0] = off;
-                } else if !threads.is_empty() && threads.iter().all(Option::is_some) {
-                    texts[0][0].push_str("; threads agree");
-                }
-            }
-        }
-        if checks[1].state == Conformance::RuntimeEnforced {
-            texts[1] = vec![format!("applied at start: memory node(s) {}", entry.nodes)];
-        }
-        if checks[2].state == Conformance::RuntimeEnforced {
-            // Only the vCPU threads are read back by status.
-            texts[2] = vec![match &entry.emulator {
-                Some(e) => {
-                    format!("claimed at start: emulator threads on CPUs {e} (not read back)")
-                }
-                None => "claimed at start (not read back)".to_string(),
-            }];
-        }
+        describe_applied(&mut checks, &mut texts, entry, source, vcpu_cpus, threads);
     }
     for note in &p.notes {
         if let Some(i) = aspect_of_rule(note.rule)
@@ -199,6 +160,56 @@ pub fn checks(
         check.detail = text.join("; ");
     }
     checks
+}
+
+/// What was enforced at runtime is what the ledger recorded, not what a plan made
+/// now would choose: describe that, and check the vCPU threads are there.
+fn describe_applied(
+    checks: &mut [Check],
+    texts: &mut [Vec<String>],
+    entry: &Entry,
+    source: Source,
+    vcpu_cpus: &[CpuSet],
+    threads: &[Option<CpuSet>],
+) {
+    if checks[0].state == Conformance::RuntimeEnforced {
+        let pins: Vec<String> = entry
+            .vcpus
+            .iter()
+            .enumerate()
+            .map(|(v, s)| format!("{v}→{s}"))
+            .collect();
+        texts[0] = vec![format!("applied at start: vCPU→CPU {}", pins.join(" "))];
+        if source == Source::Ledger {
+            let off: Vec<String> = threads
+                .iter()
+                .enumerate()
+                .filter_map(|(v, t)| {
+                    let t = t.as_ref()?;
+                    let want = vcpu_cpus.get(v)?;
+                    (t != want).then(|| format!("vCPU {v} runs on {t}, ledger says {want}"))
+                })
+                .collect();
+            if !off.is_empty() {
+                checks[0].state = Conformance::Differs;
+                texts[0] = off;
+            } else if !threads.is_empty() && threads.iter().all(Option::is_some) {
+                texts[0][0].push_str("; threads agree");
+            }
+        }
+    }
+    if checks[1].state == Conformance::RuntimeEnforced {
+        texts[1] = vec![format!("applied at start: memory node(s) {}", entry.nodes)];
+    }
+    if checks[2].state == Conformance::RuntimeEnforced {
+        // Only the vCPU threads are read back by status.
+        texts[2] = vec![match &entry.emulator {
+            Some(e) => {
+                format!("claimed at start: emulator threads on CPUs {e} (not read back)")
+            }
+            None => "claimed at start (not read back)".to_string(),
+        }];
+    }
 }
 
 #[cfg(test)]
