@@ -30,9 +30,11 @@ fn open_regular(path: &Path) -> Result<File, PolicyError> {
     Ok(file)
 }
 
-/// Loads and validates the policy at `path`.
+/// Loads and validates the policy at `path` (the CLI: an admin may pass a pipe,
+/// e.g. `--policy <(…)`, so any readable file will do; the hook uses
+/// [`load_checked`], which never blocks).
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let file = open_regular(path)?;
+    let file = File::open(path).map_err(|e| read_error(path, &e))?;
     read_and_parse(file, path)
 }
 

@@ -83,6 +83,8 @@ nodes_of() {
 # ------------------------------------------------------------------ policy / guests
 
 # policy POOL MEMORY_MODE [EMULATOR] [IRQ_CPUS] [ON_VIOLATION]
+# The VM's nodes hold 1 GiB each: the default host reserve (1 GiB per node, for
+# real hosts) would leave `strict` no room, so the reserve here is 128 MiB.
 policy() {
     mkdir -p /etc/kvmtune
     cat >"$POLICY.tmp" <<EOF
@@ -93,6 +95,7 @@ host:
   reserved_cpus: none
   irq_cpus: ${4:-none}
   allow_cpu0: false
+  reserved_memory_per_node: 128M
 defaults:
   pool: $1
   memory_mode: $2
