@@ -12,11 +12,9 @@ use anyhow::{Result, anyhow};
 use kvmtune_core::admission;
 use kvmtune_core::cpuset::CpuSet;
 use kvmtune_core::ledger::{Entry, EntryState};
-use kvmtune_core::placement::Occupancy;
 use kvmtune_core::plan::plan;
 use kvmtune_core::policy::{EmulatorPlacement, MemoryMode};
 use kvmtune_sys::affinity;
-use kvmtune_sys::ledger_store::Locked;
 use kvmtune_sys::libvirt_run as runstate;
 
 use super::Outcome;
@@ -54,6 +52,23 @@ pub(super) fn started(ctx: &Stage<'_>) -> Result<Outcome> {
 /// admitted now. `Err` is a refusal to return as is; `Ok(None)`: nothing to pin.
 fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Settled>, Outcome>> {
     let (mut locked, occupancy, _) = locked_ledger(ctx)?;
+    let host = read_host(ctx, &locked)?;
+    let on_housekeeping = ctx
+        .policy
+        .select(&kvmtune_core::plan::guest_facts(&ctx.domain))
+        .settings
+        .is_some_and(|s| s.emulator == EmulatorPlacement::Housekeeping);
+    let holds_up = |entry: &Entry| {
+        super::stage::breaches(
+            ctx,
+            &locked,
+            &occupancy.without(&ctx.domain.name),
+            &admission::forbidden_cpus(&ctx.policy, &host),
+            on_housekeeping,
+            entry,
+        )
+        .is_empty()
+    };
     // A claim that breaks the invariant now (recorded from what runs while the
     // ledger lacked it, and another guest holds those CPUs) is no claim: admit.
     let claimed = locked
@@ -61,20 +76,14 @@ fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Settled>, Outcome>> {
         .guests
         .get(&ctx.domain.name)
         .filter(|e| !e.floating)
-        .filter(|e| holds_up(ctx, &locked, &occupancy, e))
+        .filter(|e| holds_up(e))
         .cloned();
     let entry = match claimed {
         // A claim recovered before the emulator threads were placed: place them
         // now as the policy says (the vCPUs keep the claim's CPUs).
         // Relative to the claim's own vCPUs, not to a fresh plan's placement.
         Some(mut e) if e.emulator.is_none() && ctx.domain.emulator_pin.is_none() => {
-            let host = read_host(ctx, &locked)?;
             let housekeeping = admission::housekeeping_cpus(&ctx.policy, &host);
-            let on_housekeeping = ctx
-                .policy
-                .select(&kvmtune_core::plan::guest_facts(&ctx.domain))
-                .settings
-                .is_some_and(|s| s.emulator == EmulatorPlacement::Housekeeping);
             e.emulator = Some(if on_housekeeping && !housekeeping.is_empty() {
                 housekeeping
             } else {
@@ -84,7 +93,6 @@ fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Settled>, Outcome>> {
         }
         Some(e) => e,
         None => {
-            let host = read_host(ctx, &locked)?;
             let plan = plan(&ctx.policy, &host, &occupancy, &ctx.domain)?;
             if !plan.enabled {
                 return Ok(Ok(None));
@@ -105,7 +113,7 @@ fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Settled>, Outcome>> {
         (Some(own), Some(claimed)) if own != claimed => {
             let mut as_pinned = entry.clone();
             as_pinned.emulator = Some(own.clone());
-            !holds_up(ctx, &locked, &occupancy, &as_pinned)
+            !holds_up(&as_pinned)
         }
         _ => false,
     };
@@ -126,27 +134,6 @@ fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Settled>, Outcome>> {
 struct Settled {
     entry: Entry,
     override_emulator: bool,
-}
-
-/// Whether `entry` still meets the invariant against every other claim.
-fn holds_up(ctx: &Stage<'_>, locked: &Locked, occupancy: &Occupancy, entry: &Entry) -> bool {
-    let Ok(host) = read_host(ctx, locked) else {
-        return true;
-    };
-    let on_housekeeping = ctx
-        .policy
-        .select(&kvmtune_core::plan::guest_facts(&ctx.domain))
-        .settings
-        .is_some_and(|s| s.emulator == EmulatorPlacement::Housekeeping);
-    super::stage::breaches(
-        ctx,
-        locked,
-        &occupancy.without(&ctx.domain.name),
-        &admission::forbidden_cpus(&ctx.policy, &host),
-        on_housekeeping,
-        entry,
-    )
-    .is_empty()
 }
 
 /// The guest's threads by role: vCPU number → tid, iothread id → tid, the rest.

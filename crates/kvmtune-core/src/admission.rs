@@ -22,24 +22,14 @@ use crate::cpuset::CpuSet;
 use crate::host::Host;
 use crate::ledger::Entry;
 use crate::placement::{Claim, Occupancy, Pool};
-use crate::policy::{IrqCpus, Policy};
-
-/// The IRQ CPUs the policy keeps guests off: `irq_cpus: auto` reads the host's IRQ
-/// affinities, a list is taken as written, `none` is empty.
-pub fn irq_cpus(policy: &Policy, host: &Host) -> CpuSet {
-    match &policy.host.irq_cpus {
-        IrqCpus::Auto => host.irq_bound_cpus(),
-        IrqCpus::None => CpuSet::new(),
-        IrqCpus::List(set) => set.clone(),
-    }
-}
+use crate::policy::Policy;
 
 /// CPUs no vCPU may use on this host: reserved, IRQ and (unless allowed) CPU0.
 pub fn forbidden_cpus(policy: &Policy, host: &Host) -> CpuSet {
     let mut forbidden = policy
         .host
         .reserved_cpus
-        .union(&irq_cpus(policy, host))
+        .union(&policy.irq_cpus(host))
         .intersection(&host.online);
     if !policy.host.allow_cpu0 && host.online.contains(0) {
         forbidden.insert(0);
@@ -47,10 +37,19 @@ pub fn forbidden_cpus(policy: &Policy, host: &Host) -> CpuSet {
     forbidden
 }
 
-/// The housekeeping CPUs (`emulator: housekeeping`): the forbidden CPUs, which are
+/// The housekeeping CPUs (`emulator: housekeeping`): the reserved and IRQ CPUs,
+/// or CPU0 when there are none and guests may not use it. Always forbidden CPUs,
 /// the host's own.
 pub fn housekeeping_cpus(policy: &Policy, host: &Host) -> CpuSet {
-    forbidden_cpus(policy, host)
+    let mut housekeeping = policy
+        .host
+        .reserved_cpus
+        .union(&policy.irq_cpus(host))
+        .intersection(&host.online);
+    if housekeeping.is_empty() && !policy.host.allow_cpu0 && host.online.contains(0) {
+        housekeeping.insert(0);
+    }
+    housekeeping
 }
 
 /// What a guest asks to hold.

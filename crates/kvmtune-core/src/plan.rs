@@ -27,7 +27,7 @@ use crate::placement::{
     Level, NoRoom, Occupancy, Placement, Pool, Request, eligible_cpus, nodes_of, place,
 };
 use crate::policy::{
-    DedicatedFallback, EmulatorPlacement, ExistingPins, GuestFacts, IrqCpus, MemoryMode, Policy,
+    DedicatedFallback, EmulatorPlacement, ExistingPins, GuestFacts, MemoryMode, Policy,
 };
 
 /// What policy rules match on, taken from a domain.
@@ -89,15 +89,6 @@ pub fn plan(
 }
 
 impl Planner<'_> {
-    /// CPUs guests may never use here: reserved, IRQ-bound and (unless allowed) CPU0.
-    fn irq_cpus(&self) -> CpuSet {
-        match &self.policy.host.irq_cpus {
-            IrqCpus::Auto => self.host.irq_bound_cpus(),
-            IrqCpus::None => CpuSet::new(),
-            IrqCpus::List(set) => set.clone(),
-        }
-    }
-
     /// Rules 1.1–1.3: where the vCPUs, the emulator threads and the iothreads go,
     /// and the memory binding that follows them.
     fn placement(&mut self, occupancy: &Occupancy) {
@@ -130,7 +121,7 @@ impl Planner<'_> {
     /// The CPUs guests may use, those they never get, and the housekeeping CPUs.
     fn cpu_sets(&self) -> CpuSets {
         let host_settings = &self.policy.host;
-        let irq = self.irq_cpus();
+        let irq = self.policy.irq_cpus(self.host);
         let eligible = eligible_cpus(
             self.host,
             &host_settings.reserved_cpus,
@@ -138,18 +129,10 @@ impl Planner<'_> {
             host_settings.allow_cpu0,
             self.settings.nodes.as_ref(),
         );
-        let forbidden = self.host.online.difference(&eligible);
-        let mut housekeeping = host_settings
-            .reserved_cpus
-            .union(&irq)
-            .intersection(&self.host.online);
-        if housekeeping.is_empty() && !host_settings.allow_cpu0 && self.host.online.contains(0) {
-            housekeeping.insert(0);
-        }
         CpuSets {
+            forbidden: self.host.online.difference(&eligible),
             eligible,
-            forbidden,
-            housekeeping,
+            housekeeping: crate::admission::housekeeping_cpus(self.policy, self.host),
         }
     }
 

@@ -18,7 +18,7 @@ use crate::placement::{
     Claim, NodeMemory, Occupancy, Pool, Request, committed_memory, eligible_cpus, node_memory,
     place,
 };
-use crate::policy::{GuestFacts, IrqCpus, MemoryMode, Policy};
+use crate::policy::{GuestFacts, MemoryMode, Policy};
 
 /// Largest vCPU count a workload may ask for (libvirt's own limit is lower).
 pub const MAX_VCPUS: u32 = 4096;
@@ -552,7 +552,7 @@ impl<'a> Simulator<'a> {
                 let mut eligible = eligible_cpus(
                     self.base,
                     &self.policy.host.reserved_cpus,
-                    &irq_cpus(self.base, self.policy),
+                    &self.policy.irq_cpus(self.base),
                     self.policy.host.allow_cpu0,
                     settings.nodes.as_ref(),
                 );
@@ -720,21 +720,12 @@ impl<'a> Simulator<'a> {
     }
 }
 
-/// CPUs the policy's `irq_cpus` keeps from guests on this host.
-fn irq_cpus(host: &Host, policy: &Policy) -> CpuSet {
-    match &policy.host.irq_cpus {
-        IrqCpus::Auto => host.irq_bound_cpus(),
-        IrqCpus::None => CpuSet::new(),
-        IrqCpus::List(set) => set.clone(),
-    }
-}
-
 /// CPUs guests may use under the policy's host settings (all nodes).
 fn host_eligible(host: &Host, policy: &Policy) -> CpuSet {
     eligible_cpus(
         host,
         &policy.host.reserved_cpus,
-        &irq_cpus(host, policy),
+        &policy.irq_cpus(host),
         policy.host.allow_cpu0,
         None,
     )

@@ -154,7 +154,7 @@ impl Forbidden {
             all: admission::forbidden_cpus(policy, host),
             cpu0: !policy.host.allow_cpu0 && host.online.contains(0),
             reserved: policy.host.reserved_cpus.intersection(&host.online),
-            irq: admission::irq_cpus(policy, host).intersection(&host.online),
+            irq: policy.irq_cpus(host),
         }
     }
 
