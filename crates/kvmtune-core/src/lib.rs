@@ -20,6 +20,7 @@ pub mod plan;
 pub mod plan_model;
 pub mod policy;
 pub mod recovery;
+pub mod repack;
 pub mod rewrite;
 pub mod rules;
 pub mod runstate;

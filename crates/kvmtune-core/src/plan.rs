@@ -20,6 +20,8 @@ pub use crate::plan_model::{
     Violation,
 };
 
+use std::collections::BTreeMap;
+
 use crate::cpuset::CpuSet;
 use crate::domain::Domain;
 use crate::host::Host;
@@ -29,6 +31,7 @@ use crate::placement::{
 use crate::policy::{
     DedicatedFallback, EmulatorPlacement, ExistingPins, GuestFacts, MemoryMode, Policy,
 };
+use crate::repack::{Movable, repack};
 
 /// What policy rules match on, taken from a domain.
 pub fn guest_facts(domain: &Domain) -> GuestFacts<'_> {
@@ -41,11 +44,25 @@ pub fn guest_facts(domain: &Domain) -> GuestFacts<'_> {
     }
 }
 
-/// Computes the plan for `domain`. Pure: everything it needs is passed in.
+/// Computes the plan for `domain`. Pure: everything it needs is passed in. No
+/// running guest is moved to make room (see [`plan_repacking`]).
 pub fn plan(
     policy: &Policy,
     host: &Host,
     occupancy: &Occupancy,
+    domain: &Domain,
+) -> Result<Plan, PlanError> {
+    plan_repacking(policy, host, occupancy, &BTreeMap::new(), domain)
+}
+
+/// [`plan`], and when the guest does not fit and `host.repack` is on, moves of
+/// the `movable` running shared guests' vCPUs within their nodes that make it fit
+/// ([`crate::repack`]; at most `host.repack_max_moves`), in [`Plan::repack`].
+pub fn plan_repacking(
+    policy: &Policy,
+    host: &Host,
+    occupancy: &Occupancy,
+    movable: &BTreeMap<String, Movable>,
     domain: &Domain,
 ) -> Result<Plan, PlanError> {
     let host_nodes: CpuSet = host.nodes.keys().copied().collect();
@@ -67,6 +84,7 @@ pub fn plan(
         no_room: None,
         fell_back_to_shared: false,
         pool: Pool::Shared,
+        repack: None,
         edits: Vec::new(),
         notes: Vec::new(),
         violations: Vec::new(),
@@ -82,7 +100,7 @@ pub fn plan(
         settings,
         plan: &mut plan,
     };
-    planner.placement(occupancy);
+    planner.placement(occupancy, movable);
     // Disks, memory backing, guest NUMA cells, NICs, CPU mode: see crate::rules.
     crate::rules::plan_xml_rules(&mut planner);
     Ok(plan)
@@ -91,7 +109,7 @@ pub fn plan(
 impl Planner<'_> {
     /// Rules 1.1–1.3: where the vCPUs, the emulator threads and the iothreads go,
     /// and the memory binding that follows them.
-    fn placement(&mut self, occupancy: &Occupancy) {
+    fn placement(&mut self, occupancy: &Occupancy, movable: &BTreeMap<String, Movable>) {
         if !self.settings.pin_vcpus {
             return;
         }
@@ -101,7 +119,7 @@ impl Planner<'_> {
         let placement = if kept {
             self.kept_placement(&sets.forbidden)
         } else {
-            match self.fresh_placement(occupancy, &sets.eligible) {
+            match self.fresh_placement(occupancy, movable, &sets.eligible) {
                 Some(p) => p,
                 None => return,
             }
@@ -203,7 +221,12 @@ impl Planner<'_> {
     /// A placement made now: where the running guest already is, else a new one,
     /// else (dedicated, no room) the shared fallback. None: no placement at all
     /// (the hook refuses the guest; `no_room` says why).
-    fn fresh_placement(&mut self, occupancy: &Occupancy, eligible: &CpuSet) -> Option<Placement> {
+    fn fresh_placement(
+        &mut self,
+        occupancy: &Occupancy,
+        movable: &BTreeMap<String, Movable>,
+        eligible: &CpuSet,
+    ) -> Option<Placement> {
         let request = self.request(eligible);
         let others = occupancy.without(&self.domain.name);
         // A running guest keeps the CPUs it runs on (its own claim), while they
@@ -228,8 +251,37 @@ impl Planner<'_> {
         };
         match fresh {
             Ok(p) => Some(p),
-            Err(NoRoom(why)) => self.fall_back(why, request, &others, eligible),
+            Err(NoRoom(why)) => match self.repacked(&others, movable, &request) {
+                Some(p) => Some(p),
+                None => self.fall_back(why, request, &others, eligible),
+            },
         }
+    }
+
+    /// No room as the host is: room made by moving running shared guests' vCPUs
+    /// within their nodes, when the policy allows it (`host.repack`).
+    fn repacked(
+        &mut self,
+        others: &Occupancy,
+        movable: &BTreeMap<String, Movable>,
+        request: &Request,
+    ) -> Option<Placement> {
+        let host_settings = &self.policy.host;
+        if !host_settings.repack || movable.is_empty() {
+            return None;
+        }
+        let mut movable = movable.clone();
+        movable.remove(&self.domain.name);
+        let done = repack(
+            self.host,
+            others,
+            request,
+            &movable,
+            host_settings.repack_max_moves as usize,
+        )?;
+        let placement = done.placement.clone();
+        self.plan.repack = Some(done);
+        Some(placement)
     }
 
     /// No room in the guest's own pool: the eligible shared CPUs (still local,

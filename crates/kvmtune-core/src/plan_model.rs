@@ -210,6 +210,10 @@ pub struct Plan {
     pub fell_back_to_shared: bool,
     /// The CPU pool the guest was placed in.
     pub pool: Pool,
+    /// The moves of running shared guests' vCPUs (within their node) that made
+    /// room for the placement, and their new claims ([`crate::repack`]); None
+    /// when the guest fitted without.
+    pub repack: Option<crate::repack::Repacked>,
     pub edits: Vec<Edit>,
     pub notes: Vec<Note>,
     pub violations: Vec<Violation>,
@@ -275,6 +279,9 @@ impl Plan {
         }
         if let Some(e) = &self.emulator_cpus {
             let _ = writeln!(out, "    emulator/iothreads: CPUs {e}");
+        }
+        for m in self.repack.iter().flat_map(|r| &r.moves) {
+            let _ = writeln!(out, "  move: {m} (hook applies at start)");
         }
         if self.edits.is_empty() {
             let _ = writeln!(out, "  changes: none, the XML already conforms");

@@ -85,6 +85,13 @@ pub enum IrqCpus {
 /// against the node's MemTotal: 1 GiB.
 pub const DEFAULT_RESERVED_MEMORY_PER_NODE_KIB: u64 = 1 << 20;
 
+/// Moves of running shared guests' vCPUs one admission may make (`host.repack_max_moves`).
+pub const DEFAULT_REPACK_MAX_MOVES: u32 = 8;
+
+/// The most `host.repack_max_moves` may say: each move is a syscall per thread and
+/// a cgroup write in the hook, which must stay fast.
+pub const MAX_REPACK_MOVES: u32 = 64;
+
 /// `host:` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSettings {
@@ -104,6 +111,11 @@ pub struct HostSettings {
     /// a node holds guests up to MemTotal minus this, minus what the running
     /// guests committed there.
     pub reserved_memory_per_node_kib: u64,
+    /// `host.repack`: a guest that does not fit may be admitted by moving running
+    /// shared guests' vCPUs within their NUMA node ([`crate::repack`]).
+    pub repack: bool,
+    /// `host.repack_max_moves`: at most this many vCPU moves per admission.
+    pub repack_max_moves: u32,
     /// `host.tuning:` the host-side rules `kvmtune host check|apply` enforce.
     pub tuning: crate::host_tuning::HostTuning,
 }
@@ -117,6 +129,8 @@ impl Default for HostSettings {
             shared_cpus: None,
             dedicated_cpus: None,
             reserved_memory_per_node_kib: DEFAULT_RESERVED_MEMORY_PER_NODE_KIB,
+            repack: true,
+            repack_max_moves: DEFAULT_REPACK_MAX_MOVES,
             tuning: crate::host_tuning::HostTuning::default(),
         }
     }
@@ -576,6 +590,15 @@ impl Policy {
                 ));
             }
         }
+        let repack_max_moves = host.repack_max_moves.unwrap_or(DEFAULT_REPACK_MAX_MOVES);
+        if repack_max_moves > MAX_REPACK_MOVES {
+            return Err(doc.invalid(
+                &[key("host"), key("repack_max_moves")],
+                &format!(
+                    "{repack_max_moves} moves per admission is more than {MAX_REPACK_MOVES} (the hook must stay fast)"
+                ),
+            ));
+        }
         Ok(Policy {
             source: source.to_path_buf(),
             on_violation: raw.on_violation.unwrap_or_default(),
@@ -589,6 +612,8 @@ impl Policy {
                 reserved_memory_per_node_kib: host
                     .reserved_memory_per_node
                     .map_or(DEFAULT_RESERVED_MEMORY_PER_NODE_KIB, |m| m.0),
+                repack: host.repack.unwrap_or(true),
+                repack_max_moves,
                 tuning,
             },
             defaults,
@@ -873,6 +898,8 @@ struct RawHost {
     shared_cpus: Option<PoolCpus>,
     dedicated_cpus: Option<PoolCpus>,
     reserved_memory_per_node: Option<MemorySize>,
+    repack: Option<bool>,
+    repack_max_moves: Option<u32>,
     tuning: Option<crate::host_tuning::HostTuning>,
 }
 

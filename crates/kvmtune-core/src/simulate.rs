@@ -19,6 +19,7 @@ use crate::placement::{
     place,
 };
 use crate::policy::{GuestFacts, MemoryMode, Policy};
+use crate::repack::{Admitted, Movable, Move, Repacked, breaches, repack};
 
 /// Largest vCPU count a workload may ask for (libvirt's own limit is lower).
 pub const MAX_VCPUS: u32 = 4096;
@@ -303,9 +304,10 @@ pub struct GuestOutcome {
     pub vcpu_cpus: Vec<CpuSet>,
     /// NUMA nodes its memory is bound to.
     pub memory_nodes: CpuSet,
-    /// Moves of this guest after it was placed (none yet: the simulator does not
-    /// repack).
-    pub moves: Vec<String>,
+    /// Moves of other guests' vCPUs made to admit this guest (repacking).
+    pub made_room_by: Vec<Move>,
+    /// Moves of this guest's vCPUs made later to admit other guests, in order.
+    pub moves: Vec<Move>,
 }
 
 /// The outcome of one simulation.
@@ -338,6 +340,10 @@ pub struct Report {
     pub reserved_violations: usize,
     pub placement_us_mean: f64,
     pub placement_us_max: f64,
+    /// Admissions that needed repacking (moves of running shared guests' vCPUs).
+    pub repacked: usize,
+    /// vCPU moves made by all those admissions together.
+    pub repack_moves: usize,
 }
 
 impl Report {
@@ -396,6 +402,15 @@ impl Report {
             "reserved/CPU0 violations: {}",
             self.reserved_violations
         );
+        if self.repacked > 0 {
+            let _ = writeln!(
+                out,
+                "repacking: {} admissions made room by moving {} shared vCPUs within their nodes ({:.1} moves per repacked admission)",
+                self.repacked,
+                self.repack_moves,
+                self.repack_moves as f64 / self.repacked as f64
+            );
+        }
         if self.placed == 0 {
             let _ = writeln!(out, "placement time per guest: n/a (nothing placed)");
         } else {
@@ -429,6 +444,8 @@ pub struct Simulator<'a> {
     occupancy: Occupancy,
     /// Requested pool per running guest (the baselines' admission counts).
     pools: BTreeMap<String, (Pool, u32, u32)>,
+    /// The running shared guests kvmtune placed: what repacking may move.
+    movable: BTreeMap<String, Movable>,
     forbidden: CpuSet,
 }
 
@@ -436,6 +453,8 @@ pub struct Simulator<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub claim: Claim,
+    /// Moves of running guests' vCPUs that made room (kvmtune with `host.repack`).
+    pub moves: Vec<Move>,
     pub elapsed_us: f64,
 }
 
@@ -448,6 +467,7 @@ impl<'a> Simulator<'a> {
             strategy,
             occupancy: Occupancy::default(),
             pools: BTreeMap::new(),
+            movable: BTreeMap::new(),
             forbidden: host.online.difference(&eligible),
         }
     }
@@ -547,6 +567,7 @@ impl<'a> Simulator<'a> {
         }
 
         let start = Instant::now();
+        let mut moves = Vec::new();
         let claim = match (self.strategy, &settings) {
             (Strategy::Kvmtune, Some(settings)) => {
                 let mut eligible = eligible_cpus(
@@ -574,13 +595,23 @@ impl<'a> Simulator<'a> {
                     memory_reserve_kib: self.policy.host.reserved_memory_per_node_kib,
                     max_nodes: settings.max_nodes,
                 };
-                let p = place(self.base, &self.occupancy, &request).map_err(|e| e.0)?;
-                Claim {
-                    vcpus: p.vcpus,
-                    nodes: p.nodes,
-                    memory_kib,
-                    pool,
+                let (claim, repacked) = self.kvmtune(name, &request)?;
+                if pool == Pool::Shared {
+                    self.movable.insert(
+                        name.to_string(),
+                        Movable {
+                            ratio: request.cpu_allocation_ratio,
+                            eligible: request.eligible.clone(),
+                            emulator: None,
+                            emulator_on_housekeeping: false,
+                        },
+                    );
                 }
+                if let Some(done) = repacked {
+                    self.occupancy = done.apply_to(&self.occupancy);
+                    moves = done.moves;
+                }
+                claim
             }
             // An opted-out guest (enabled: false) is left to libvirt.
             (Strategy::Kvmtune, None) | (Strategy::LibvirtDefault, _) => {
@@ -594,7 +625,62 @@ impl<'a> Simulator<'a> {
         self.occupancy
             .guests
             .insert(name.to_string(), claim.clone());
-        Ok(Decision { claim, elapsed_us })
+        Ok(Decision {
+            claim,
+            moves,
+            elapsed_us,
+        })
+    }
+
+    /// kvmtune's placement, with repacking when it does not fit and the policy
+    /// allows it (`host.repack`), exactly as the hook plans it: the same
+    /// [`place`] and [`repack`], and the placement invariant checked on the new
+    /// claim and every moved claim.
+    fn kvmtune(&self, name: &str, request: &Request) -> Result<(Claim, Option<Repacked>), String> {
+        let claim_of = |p: &crate::placement::Placement| Claim {
+            vcpus: p.vcpus.clone(),
+            nodes: p.nodes.clone(),
+            memory_kib: request.memory_kib,
+            pool: request.pool,
+        };
+        let why = match place(self.base, &self.occupancy, request) {
+            Ok(p) => return Ok((claim_of(&p), None)),
+            Err(e) => e.0,
+        };
+        let host = &self.policy.host;
+        if !host.repack {
+            return Err(why);
+        }
+        let Some(done) = repack(
+            self.base,
+            &self.occupancy,
+            request,
+            &self.movable,
+            host.repack_max_moves as usize,
+        ) else {
+            return Err(why);
+        };
+        let claim = claim_of(&done.placement);
+        let admitted = Admitted {
+            guest: name,
+            claim: &claim,
+            emulator: None,
+            emulator_on_housekeeping: false,
+        };
+        let breaches = breaches(
+            &done,
+            admitted,
+            &self.occupancy,
+            &self.movable,
+            &BTreeMap::new(),
+            &self.forbidden,
+        );
+        if let Some((guest, breach)) = breaches.first() {
+            return Err(format!(
+                "{why}; a repacking was found but breaks the placement invariant ({guest}: {breach})"
+            ));
+        }
+        Ok((claim, Some(done)))
     }
 
     /// The pool a guest gets: the workload's, else the policy's for it.
@@ -613,6 +699,7 @@ impl<'a> Simulator<'a> {
     pub fn depart(&mut self, name: &str) -> Option<Claim> {
         let claim = self.occupancy.guests.remove(name)?;
         self.pools.remove(name);
+        self.movable.remove(name);
         Some(claim)
     }
 
@@ -773,11 +860,14 @@ pub fn host_has_smt(host: &Host, forbidden: &CpuSet) -> bool {
 pub fn simulate(host: &Host, policy: &Policy, workload: &Workload, strategy: Strategy) -> Report {
     let mut sim = Simulator::new(host, policy, strategy);
     let mut refused = Vec::new();
-    let mut guests = Vec::new();
+    let mut guests: Vec<GuestOutcome> = Vec::new();
     let mut spanning = Vec::new();
     let (mut placed, mut departures, mut numa_local, mut l3_local) = (0usize, 0usize, 0, 0);
     let (mut two, mut paired, mut violations) = (0usize, 0usize, 0usize);
     let (mut total_us, mut max_us, mut max_load) = (0.0f64, 0.0f64, 0.0f64);
+    let (mut repacked, mut repack_moves) = (0usize, 0usize);
+    // Where each running guest's outcome is in `guests`.
+    let mut latest: BTreeMap<String, usize> = BTreeMap::new();
     for event in &workload.events {
         match event {
             Event::Arrive {
@@ -788,6 +878,16 @@ pub fn simulate(host: &Host, policy: &Policy, workload: &Workload, strategy: Str
             } => match sim.arrive(name, *vcpus, *memory_kib, *pool) {
                 Ok(decision) => {
                     placed += 1;
+                    if !decision.moves.is_empty() {
+                        repacked += 1;
+                        repack_moves += decision.moves.len();
+                    }
+                    for m in &decision.moves {
+                        if let Some(i) = latest.get(&m.guest) {
+                            guests[*i].moves.push(m.clone());
+                        }
+                    }
+                    latest.insert(name.clone(), guests.len());
                     guests.push(GuestOutcome {
                         guest: name.clone(),
                         vcpus: *vcpus,
@@ -795,6 +895,7 @@ pub fn simulate(host: &Host, policy: &Policy, workload: &Workload, strategy: Str
                         pool: decision.claim.pool,
                         vcpu_cpus: decision.claim.vcpus.clone(),
                         memory_nodes: decision.claim.nodes.clone(),
+                        made_room_by: decision.moves.clone(),
                         moves: Vec::new(),
                     });
                     total_us += decision.elapsed_us;
@@ -866,5 +967,7 @@ pub fn simulate(host: &Host, policy: &Policy, workload: &Workload, strategy: Str
             total_us / placed as f64
         },
         placement_us_max: max_us,
+        repacked,
+        repack_moves,
     }
 }

@@ -71,6 +71,8 @@ fn valid_policy() -> Policy {
             shared_cpus: None,
             dedicated_cpus: None,
             reserved_memory_per_node_kib: 1 << 20,
+            repack: true,
+            repack_max_moves: 8,
             tuning: Default::default(),
         },
         defaults: defaults.clone(),
@@ -149,6 +151,8 @@ fn built_in_defaults_are_the_documented_ones() {
         shared_cpus: None,
         dedicated_cpus: None,
         reserved_memory_per_node_kib: 1 << 20,
+        repack: true,
+        repack_max_moves: 8,
         tuning: Default::default(),
     };
     assert_eq!(HostSettings::default(), host);
@@ -200,6 +204,8 @@ defaults:
             shared_cpus: None,
             dedicated_cpus: None,
             reserved_memory_per_node_kib: 1 << 20,
+            repack: true,
+            repack_max_moves: 8,
             tuning: Default::default(),
         }
     );
@@ -324,7 +330,7 @@ fn validation_errors() {
             invalid(
                 8,
                 3,
-                "host: unknown field `alow_cpu0`, expected one of `reserved_cpus`, `irq_cpus`, `allow_cpu0`, `shared_cpus`, `dedicated_cpus`, `reserved_memory_per_node`, `tuning`",
+                "host: unknown field `alow_cpu0`, expected one of `reserved_cpus`, `irq_cpus`, `allow_cpu0`, `shared_cpus`, `dedicated_cpus`, `reserved_memory_per_node`, `repack`, `repack_max_moves`, `tuning`",
             ),
         ),
         (
@@ -1278,6 +1284,32 @@ fn reserved_memory_per_node_takes_sizes() {
     assert!(err.contains(":3:"), "{err}");
     let err = kib("lots").unwrap_err().to_string();
     assert!(err.contains("reserved_memory_per_node"), "{err}");
+}
+
+#[test]
+fn repack_is_on_by_default_and_its_moves_are_bounded() {
+    let host = |text: &str| parse(&format!("version: 1\nhost:\n{text}")).map(|p| p.host);
+    let default = parse("version: 1\n").unwrap().host;
+    assert!(default.repack);
+    assert_eq!(
+        default.repack_max_moves,
+        crate::policy::DEFAULT_REPACK_MAX_MOVES
+    );
+    let off = host("  repack: false\n  repack_max_moves: 0\n").unwrap();
+    assert!(!off.repack);
+    assert_eq!(off.repack_max_moves, 0);
+    assert_eq!(
+        host("  repack_max_moves: 64\n").unwrap().repack_max_moves,
+        64
+    );
+    let err = host("  repack_max_moves: 65\n").unwrap_err().to_string();
+    assert!(
+        err.contains(":3:")
+            && err.contains("host.repack_max_moves: 65 moves per admission is more than 64"),
+        "{err}"
+    );
+    let err = host("  repack: sometimes\n").unwrap_err().to_string();
+    assert!(err.contains("host.repack"), "{err}");
 }
 
 #[test]
