@@ -158,7 +158,14 @@ pub fn breaches(
     out
 }
 
-/// Candidate node/CPU sets tried at most, cheapest first: each costs a `place`.
+/// Relocations tried at most while growing one CPU set ([`State::grown`]).
+const MAX_GROW_TRIES: usize = 24;
+
+/// Relocations all grown candidates of one admission try at most together: the
+/// bound on the search's work when nothing fits.
+const MAX_GROW_BUDGET: usize = 96;
+
+/// Candidate CPU sets tried at most per phase, cheapest first: each costs a `place`.
 const MAX_CANDIDATES: usize = 4;
 
 /// Moves that make `request` fit on `host`, at most `max_moves`, only of guests
@@ -175,89 +182,51 @@ pub fn repack(
         return None;
     }
     let state = State::new(host, occupancy, request, movable);
-    // Every CPU set worth freeing, with the moves it needs (before relocating).
-    let mut targets: Vec<(usize, u32, CpuSet)> = Vec::new();
+    // CPU sets worth freeing, cheapest first, in phases that cost more each:
+    // within each node the fixed candidates, then the grown ones; then, for a
+    // guest no one node can hold after repacking, the same over the whole host
+    // (each vCPU still moved within its own node; the guest then spans nodes,
+    // as `place` spans them).
+    let mut units: Vec<(u32, CpuSet)> = Vec::new();
     for node in host.nodes.values() {
         let usable = node
             .cpus
             .intersection(&request.eligible)
             .difference(&state.dedicated);
-        // The guest must fit this one node on distinct CPUs (a guest larger than
-        // a node is not helped: repacking never crosses nodes).
-        if usable.len() < state.wanted {
-            continue;
+        // The guest must fit this one node on distinct CPUs.
+        if usable.len() >= state.wanted {
+            for unit in node_units(host, &node.cpus, &usable) {
+                units.push((node.id, unit));
+            }
         }
-        for unit in node_units(host, &node.cpus, &usable) {
-            for target in state.targets(&unit) {
-                let cost: usize = target.iter().filter_map(|c| state.cost(c)).sum();
-                if cost == 0 || cost > max_moves {
-                    continue;
-                }
-                if !targets
+    }
+    let usable = request.eligible.difference(&state.dedicated);
+    let phases: [&dyn Fn() -> Vec<Target>; 4] = [
+        &|| {
+            state.collect(
+                units.iter().map(|(n, u)| (Some(*n), state.targets(u))),
+                max_moves,
+            )
+        },
+        &|| {
+            state.collect(
+                units
                     .iter()
-                    .any(|(_, n, t)| *n == node.id && *t == target)
-                {
-                    targets.push((cost, node.id, target));
-                }
-            }
-        }
-    }
-    targets.sort_by_key(|(cost, node, target)| (*cost, *node, target.first()));
-    let mut tried = 0;
-    for (_, node, target) in targets {
-        if tried == MAX_CANDIDATES {
-            break;
-        }
-        let Some(node_cpus) = host.nodes.get(&node).map(|n| &n.cpus) else {
-            continue;
-        };
-        let Some(candidate) = state.relocate(node, node_cpus, &target, max_moves) else {
-            continue;
-        };
-        tried += 1;
-        let after = candidate.node_view(occupancy, node_cpus);
-        let local = Request {
-            eligible: request.eligible.intersection(node_cpus),
-            ..request.clone()
-        };
-        if let Ok(mut placement) = place(host, &after, &local) {
-            // Only moves that freed a CPU the guest got are made: `place` may
-            // prefer CPUs that were free already over some freed ones.
-            let moves: Vec<Move> = candidate
-                .moves
-                .into_iter()
-                .filter(|m| m.from.intersects(&placement.cpus))
-                .collect();
-            if moves.is_empty() {
-                continue;
-            }
-            let mut claims: BTreeMap<String, Claim> = BTreeMap::new();
-            for m in &moves {
-                let Some(original) = occupancy.guests.get(&m.guest) else {
-                    continue;
-                };
-                let claim = claims
-                    .entry(m.guest.clone())
-                    .or_insert_with(|| original.clone());
-                if let Some(slot) = claim.vcpus.get_mut(m.vcpu as usize) {
-                    *slot = m.to.clone();
-                }
-            }
-            let emulators = state.moved_emulators(&claims, &placement.cpus);
-            placement.why.push_str(&format!(
-                "; made room by moving {} shared vCPU(s) within node {} (repacking)",
-                moves.len(),
-                candidate.node
-            ));
-            return Some(Repacked {
-                placement,
-                moves,
-                claims,
-                emulators,
-            });
-        }
-    }
-    None
+                    .map(|(n, u)| (Some(*n), state.grown(u, Some(*n), max_moves))),
+                max_moves,
+            )
+        },
+        &|| state.collect(std::iter::once((None, state.targets(&usable))), max_moves),
+        &|| {
+            state.collect(
+                std::iter::once((None, state.grown(&usable, None, max_moves))),
+                max_moves,
+            )
+        },
+    ];
+    phases
+        .iter()
+        .find_map(|phase| state.attempt(occupancy, phase(), max_moves))
 }
 
 /// Units of one node the guest's CPUs are freed in, smallest first: its L3
@@ -274,6 +243,15 @@ fn node_units(host: &Host, node_cpus: &CpuSet, usable: &CpuSet) -> Vec<CpuSet> {
         units.push(usable.clone());
     }
     units
+}
+
+/// A CPU set to free, the moves that takes, and the one node it is in (None:
+/// several nodes).
+#[derive(Debug, Clone, PartialEq)]
+struct Target {
+    cost: usize,
+    node: Option<u32>,
+    cpus: CpuSet,
 }
 
 /// One vCPU of a running guest, by guest index into [`State::names`].
@@ -299,26 +277,33 @@ struct State<'a> {
     on_cpu: Vec<Vec<VcpuRef>>,
     /// By CPU: the moves freeing it for the request takes ([`State::cost`]).
     costs: Vec<Option<usize>>,
+    /// Relocations the grown candidates may still try, over the whole search.
+    budget: std::cell::Cell<usize>,
 }
 
 /// A repacking that frees CPUs of `node`, before `place` accepts it: its
 /// moves and the moved claims.
 struct Repacking {
-    node: u32,
+    /// The node the guest is placed in; None: wherever `place` puts it.
+    node: Option<u32>,
     moves: Vec<Move>,
     claims: BTreeMap<String, Claim>,
 }
 
 impl Repacking {
-    /// The occupancy after the moves, as far as a placement within this node
-    /// sees it: the guests with a CPU or memory on the node (the others change
-    /// neither its CPUs' load nor its committed memory), moved claims replaced.
-    fn node_view(&self, occupancy: &Occupancy, node_cpus: &CpuSet) -> Occupancy {
+    /// The occupancy after the moves, as far as a placement sees it: within one
+    /// node, the guests with a CPU or memory there (the others change neither
+    /// its CPUs' load nor its committed memory); moved claims replaced.
+    fn view(&self, host: &Host, occupancy: &Occupancy) -> Occupancy {
+        let node_cpus = self.node.and_then(|n| host.nodes.get(&n)).map(|n| &n.cpus);
         let guests = occupancy
             .guests
             .iter()
-            .filter(|(_, c)| {
-                c.nodes.contains(self.node) || c.vcpus.iter().any(|s| s.intersects(node_cpus))
+            .filter(|(_, c)| match (self.node, node_cpus) {
+                (Some(node), Some(cpus)) => {
+                    c.nodes.contains(node) || c.vcpus.iter().any(|s| s.intersects(cpus))
+                }
+                _ => true,
             })
             .map(|(name, claim)| {
                 let claim = self.claims.get(name).unwrap_or(claim);
@@ -374,6 +359,7 @@ impl<'a> State<'a> {
             may_move,
             on_cpu,
             costs: Vec::new(),
+            budget: std::cell::Cell::new(MAX_GROW_BUDGET),
         };
         state.costs = (0..size as u32).map(|c| state.cost_now(c)).collect();
         state
@@ -485,6 +471,260 @@ impl<'a> State<'a> {
         out
     }
 
+    /// CPU sets of `unit` grown one piece at a time, cheapest first, keeping a
+    /// piece only when every vCPU that must leave the set still has somewhere to
+    /// go (the fixed [`State::targets`] fail when a cheap CPU's vCPU cannot move,
+    /// e.g. its guest already runs on every other CPU of the node): once with
+    /// single CPUs as pieces, once with whole cores. At most [`MAX_GROW_TRIES`]
+    /// relocations each.
+    fn grown(&self, unit: &CpuSet, node: Option<u32>, max_moves: usize) -> Vec<CpuSet> {
+        if self.request.pool == Pool::Dedicated
+            && self.request.thread_policy != ThreadPolicy::Prefer
+        {
+            return Vec::new();
+        }
+        // No set of the unit can cost less than its `wanted` cheapest CPUs.
+        let mut costs: Vec<usize> = unit.iter().filter_map(|c| self.cost(c)).collect();
+        if costs.len() < self.wanted {
+            return Vec::new();
+        }
+        costs.sort_unstable();
+        if costs[..self.wanted].iter().sum::<usize>() > max_moves {
+            return Vec::new();
+        }
+        let singles: Vec<CpuSet> = unit.iter().map(CpuSet::single).collect();
+        let mut cores: Vec<CpuSet> = Vec::new();
+        for cpu in unit.iter() {
+            let core = self
+                .host
+                .core_of(cpu)
+                .map_or_else(|| CpuSet::single(cpu), |c| c.cpus.intersection(unit));
+            if !cores.contains(&core) {
+                cores.push(core);
+            }
+        }
+        // Whether a guest has any CPU of a node to move a vCPU to, by (guest, node).
+        let mut spare: BTreeMap<(usize, u32), bool> = BTreeMap::new();
+        let mut out = Vec::new();
+        for pieces in [singles, cores] {
+            if let Some(set) = self.grow(pieces, node, max_moves, &mut spare)
+                && !out.contains(&set)
+            {
+                out.push(set);
+            }
+        }
+        out
+    }
+
+    fn grow(
+        &self,
+        pieces: Vec<CpuSet>,
+        node: Option<u32>,
+        max_moves: usize,
+        spare: &mut BTreeMap<(usize, u32), bool>,
+    ) -> Option<CpuSet> {
+        let mut order: Vec<(usize, CpuSet)> = pieces
+            .into_iter()
+            .filter_map(|p| {
+                let cost: Option<usize> = p.iter().map(|c| self.cost(c)).sum();
+                cost.map(|k| (k, p))
+            })
+            .collect();
+        // Fewest moves per CPU first; whole cores before their single threads.
+        order.sort_by_key(|(k, p)| {
+            (
+                k * 1000 / p.len().max(1),
+                std::cmp::Reverse(p.len()),
+                p.first(),
+            )
+        });
+        self.grow_from(&order, None, node, max_moves, spare)
+            .or_else(|| {
+                // Greedy may start from a piece that blocks the rest (its guest then
+                // has nowhere left): once more without the first piece it kept.
+                let first = order.iter().find(|(k, _)| *k > 0).map(|(_, p)| p.clone())?;
+                self.grow_from(&order, Some(&first), node, max_moves, spare)
+            })
+    }
+
+    fn grow_from(
+        &self,
+        order: &[(usize, CpuSet)],
+        skip: Option<&CpuSet>,
+        node: Option<u32>,
+        max_moves: usize,
+        spare: &mut BTreeMap<(usize, u32), bool>,
+    ) -> Option<CpuSet> {
+        let mut chosen = CpuSet::new();
+        let (mut cost, mut tries) = (0usize, 0usize);
+        for (k, piece) in order {
+            if chosen.len() >= self.wanted || tries == MAX_GROW_TRIES {
+                break;
+            }
+            if skip == Some(piece) {
+                continue;
+            }
+            let (k, grown) = (*k, chosen.union(piece));
+            if k == 0 {
+                chosen = grown;
+                continue;
+            }
+            if cost + k > max_moves || !piece.iter().all(|c| self.each_can_leave(c, spare)) {
+                continue;
+            }
+            if self.budget.get() == 0 {
+                break;
+            }
+            self.budget.set(self.budget.get() - 1);
+            tries += 1;
+            if self.relocate(node, &grown, max_moves).is_some() {
+                chosen = grown;
+                cost += k;
+            }
+        }
+        (chosen.len() >= self.wanted).then_some(chosen)
+    }
+
+    /// Whether every movable vCPU on `cpu` has some other CPU of its node its
+    /// guest may move it to (cached per guest and node in `spare`): a cheap
+    /// filter before a relocation is tried.
+    fn each_can_leave(&self, cpu: u32, spare: &mut BTreeMap<(usize, u32), bool>) -> bool {
+        let Some(node) = self.host.cpus.get(&cpu).map(|c| c.node) else {
+            return false;
+        };
+        let Some(node_cpus) = self.host.nodes.get(&node).map(|n| &n.cpus) else {
+            return false;
+        };
+        self.vcpus_on(cpu).iter().all(|v| {
+            *spare.entry((v.guest, node)).or_insert_with(|| {
+                let Some(movable) = self.movable.get(self.names[v.guest]) else {
+                    return false;
+                };
+                let mine = self.claims[v.guest].cpus();
+                node_cpus
+                    .intersection(&movable.eligible)
+                    .difference(&self.dedicated)
+                    .difference(&mine)
+                    .iter()
+                    .any(|d| self.load_of(d) + 1.0 <= movable.ratio.max(1.0) + 1e-9)
+            })
+        })
+    }
+
+    /// The targets of a phase with their costs, cheapest first, without
+    /// duplicates or targets needing no move or more than `max_moves`.
+    fn collect(
+        &self,
+        sets: impl Iterator<Item = (Option<u32>, Vec<CpuSet>)>,
+        max_moves: usize,
+    ) -> Vec<Target> {
+        let mut targets = Vec::new();
+        for (node, list) in sets {
+            for target in list {
+                self.push_target(&mut targets, node, target, max_moves);
+            }
+        }
+        targets.sort_by_key(|t| (t.cost, t.node, t.cpus.first()));
+        targets
+    }
+
+    /// The first of `targets` whose vCPUs can be relocated and on which `place`
+    /// then fits the guest (at most [`MAX_CANDIDATES`] tried), as a repacking.
+    fn attempt(
+        &self,
+        occupancy: &Occupancy,
+        targets: Vec<Target>,
+        max_moves: usize,
+    ) -> Option<Repacked> {
+        let host = self.host;
+        let request = self.request;
+        let mut tried = 0;
+        for Target {
+            node, cpus: target, ..
+        } in targets
+        {
+            if tried == MAX_CANDIDATES {
+                break;
+            }
+            let Some(candidate) = self.relocate(node, &target, max_moves) else {
+                continue;
+            };
+            tried += 1;
+            let after = candidate.view(host, occupancy);
+            let local = Request {
+                eligible: match node.and_then(|n| host.nodes.get(&n)) {
+                    Some(n) => request.eligible.intersection(&n.cpus),
+                    None => request.eligible.clone(),
+                },
+                ..request.clone()
+            };
+            let Ok(mut placement) = place(host, &after, &local) else {
+                continue;
+            };
+            // Only moves that freed a CPU the guest got are made: `place` may
+            // prefer CPUs that were free already over some freed ones.
+            let moves: Vec<Move> = candidate
+                .moves
+                .into_iter()
+                .filter(|m| m.from.intersects(&placement.cpus))
+                .collect();
+            if moves.is_empty() {
+                continue;
+            }
+            let mut claims: BTreeMap<String, Claim> = BTreeMap::new();
+            for m in &moves {
+                let Some(original) = occupancy.guests.get(&m.guest) else {
+                    continue;
+                };
+                let claim = claims
+                    .entry(m.guest.clone())
+                    .or_insert_with(|| original.clone());
+                if let Some(slot) = claim.vcpus.get_mut(m.vcpu as usize) {
+                    *slot = m.to.clone();
+                }
+            }
+            let emulators = self.moved_emulators(&claims, &placement.cpus);
+            let from = moves
+                .iter()
+                .fold(CpuSet::new(), |acc, m| acc.union(&m.from));
+            placement.why.push_str(&format!(
+                "; made room by moving {} shared vCPU(s), each within its node ({}) (repacking)",
+                moves.len(),
+                host.nodes_of(&from)
+            ));
+            return Some(Repacked {
+                placement,
+                moves,
+                claims,
+                emulators,
+            });
+        }
+        None
+    }
+
+    /// Adds `target` with its cost, when it needs moves, at most `max_moves`, and
+    /// is not there yet.
+    fn push_target(
+        &self,
+        targets: &mut Vec<Target>,
+        node: Option<u32>,
+        target: CpuSet,
+        max_moves: usize,
+    ) {
+        let cost: usize = target.iter().filter_map(|c| self.cost(c)).sum();
+        // Cost 0: free already, so `place` refused for another reason.
+        if cost == 0 || cost > max_moves {
+            return;
+        }
+        if !targets.iter().any(|t| t.node == node && t.cpus == target) {
+            targets.push(Target {
+                cost,
+                node,
+                cpus: target,
+            });
+        }
+    }
+
     /// Whether the core of `cpu` can be held whole once freed: no thread of it
     /// outside `threads` (the ones in the unit) is busy, and under `require`
     /// every online thread is in the unit.
@@ -503,15 +743,11 @@ impl<'a> State<'a> {
             })
     }
 
-    /// Moves every vCPU that must leave `target` to another CPU of `node`; None
-    /// when one has nowhere to go or more than `max_moves` are needed.
-    fn relocate(
-        &self,
-        node: u32,
-        node_cpus: &CpuSet,
-        target: &CpuSet,
-        max_moves: usize,
-    ) -> Option<Repacking> {
+    /// Moves every vCPU that must leave `target` to another CPU of its node
+    /// (the node of the target CPU it leaves); None when one has nowhere to go
+    /// or more than `max_moves` are needed. `node`: the one node the target is
+    /// in, None for a target over several nodes.
+    fn relocate(&self, node: Option<u32>, target: &CpuSet, max_moves: usize) -> Option<Repacking> {
         let total: usize = target.iter().map(|c| self.cost(c).unwrap_or(0)).sum();
         if total > max_moves {
             return None;
@@ -524,6 +760,8 @@ impl<'a> State<'a> {
         let mut moves = Vec::new();
         let ratio_new = self.request.cpu_allocation_ratio.max(1.0);
         for cpu in target.iter() {
+            let cpu_node = self.host.cpus.get(&cpu)?.node;
+            let node_cpus = &self.host.nodes.get(&cpu_node)?.cpus;
             let mut leaving: Vec<VcpuRef> = self
                 .vcpus_on(cpu)
                 .iter()
@@ -555,7 +793,7 @@ impl<'a> State<'a> {
                     .entry(name.to_string())
                     .or_insert_with(|| self.claims[v.guest].clone());
                 let from = claim.vcpus[v.vcpu].clone();
-                if !claim.nodes.is_empty() && !claim.nodes.contains(node) {
+                if !claim.nodes.is_empty() && !claim.nodes.contains(cpu_node) {
                     return None;
                 }
                 let (to, why) = self.destination(name, claim, v.vcpu, node_cpus, target, &load)?;
@@ -571,7 +809,7 @@ impl<'a> State<'a> {
                     from,
                     to: CpuSet::single(to),
                     reason: format!(
-                        "frees CPU {cpu} for the {} {} vCPU(s) being admitted; {why}, same node {node}",
+                        "frees CPU {cpu} for the {} {} vCPU(s) being admitted; {why}, same node {cpu_node}",
                         self.wanted,
                         match self.request.pool {
                             Pool::Dedicated => "dedicated",
@@ -622,16 +860,25 @@ impl<'a> State<'a> {
             .iter()
             .filter_map(|c| self.host.l3_of(c).cloned())
             .fold(CpuSet::new(), |acc, s| acc.union(&s));
+        let from = &claim.vcpus[vcpu];
+        // A shared request may share a freed CPU: one of the target takes the
+        // vCPU when it keeps room for the new guest's vCPU too.
+        let ratio_new = self.request.cpu_allocation_ratio.max(1.0);
+        let keeps_room = |d: u32| {
+            !target.contains(d)
+                || (self.request.pool == Pool::Shared && load.of(d) + 2.0 <= ratio_new + 1e-9)
+        };
         node_cpus
             .intersection(&movable.eligible)
-            .difference(target)
             .difference(&self.dedicated)
             .difference(&mine)
+            .difference(from)
             .iter()
-            .filter(|d| load.of(*d) + 1.0 <= ratio + 1e-9)
+            .filter(|d| load.of(*d) + 1.0 <= ratio + 1e-9 && keeps_room(*d))
             .min_by_key(|d| {
                 let l = load.of(*d);
                 (
+                    target.contains(*d),
                     !siblings.contains(*d),
                     !l3.contains(*d),
                     l <= 1e-9,

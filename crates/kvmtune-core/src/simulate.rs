@@ -807,6 +807,29 @@ impl<'a> Simulator<'a> {
     }
 }
 
+/// The split pool layout of docs/placement.md, by its stated rule: on each NUMA
+/// node the first third of its cores (rounded up, every thread of them, in core
+/// order) serve the shared pool (`host.shared_cpus`), the rest the dedicated pool
+/// (`host.dedicated_cpus`); CPUs no node lists are shared. Returns (shared,
+/// dedicated).
+pub fn split_pools(host: &Host) -> (CpuSet, CpuSet) {
+    let mut shared = CpuSet::new();
+    for node in host.nodes.values() {
+        let cores: Vec<CpuSet> = host
+            .cores
+            .iter()
+            .map(|c| c.cpus.intersection(&node.cpus))
+            .filter(|c| !c.is_empty())
+            .collect();
+        for core in cores.iter().take(cores.len().div_ceil(3)) {
+            shared = shared.union(core);
+        }
+    }
+    shared = shared.union(&host.nodeless);
+    let dedicated = host.online.difference(&shared);
+    (shared.intersection(&host.online), dedicated)
+}
+
 /// CPUs guests may use under the policy's host settings (all nodes).
 fn host_eligible(host: &Host, policy: &Policy) -> CpuSet {
     eligible_cpus(
