@@ -460,7 +460,7 @@ fn hostile_guest_names_keep_log_lines_one_line_and_write_no_paths() {
         }
     }
     // The ledger is one JSON file, the hook counters another (by stage, not by
-    // guest): no name ever became a path, except as an entry of the convergence
+    // guest), repacking's state a third: no name ever became a path, except as an entry of the convergence
     // queue, one file directly in converge/, and only for names the backups' check
     // accepts (no '/', '..', control characters).
     let mut files: Vec<String> = std::fs::read_dir(&f.env.paths.run_dir)
@@ -476,7 +476,9 @@ fn hostile_guest_names_keep_log_lines_one_line_and_write_no_paths() {
             "hook-counters.lock",
             "host-topology.json",
             "ledger.json",
-            "ledger.lock"
+            "ledger.lock",
+            // Repacking's state next to the ledger (src/hook/moves.rs): one file.
+            "repack.json"
         ]
     );
     for entry in std::fs::read_dir(f.env.paths.run_dir.join("converge")).unwrap() {

@@ -529,7 +529,8 @@ fn hooks_killed_with_sigkill_at_any_moment_leave_the_ledger_usable() {
             "hook-counters.lock",
             "host-topology.json",
             "ledger.json",
-            "ledger.lock"
+            "ledger.lock",
+            "repack.json"
         ],
         "stale temp files of killed hooks are removed"
     );

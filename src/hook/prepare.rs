@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use kvmtune_core::plan::plan;
+use kvmtune_core::plan::plan_repacking;
 use kvmtune_core::policy::OnViolation;
 use kvmtune_sys::logging::sanitize;
 
@@ -13,7 +13,8 @@ use super::stage::{Admission, Stage, admit, locked_ledger, pool_name, read_host}
 pub(super) fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
     let (mut locked, occupancy, mut notes) = locked_ledger(ctx)?;
     let host = read_host(ctx, &locked)?;
-    let plan = plan(&ctx.policy, &host, &occupancy, &ctx.domain)?;
+    let movable = super::moves::movable(ctx, &locked, &host);
+    let plan = plan_repacking(&ctx.policy, &host, &occupancy, &movable, &ctx.domain)?;
     let name = sanitize(&ctx.domain.name);
     if !plan.enabled {
         locked.ledger.guests.remove(&ctx.domain.name);
@@ -63,7 +64,7 @@ pub(super) fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
         Admission::Claim {
             entry,
             notes: adjusted,
-            ..
+            confined,
         } => {
             notes.insert(
                 0,
@@ -81,6 +82,8 @@ pub(super) fn prepare(ctx: &Stage<'_>) -> Result<Outcome> {
                 ),
             );
             notes.extend(adjusted);
+            let own = confined.is_none().then_some(&plan);
+            notes.extend(super::moves::record(ctx, &mut locked, own, &entry)?);
             locked.ledger.guests.insert(ctx.domain.name.clone(), entry);
         }
         Admission::Unpinned => {

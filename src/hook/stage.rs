@@ -278,6 +278,31 @@ pub(super) fn admit(
             )));
         }
     };
+    // A repacking's moved claims are recorded with this one: the invariant holds
+    // for this claim and every moved one against everyone after the moves, or
+    // none is made.
+    if plan.repack.is_some() {
+        let moved = super::moves::invariant_breaches(
+            ctx,
+            locked,
+            host,
+            &others,
+            plan,
+            &first,
+            on_housekeeping,
+        );
+        if !moved.is_empty() {
+            return Ok(Admission::Refused(format!(
+                "kvmtune: guest '{name}' cannot be placed: {}",
+                moved.join("; ")
+            )));
+        }
+        return Ok(Admission::Claim {
+            entry: first,
+            notes,
+            confined: None,
+        });
+    }
     let breaches = breaches_of(&first);
     if breaches.is_empty() {
         return Ok(Admission::Claim {

@@ -33,8 +33,11 @@ pub(super) fn started(ctx: &Stage<'_>) -> Result<Outcome> {
         return Ok(Outcome::allow("nothing to apply (not pinned by policy)"));
     };
     let mut notes = Vec::new();
+    // The moves this guest's admission made, before its own pins.
+    super::moves::apply_pending(ctx, &mut notes)?;
     if !ctx.env.apply_runtime {
-        return Ok(Outcome::allow(format!("claimed cpus={}", entry.cpus)));
+        notes.insert(0, format!("claimed cpus={}", entry.cpus));
+        return Ok(Outcome::allow(notes.join("; ")));
     }
     let status_path = status_path(ctx)?;
     let live = runstate::read_status(&status_path)?;

@@ -43,7 +43,7 @@ pub struct Movable {
 }
 
 /// One vCPU of a running guest moved within its NUMA node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Move {
     pub guest: String,
     pub vcpu: u32,

@@ -174,6 +174,10 @@ impl Locked {
     }
 }
 
+/// Repacking's state next to the ledger (the binary's `hook::moves`), written
+/// atomically under the ledger lock through a temp file named after it.
+pub const REPACK_FILE: &str = "repack.json";
+
 /// Removes temp files left by hooks killed between writing and renaming (SIGKILL,
 /// OOM): every writer holds the lock while its temp file exists, so under the lock
 /// any temp file is stale.
@@ -181,8 +185,10 @@ fn remove_stale_temp_files(run_dir: &Path) {
     let Ok(entries) = fs::read_dir(run_dir) else {
         return;
     };
-    // The host topology cache is also written only under the lock.
-    let prefixes = [LEDGER_FILE, crate::sysfs::CACHE_TEMP_PREFIX].map(|p| format!(".{p}."));
+    // The host topology cache and repacking's state are also written only under
+    // the lock.
+    let prefixes =
+        [LEDGER_FILE, crate::sysfs::CACHE_TEMP_PREFIX, REPACK_FILE].map(|p| format!(".{p}."));
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else {

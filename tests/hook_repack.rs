@@ -1,0 +1,173 @@
+//! Repacking through the hook (issue 12 item 1): `prepare` of a guest that finds
+//! no room moves running shared guests' vCPUs within their node, records the new
+//! claim and the moved claims together, and `started` of that guest applies the
+//! moves (here with runtime changes off: the fixture's threads are not real) or
+//! rolls back the claim of a guest whose move cannot be made.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::path::PathBuf;
+
+use kvmtune::hook::run;
+use kvmtune_core::cpuset::CpuSet;
+use kvmtune_core::ledger::{self as ledger_data};
+use kvmtune_core::placement::Pool;
+use kvmtune_sys::ledger_store::{self as ledger, Paths};
+use kvmtune_sys::logging::Log;
+use kvmtune_sys::roots::Roots as Environment;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    env: Environment,
+}
+
+/// The i5 laptop: CPUs 0-3 (cores 0,2 and 1,3), CPU0 excluded: 1-3 serve guests.
+fn fixture(policy: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.yaml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let libvirt = dir.path().join("libvirt");
+    std::fs::create_dir_all(&libvirt).unwrap();
+    let env = Environment {
+        policy: policy_path,
+        host_root: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/hosts/intel-core-i5-m560-laptop-1s2c2t"),
+        proc_root: dir.path().join("proc"),
+        paths: Paths {
+            run_dir: dir.path().join("run"),
+            libvirt_run_dir: libvirt,
+        },
+        syslog_socket: dir.path().join("no-syslog"),
+        allow_insecure_policy: true,
+        apply_runtime: false,
+    };
+    Fixture { _dir: dir, env }
+}
+
+const POLICY: &str = "version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: none\nrules:\n  - name: nfv\n    match: {name: 'ded*'}\n    set: {pool: dedicated, dedicated_fallback: refuse}\n";
+
+fn guest(name: &str, vcpus: u32) -> String {
+    format!(
+        "<domain type='kvm'>\n  <name>{name}</name>\n  <memory unit='MiB'>256</memory>\n  <vcpu placement='static'>{vcpus}</vcpu>\n  <os><type arch='x86_64'>hvm</type></os>\n  <memoryBacking>\n    <nosharepages/>\n  </memoryBacking>\n  <devices/>\n</domain>\n"
+    )
+}
+
+fn hook(f: &Fixture, name: &str, op: &str, subop: &str, xml: &str) -> kvmtune::hook::Outcome {
+    let mut log = Log::memory();
+    run(&f.env, name, op, subop, xml.as_bytes(), &mut log)
+}
+
+/// A status file as libvirt writes it once QEMU runs; `pid`: with the QEMU pid
+/// and vCPU 0's thread, else without (as a guest whose move cannot be made).
+fn mark_running(f: &Fixture, name: &str, xml: &str, pid: bool) {
+    let status = if pid {
+        format!(
+            "<domstatus state='running' pid='1'>\n  <vcpus>\n    <vcpu id='0' pid='2'/>\n  </vcpus>\n{xml}</domstatus>\n"
+        )
+    } else {
+        format!("<domstatus state='running'>\n{xml}</domstatus>\n")
+    };
+    std::fs::write(
+        f.env.paths.libvirt_run_dir.join(format!("{name}.xml")),
+        status,
+    )
+    .unwrap();
+}
+
+fn ledger(f: &Fixture) -> ledger_data::Ledger {
+    ledger::read_unlocked(&f.env.paths.run_dir).unwrap_or_default()
+}
+
+/// 1-vCPU shared guests, started, until two of CPUs 1-3 carry one: a 2-vCPU
+/// dedicated guest then finds one CPU free, and fits only by a move.
+fn shared_everywhere(f: &Fixture, with_pid: bool) -> Vec<String> {
+    let mut names = Vec::new();
+    for i in 1..=6 {
+        let name = format!("s{i}");
+        let xml = guest(&name, 1);
+        assert_eq!(hook(f, &name, "prepare", "begin", &xml).exit, 0);
+        mark_running(f, &name, &xml, with_pid);
+        assert_eq!(hook(f, &name, "started", "begin", &xml).exit, 0);
+        names.push(name);
+        let l = ledger(f);
+        let used = names
+            .iter()
+            .fold(CpuSet::new(), |a, n| a.union(&l.guests[n].cpus));
+        if used.len() == 2 {
+            return names;
+        }
+    }
+    panic!(
+        "shared guests never covered two CPUs: {:?}",
+        ledger(f).guests
+    );
+}
+
+#[test]
+fn a_dedicated_guest_is_admitted_by_moving_a_shared_vcpu_and_started_applies_it() {
+    let f = fixture(POLICY);
+    shared_everywhere(&f, true);
+    let xml = guest("ded", 2);
+    let out = hook(&f, "ded", "prepare", "begin", &xml);
+    assert_eq!(out.exit, 0, "{}", out.stderr);
+    assert!(out.summary.contains("repack: guest '"), "{}", out.summary);
+    // The claim and the moved claim, together: the dedicated CPU is its alone.
+    let l = ledger(&f);
+    let ded = &l.guests["ded"];
+    assert_eq!(ded.pool, Pool::Dedicated);
+    for (name, e) in &l.guests {
+        if name != "ded" {
+            assert!(!e.cpus.intersects(&ded.cpus), "{name} on {}", e.cpus);
+            assert!(
+                e.cpus.is_subset(&CpuSet::parse("1-3").unwrap()),
+                "{name} on {}",
+                e.cpus
+            );
+        }
+    }
+    // started applies the move (runtime changes off here) and clears it.
+    mark_running(&f, "ded", &xml, true);
+    let out = hook(&f, "ded", "started", "begin", &xml);
+    assert_eq!(out.exit, 0, "{}", out.stderr);
+    assert!(
+        out.summary.contains("repack: moved guest '"),
+        "{}",
+        out.summary
+    );
+    let again = hook(&f, "ded", "started", "begin", &xml);
+    assert!(!again.summary.contains("repack"), "{}", again.summary);
+}
+
+#[test]
+fn a_move_that_cannot_be_made_rolls_that_guests_claim_back() {
+    let f = fixture(POLICY);
+    // No QEMU pid in any shared guest's status file: a move cannot be made.
+    shared_everywhere(&f, false);
+    let before = ledger(&f);
+    let xml = guest("ded", 2);
+    assert_eq!(hook(&f, "ded", "prepare", "begin", &xml).exit, 0);
+    let moved: Vec<String> = ledger(&f)
+        .guests
+        .iter()
+        .filter(|(n, e)| before.guests.get(*n).is_some_and(|b| b.vcpus != e.vcpus))
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(moved.len(), 1, "one shared vCPU moves");
+    mark_running(&f, "ded", &xml, true);
+    let out = hook(&f, "ded", "started", "begin", &xml);
+    assert!(out.summary.contains("failed"), "{}", out.summary);
+    assert!(out.summary.contains("rolled back"), "{}", out.summary);
+    let after = ledger(&f);
+    assert_eq!(
+        after.guests[&moved[0]].vcpus,
+        before.guests[&moved[0]].vcpus
+    );
+}
+
+#[test]
+fn repack_off_refuses_as_before() {
+    let f = fixture(&POLICY.replace("  irq_cpus: none\n", "  irq_cpus: none\n  repack: false\n"));
+    shared_everywhere(&f, true);
+    let out = hook(&f, "ded", "prepare", "begin", &guest("ded", 2));
+    assert_eq!(out.exit, 1, "{}", out.summary);
+    assert!(out.stderr.contains("cannot be placed"), "{}", out.stderr);
+}
