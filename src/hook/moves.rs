@@ -338,7 +338,83 @@ fn apply_guest(ctx: &Stage<'_>, guest: &str, moves: &[Move]) -> Applied {
 
 #[cfg(test)]
 mod tests {
+    use kvmtune_core::domain::Domain;
+    use kvmtune_core::policy::Policy;
+    use kvmtune_sys::ledger_store::Paths;
+    use kvmtune_sys::roots::Roots;
+
     use super::*;
+
+    /// A real thread of this test process stands for a guest's vCPU thread: the
+    /// move is made with sched_setaffinity and read back from /proc.
+    #[test]
+    fn a_move_is_applied_to_a_real_thread_and_read_back_and_einval_fails_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let libvirt = dir.path().join("libvirt");
+        std::fs::create_dir_all(&libvirt).unwrap();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            tid_tx
+                .send(u32::try_from(nix::unistd::gettid().as_raw()).unwrap())
+                .unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        let pid = std::process::id();
+        let xml = "<domain type='kvm'>\n  <name>s</name>\n  <memory unit='MiB'>256</memory>\n  <vcpu placement='static'>1</vcpu>\n  <os><type arch='x86_64'>hvm</type></os>\n  <devices/>\n</domain>\n";
+        std::fs::write(
+            libvirt.join("s.xml"),
+            format!("<domstatus state='running' pid='{pid}'>\n  <vcpus>\n    <vcpu id='0' pid='{tid}'/>\n  </vcpus>\n{xml}</domstatus>\n"),
+        )
+        .unwrap();
+        let roots = Roots {
+            policy: dir.path().join("policy.yaml"),
+            // No cgroup under this root: only the thread's affinity is set.
+            host_root: dir.path().to_path_buf(),
+            proc_root: PathBuf::from("/proc"),
+            paths: Paths {
+                run_dir: dir.path().join("run"),
+                libvirt_run_dir: libvirt,
+            },
+            syslog_socket: dir.path().join("no-syslog"),
+            allow_insecure_policy: true,
+            apply_runtime: true,
+        };
+        let ctx = Stage {
+            env: &roots,
+            policy: Policy::shipped(),
+            xml,
+            domain: Domain::parse(xml).unwrap(),
+        };
+        let allowed = affinity::allowed_cpus(Path::new("/proc"), pid, tid).unwrap();
+        let cpu = allowed.first().unwrap();
+        let to = set(&cpu.to_string());
+        let done = apply_guest(
+            &ctx,
+            "s",
+            &[mv("s", 0, &allowed.to_string(), &to.to_string())],
+        );
+        assert_eq!(done, Applied::Done(vec![format!("vcpu0={to}")]));
+        assert_eq!(
+            affinity::allowed_cpus(Path::new("/proc"), pid, tid).unwrap(),
+            to
+        );
+        // A CPU the machine lacks: sched_setaffinity says EINVAL, the move fails.
+        let failed = apply_guest(&ctx, "s", &[mv("s", 0, &to.to_string(), "1000")]);
+        assert!(
+            matches!(&failed, Applied::Failed(why) if why.contains("EINVAL")),
+            "{failed:?}"
+        );
+        // A guest without a status file is gone.
+        let gone = apply_guest(&ctx, "t", &[mv("t", 0, "0", "1")]);
+        assert!(
+            matches!(&gone, Applied::Failed(why) if why.contains("gone")),
+            "{gone:?}"
+        );
+        done_tx.send(()).unwrap();
+        worker.join().unwrap();
+    }
 
     fn set(list: &str) -> CpuSet {
         CpuSet::parse(list).unwrap()
