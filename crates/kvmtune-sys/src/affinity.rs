@@ -82,6 +82,29 @@ pub fn allowed_cpus(proc_root: &Path, pid: u32, tid: u32) -> Result<CpuSet, Affi
         })
 }
 
+/// How long a thread has run on a CPU, in nanoseconds (the first field of
+/// `/proc/PID/task/TID/schedstat`). A vCPU thread of a guest still starting (QEMU
+/// runs with `-S` until libvirt resumes it after the `started` hook) has run
+/// well under a millisecond; a guest that has booted, for far longer.
+pub fn run_time_ns(proc_root: &Path, pid: u32, tid: u32) -> Result<u64, AffinityError> {
+    let path = proc_root
+        .join(pid.to_string())
+        .join("task")
+        .join(tid.to_string())
+        .join("schedstat");
+    let text = std::fs::read_to_string(&path).map_err(|source| AffinityError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    text.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| AffinityError::Read {
+            path,
+            source: std::io::Error::other("no run time in schedstat"),
+        })
+}
+
 /// Where a process's cpuset cgroup is, for cgroup v1 (`cpuset` controller) or v2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpusetCgroup {
