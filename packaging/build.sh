@@ -118,10 +118,6 @@ stage() { # stage FAMILY ROOT
     # shellcheck disable=SC2094
     for f in "$WORK"/man/*.5; do gzip -9n <"$f" >"$root/usr/share/man/man5/$(basename "$f").gz"; done
     install -D -m 0644 "$WORK/completions/kvmtune.bash" "$root/usr/share/bash-completion/completions/kvmtune"
-    # systemd units of converge: after-start (both families, same path)
-    for f in kvmtune-converge.path kvmtune-converge.service kvmtune-converge.timer; do
-        install -D -m 0644 "$PKG/systemd/$f" "$root/usr/lib/systemd/system/$f"
-    done
     local doc=$root/usr/share/doc/kvmtune
     install -D -m 0644 "$REPO/README.md" "$doc/README.md"
     install -D -m 0644 "$REPO/docs/policy.md" "$doc/policy.md"
@@ -150,37 +146,44 @@ EOF
             install -D -m 0644 "$REPO/LICENSE" "$root/usr/share/licenses/kvmtune/LICENSE"
             ;;
     esac
-    stage_metrics_units "$family" "$root"
+    stage_units "$family" "$root"
     find "$root" -type d -exec chmod 0755 {} +
 }
 
-# kvmtune-metrics.timer/.service (packaging/systemd/): Prometheus metrics for
-# node_exporter's textfile collector. Units go to deb /lib/systemd/system, rpm
-# /usr/lib/systemd/system; the rpm also gets a preset that enables the timer
-# (Debian's postinst enables it with deb-systemd-helper).
-stage_metrics_units() { # stage_metrics_units FAMILY ROOT
+# The systemd units (packaging/systemd/): kvmtune-converge.path/.timer/.service
+# (converge: after-start) and kvmtune-metrics.timer/.service (Prometheus metrics
+# for node_exporter's textfile collector). They go to deb /lib/systemd/system
+# (where debhelper puts them on Debian 12), rpm /usr/lib/systemd/system; the rpm
+# also gets a preset that enables the path unit and the timers (Debian's postinst
+# enables them with deb-systemd-helper).
+UNITS="kvmtune-converge.path kvmtune-converge.service kvmtune-converge.timer kvmtune-metrics.service kvmtune-metrics.timer"
+stage_units() { # stage_units FAMILY ROOT
     local family=$1 root=$2 unitdir u
     case $family in
         deb) unitdir=$root/lib/systemd/system ;;
         rpm) unitdir=$root/usr/lib/systemd/system ;;
     esac
-    for u in kvmtune-metrics.service kvmtune-metrics.timer; do
+    for u in $UNITS; do
         install -D -m 0644 "$PKG/systemd/$u" "$unitdir/$u"
     done
     if [ "$family" = rpm ]; then
         install -d -m 0755 "$root/usr/lib/systemd/system-preset"
-        printf '# kvmtune: Prometheus metrics for node_exporter (skipped without it).\nenable kvmtune-metrics.timer\n' \
-            >"$root/usr/lib/systemd/system-preset/50-kvmtune.preset"
+        {
+            printf '# kvmtune: convergence after a start (converge: after-start) and\n'
+            printf '# Prometheus metrics for node_exporter (skipped without it).\n'
+            printf 'enable kvmtune-converge.path\nenable kvmtune-converge.timer\nenable kvmtune-metrics.timer\n'
+        } >"$root/usr/lib/systemd/system-preset/50-kvmtune.preset"
         chmod 0644 "$root/usr/lib/systemd/system-preset/50-kvmtune.preset"
     fi
 }
 
-# A maintainer script: the template with the shared functions pasted in where it
-# says #KVMTUNE_FUNCTIONS# (with % doubled for rpm, which expands macros there).
-script() { # script TEMPLATE [rpm]
+# A maintainer script: the template with the shared functions and the family's
+# own pasted in where it says #KVMTUNE_FUNCTIONS# (with % doubled for rpm, which
+# expands macros there).
+script() { # script TEMPLATE deb|rpm
     local line functions
-    functions=$(cat "$PKG/scripts/functions.sh")
-    [ "${2:-}" = rpm ] && functions=${functions//%/%%}
+    functions=$(cat "$PKG/scripts/functions.sh" "$PKG/scripts/functions-$2.sh")
+    [ "$2" = rpm ] && functions=${functions//%/%%}
     while IFS= read -r line || [ -n "$line" ]; do
         if [ "$line" = "#KVMTUNE_FUNCTIONS#" ]; then
             printf '%s\n' "$functions"
@@ -195,7 +198,7 @@ DEBROOT=$WORK/deb
 stage deb "$DEBROOT"
 install -d -m 0755 "$DEBROOT/DEBIAN"
 for s in postinst prerm postrm; do
-    script "$PKG/deb/$s" >"$DEBROOT/DEBIAN/$s"
+    script "$PKG/deb/$s" deb >"$DEBROOT/DEBIAN/$s"
     chmod 0755 "$DEBROOT/DEBIAN/$s"
 done
 printf '/etc/kvmtune/policy.yaml\n' >"$DEBROOT/DEBIAN/conffiles"
