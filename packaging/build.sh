@@ -88,7 +88,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvmtune-pkg.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
 cp "$BIN" "$WORK/kvmtune"
-strip --strip-unneeded "$WORK/kvmtune"
+# As debhelper's dh_strip: no symbols beyond the dynamic ones, no .comment/.note.
+strip --remove-section=.comment --remove-section=.note --strip-unneeded "$WORK/kvmtune"
 
 # The oldest glibc the binary runs on is the newest GLIBC_x.y symbol it needs.
 NEED_GLIBC=$(objdump -T "$WORK/kvmtune" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
@@ -139,6 +140,7 @@ EOF
                 sed -e 's/^$/./' -e 's/^/ /' "$REPO/LICENSE"
             } >"$doc/copyright"
             chmod 0644 "$doc"/*
+            install -D -m 0644 "$PKG/deb/lintian-overrides" "$root/usr/share/lintian/overrides/kvmtune"
             ;;
         rpm)
             install -D -m 0644 "$WORK/completions/_kvmtune" "$root/usr/share/zsh/site-functions/_kvmtune"

@@ -11,7 +11,8 @@
 # 1. builds the .deb and the .rpm (packaging/build.sh), and a second release of
 #    each for the upgrade checks;
 # 2. checks their metadata and file lists (dpkg-deb -I/-c, rpm -qip/-qlp), the man
-#    pages, completions and scripts, and that the RPM holds the .deb's files;
+#    pages, completions and scripts, runs lintian and rpmlint (fails on errors),
+#    and that the RPM holds the .deb's files;
 # 3. installs the .deb with apt-get (dependencies resolved as for an admin), upgrades it with dpkg -i, runs
 #    tests/e2e/run.sh --installed against the installed hook, removes and purges
 #    it, and checks that nothing of kvmtune's is left (files, hook links, unit
@@ -22,7 +23,8 @@
 #    minimal /bin/sh so the scriptlets really run chrooted), upgrades and erases it,
 #    with and without an admin's hook, and compares its files with the .deb's.
 #
-# Installs what it lacks with apt-get (dpkg-dev, rpm, binutils, libvirt + QEMU).
+# Installs what it lacks with apt-get (dpkg-dev, rpm, binutils, lintian, rpmlint,
+# libvirt + QEMU).
 # Moves an existing hook, /etc/kvmtune, /run/kvmtune and /var/lib/kvmtune aside
 # for the run and puts them back at exit. Refuses to run while kvmtune is
 # installed as a package, or (with the e2e suite) while libvirtd runs.
@@ -41,7 +43,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD_ARGS+=(--no-build); shift ;;
         --no-e2e) E2E=0; shift ;;
         --artifacts) ART=$2; shift 2 ;;
-        -h | --help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "ci.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -163,6 +165,8 @@ need=()
 command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
 command -v rpmbuild >/dev/null || need+=(rpm)
 command -v objdump >/dev/null || need+=(binutils)
+command -v lintian >/dev/null || need+=(lintian)
+command -v rpmlint >/dev/null || need+=(rpmlint)
 dpkg-query -W -f='${Status}' libvirt-daemon-driver-qemu 2>/dev/null | grep -q 'ok installed' ||
     need+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 libxml2-utils)
 if [ ${#need[@]} -gt 0 ]; then
@@ -174,7 +178,7 @@ if [ ${#need[@]} -gt 0 ]; then
     case " ${need[*]} " in *" qemu-system-x86 "*) need+=("qemu-utils${qu:+=$qu}") ;; esac
     run "$ART/apt-install.log" apt-get install -y -q --no-install-recommends --allow-downgrades "${need[@]}"
 fi
-pass "dpkg-deb, dpkg-shlibdeps, rpmbuild, libvirt-daemon-driver-qemu present"
+pass "dpkg-deb, dpkg-shlibdeps, rpmbuild, lintian, rpmlint, libvirt-daemon-driver-qemu present"
 
 # ------------------------------------------------------------------ build
 step "build (packaging/build.sh)"
@@ -236,6 +240,20 @@ check "postinst enables the units with deb-systemd-helper, starts them with deb-
 check "no maintainer script calls systemctl but for daemon-reload" \
     bash -c "! cat '$ART/deb-postinst' '$ART/deb-prerm' '$ART/deb-postrm' | grep -v '^ *#' | grep -E '(^|[;&|] *| )systemctl ' | grep -v 'daemon-reload' | grep -v 'kvmtune_say'"
 
+step "lintian (fails on errors; overrides with their reasons: packaging/deb/lintian-overrides)"
+# As root lintian only warns that it runs as root.
+# One run: every tag, the overridden ones (O:) and the overrides' reasons (N:)
+# shown; --fail-on would count the overridden ones, so the errors are counted here.
+lintian --fail-on none --display-info --pedantic --show-overrides "$DEB" >"$ART/lintian.txt" 2>&1
+lintian_rc=$?
+grep -v '^running with root privileges' "$ART/lintian.txt" | sed 's/^/  | /'
+if [ "$lintian_rc" = 0 ] && ! grep -q '^E: ' "$ART/lintian.txt"; then
+    pass "lintian: no errors ($(grep -c '^W: ' "$ART/lintian.txt") warnings, $(grep -c '^I: ' "$ART/lintian.txt") info, $(grep -c '^P: ' "$ART/lintian.txt") pedantic)"
+else
+    fail "lintian found $(grep -c '^E: ' "$ART/lintian.txt") error(s) (exit $lintian_rc)"
+fi
+check "lintian used the shipped overrides ($(grep -c '^O: ' "$ART/lintian.txt"))" grep -q '^O: kvmtune: embedded-library' "$ART/lintian.txt"
+
 step "inspect the .rpm (rpm -qip / -qlp)"
 # Queries open an rpm database: a scratch one, not ~/.rpmdb on the build machine
 # (Debian's rpm creates ~/.rpmdb whatever --dbpath says, hence HOME).
@@ -269,6 +287,16 @@ done
 check "%post presets the units (%systemd_post)" grep -q 'preset kvmtune-converge.path kvmtune-converge.timer kvmtune-metrics.timer' "$ART/rpm-scripts.txt"
 check "%preun disables and stops them on erase (%systemd_preun)" grep -q 'disable --now kvmtune-converge.path' "$ART/rpm-scripts.txt"
 
+step "rpmlint (fails on errors; filters with their reasons: packaging/rpm/rpmlint.toml)"
+(cd "$ART" && HOME=$ART rpmlint -c "$PKG_DIR/rpm/rpmlint.toml" "$RPM") >"$ART/rpmlint.txt" 2>&1
+rpmlint_rc=$?
+sed -n '/^kvmtune\|packages and/p' "$ART/rpmlint.txt" | sed 's/^/  | /'
+if [ "$rpmlint_rc" = 0 ] && grep -q ' 0 errors' "$ART/rpmlint.txt"; then
+    pass "rpmlint: no errors ($(sed -n 's/.* \([0-9]*\) warnings.*/\1/p' "$ART/rpmlint.txt") warnings)"
+else
+    fail "rpmlint found errors (exit $rpmlint_rc)"
+fi
+
 step "the RPM holds the .deb's files (family conventions mapped)"
 # Where the families differ by convention (packaging/README.md).
 normalize() {
@@ -280,7 +308,8 @@ normalize() {
         -e 's|^/usr/share/licenses/kvmtune/LICENSE$|LICENSE|' \
         -e '/^\/usr\/share\/doc\/kvmtune\/changelog\.Debian\.gz$/d' \
         -e 's|^/lib/systemd/system/|UNITDIR/|' -e 's|^/usr/lib/systemd/system/|UNITDIR/|' \
-        -e '/^\/usr\/lib\/systemd\/system-preset\/50-kvmtune\.preset$/d' | LC_ALL=C sort
+        -e '/^\/usr\/lib\/systemd\/system-preset\/50-kvmtune\.preset$/d' \
+        -e '/^\/usr\/share\/lintian\/overrides\/kvmtune$/d' | LC_ALL=C sort
 }
 normalize <"$ART/deb-files.txt" >"$ART/deb-files.norm"
 normalize <"$ART/rpm-files.txt" >"$ART/rpm-files.norm"
@@ -325,7 +354,7 @@ left_behind() { # prints what of kvmtune's is still on the machine
     dpkg-query -W kvmtune >/dev/null 2>&1 && echo "dpkg still knows kvmtune"
     # units, their enablement links and masks, deb-systemd-helper's state, metrics
     find /lib/systemd /usr/lib/systemd /etc/systemd /var/lib/systemd /run/systemd \
-        /var/lib/prometheus -name '*kvmtune*' 2>/dev/null
+        /var/lib/prometheus /usr/share/lintian/overrides -name '*kvmtune*' 2>/dev/null
     return 0
 }
 # The unit enablement deb-systemd-helper made (links and state) without systemd.
