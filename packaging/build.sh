@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the kvmtune .deb and .rpm from this repository (packaging/README.md):
 #
-#   packaging/build.sh [--release N] [--no-build] [--out DIR]
+#   packaging/build.sh [--release N] [--no-build] [--out DIR] [--install-deps]
 #
 #   --release N   package revision/release (default 1): kvmtune_VERSION-N_ARCH.deb,
 #                 kvmtune-VERSION-N.ARCH.rpm
@@ -9,10 +9,13 @@
 #                 xtask that writes the man pages and completions is still built)
 #   --out DIR     where the packages go (default: $CARGO_TARGET_DIR or target/,
 #                 then /packages)
+#   --install-deps  install the missing tools first (as root: apt-get on Debian
+#                 and Ubuntu, dnf on Fedora and RHEL); without it a missing tool
+#                 is named in one line with what to install
 #
-# Needs cargo, dpkg-deb and dpkg-shlibdeps (dpkg-dev), rpmbuild (Debian package
-# `rpm`), binutils (objdump, strip) and gzip. Runs as any user. Prints the two
-# package paths last.
+# Needs Rust's cargo (https://rustup.rs), dpkg-deb and dpkg-shlibdeps (Debian
+# package dpkg-dev), rpmbuild (Debian: rpm; Fedora/RHEL: rpm-build), binutils
+# (objdump, strip) and gzip. Runs as any user. Prints the two package paths last.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,6 +23,7 @@ PKG=$REPO/packaging
 RELEASE=1
 BUILD=1
 OUT=""
+INSTALL_DEPS=0
 
 # The newest glibc symbol version the binary may need: the oldest glibc we support
 # (Debian 12, Ubuntu 22.04, RHEL/Alma/Rocky 9). See packaging/README.md.
@@ -33,23 +37,58 @@ no KSM, huge pages, disk cache='none', vhost-net with multiqueue, and no
 host-passthrough CPU mode. One binary is both the libvirt qemu hook and the
 admin's command-line tool (plan, check, apply, revert, status)."
 
-die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
-say() { printf 'build.sh: %s\n' "$*" >&2; }
+die() { printf 'packaging/build.sh: %s\n' "$*" >&2; exit 1; }
+say() { printf 'packaging/build.sh: %s\n' "$*" >&2; }
 
 while [ $# -gt 0 ]; do
     case $1 in
         --release) RELEASE=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --out) OUT=$2; shift 2 ;;
-        -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --install-deps) INSTALL_DEPS=1; shift ;;
+        -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
 [[ $RELEASE =~ ^[0-9]+$ ]] || die "--release takes a number"
 
-for tool in cargo dpkg-deb rpmbuild objdump strip gzip; do
-    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install dpkg-dev rpm binutils)"
-done
+# ------------------------------------------------------------------ tools
+# Each tool with the package that has it: Debian/Ubuntu, then Fedora/RHEL.
+TOOLS="dpkg-deb:dpkg:dpkg dpkg-shlibdeps:dpkg-dev:dpkg-dev rpmbuild:rpm:rpm-build objdump:binutils:binutils strip:binutils:binutils gzip:gzip:gzip"
+missing_tools() { # prints "TOOL DEBPKG RPMPKG" per missing tool
+    local t tool
+    for t in $TOOLS; do
+        tool=${t%%:*}
+        command -v "$tool" >/dev/null || printf '%s %s\n' "$tool" "$(echo "${t#*:}" | tr : ' ')"
+    done
+}
+uniq_words() { tr ' ' '\n' | awk 'NF && !seen[$0]++' | paste -sd ' ' -; }
+MISSING=$(missing_tools)
+if [ -n "$MISSING" ] && [ "$INSTALL_DEPS" = 1 ]; then
+    [ "$(id -u)" = 0 ] || die "--install-deps installs packages: run it as root (sudo packaging/build.sh --install-deps)"
+    if command -v apt-get >/dev/null; then
+        pkgs=$(awk '{ print $2 }' <<<"$MISSING" | uniq_words)
+        say "apt-get install $pkgs"
+        # shellcheck disable=SC2086 # one word per package
+        { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $pkgs ||
+            { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $pkgs; }; } >&2 ||
+            die "apt-get install $pkgs failed"
+    elif command -v dnf >/dev/null; then
+        pkgs=$(awk '{ print $3 }' <<<"$MISSING" | uniq_words)
+        say "dnf install $pkgs"
+        # shellcheck disable=SC2086
+        dnf install -y $pkgs >&2 || die "dnf install $pkgs failed"
+    else
+        die "--install-deps knows apt-get and dnf, and this machine has neither"
+    fi
+    MISSING=$(missing_tools)
+fi
+if [ -n "$MISSING" ]; then
+    tools=$(awk '{ print $1 }' <<<"$MISSING" | uniq_words | sed 's/ /, /g')
+    [ "$INSTALL_DEPS" = 0 ] || die "still lacks $tools after installing their packages (not on PATH?)"
+    die "needs $tools (Debian/Ubuntu: apt-get install $(awk '{ print $2 }' <<<"$MISSING" | uniq_words); Fedora/RHEL: dnf install $(awk '{ print $3 }' <<<"$MISSING" | uniq_words)), or run it with --install-deps"
+fi
+command -v cargo >/dev/null || die "needs cargo: install Rust with rustup (https://rustup.rs), then open a new shell"
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 case $TARGET_DIR in /*) ;; *) TARGET_DIR=$REPO/$TARGET_DIR ;; esac
@@ -206,13 +245,12 @@ done
 printf '/etc/kvmtune/policy.yaml\n' >"$DEBROOT/DEBIAN/conffiles"
 (cd "$DEBROOT" && find . -type f ! -path './DEBIAN/*' ! -path './etc/*' -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) >"$DEBROOT/DEBIAN/md5sums"
 
-# Shared-library dependencies the way Debian computes them, else from the symbols.
-SHLIBS=""
-if command -v dpkg-shlibdeps >/dev/null; then
-    mkdir -p "$WORK/shlibs/debian"
-    printf 'Source: kvmtune\n\nPackage: kvmtune\nArchitecture: any\n' >"$WORK/shlibs/debian/control"
-    SHLIBS=$(cd "$WORK/shlibs" && dpkg-shlibdeps -O -e "$DEBROOT/usr/bin/kvmtune" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
-fi
+# Shared-library dependencies the way Debian computes them.
+mkdir -p "$WORK/shlibs/debian"
+printf 'Source: kvmtune\n\nPackage: kvmtune\nArchitecture: any\n' >"$WORK/shlibs/debian/control"
+SHLIBS=$(cd "$WORK/shlibs" && dpkg-shlibdeps -O -e "$DEBROOT/usr/bin/kvmtune" 2>"$WORK/shlibdeps.err" | sed -n 's/^shlibs:Depends=//p')
+# (Outside Debian dpkg-shlibdeps may know no library packages: then from the symbols.)
+[ -n "$SHLIBS" ] || say "dpkg-shlibdeps gave nothing ($(head -n 1 "$WORK/shlibdeps.err")): Depends from the binary's glibc symbols"
 SHLIBS=${SHLIBS:-"libc6 (>= $NEED_GLIBC), libgcc-s1"}
 INSTALLED_SIZE=$(du -sk --exclude=DEBIAN "$DEBROOT" | cut -f1)
 {
