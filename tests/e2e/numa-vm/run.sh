@@ -17,7 +17,7 @@
 #   --topology T    sym (2 sockets x 4 cores, 4 nodes of 1 GiB), asym (3 nodes:
 #                   2 CPUs + 4 CPUs + a memory-only node), systemd (2 nodes,
 #                   systemd as init: systemd-cases.sh), both (sym and asym) or
-#                   all (default: the three)
+#                   all (the three: the default, or both with --only)
 #   --only IDS      only these cases (see cases.sh; not for the systemd boot)
 #   --cache DIR     base image cache (default /var/cache/kvmtune-numa-vm)
 #   --artifacts DIR serial logs and the VMs' artifacts (default: new /tmp dir)
@@ -29,7 +29,7 @@ set -u -o pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../../.." && pwd)
 DEB=""
-TOPOLOGY=all
+TOPOLOGY=""
 ONLY=""
 CACHE=${KVMTUNE_NUMA_VM_CACHE:-/var/cache/kvmtune-numa-vm}
 ART=""
@@ -50,6 +50,7 @@ while [ $# -gt 0 ]; do
         *) echo "numa-vm: unknown argument $1" >&2; exit 2 ;;
     esac
 done
+[ -n "$TOPOLOGY" ] || { [ -n "$ONLY" ] && TOPOLOGY=both || TOPOLOGY=all; }
 case $TOPOLOGY in sym | asym | systemd | both | all) ;; *) echo "numa-vm: --topology sym|asym|systemd|both|all" >&2; exit 2 ;; esac
 
 T0=$(date +%s)

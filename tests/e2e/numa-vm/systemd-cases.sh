@@ -13,7 +13,10 @@
 #   converge     a guest with cache='writeback' (no <nosharepages/>) starts under the
 #                shipped policy (warn, converge: after-start); kvmtune-converge.path
 #                fires and its definition conforms within seconds; a backup exists;
-#                the second cold boot runs conforming; revert restores it byte for byte
+#                revert restores it byte for byte. A second guest with
+#                host-passthrough as well: its first start fails (TCG has no host
+#                CPU to pass through) after the hook queued it; the path unit makes
+#                it host-model, and its second start conforms (not queued again)
 #   metrics      kvmtune-metrics.timer writes the textfile; a start of its service
 #                replaces it atomically (new inode, no temp file left)
 #   purge        dpkg -r stops the units and removes the hook; dpkg -P leaves no unit,
@@ -27,6 +30,7 @@ e2e() { echo "E2E: $*" >&3; }
 
 P=kvmtune-e2e-
 G=${P}sdconv
+GP=${P}sdpass
 QUEUE=/run/kvmtune/converge
 TEXTFILE_DIR=/var/lib/prometheus/node-exporter
 BACKUPS=/var/lib/kvmtune/backups
@@ -83,12 +87,12 @@ EOF
 }
 libvirtd_pid() { systemctl show -p MainPID --value libvirtd.service; }
 conforms() { V dumpxml --inactive "$1" | grep -q "cache='none'"; }
+cpu_conforms() { V dumpxml --inactive "$1" | grep -q "<cpu mode='host-model'"; }
 libvirt_answers() { timeout 5 virsh -q -c qemu:///system version >/dev/null 2>&1; }
 
-# A guest that breaks rules 2.1 (cache='writeback') and 3.1 (no <nosharepages/>).
-# host-passthrough cannot start under TCG (libvirt refuses it before any hook), so
-# rule 5 is left to the real-libvirtd suite's definitions.
-define_guest() { # NAME
+# A guest that breaks rules 2.1 (cache='writeback') and 3.1 (no <nosharepages/>),
+# and with CPU mode host-passthrough rule 5 too.
+define_guest() { # NAME [CPU_MODE]
     truncate -s 16M "/var/lib/libvirt/images/$1.img"
     cat >"$OUT/$1.xml" <<EOF
 <domain type='qemu'>
@@ -97,7 +101,7 @@ define_guest() { # NAME
   <currentMemory unit='MiB'>64</currentMemory>
   <vcpu placement='static'>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <cpu mode='maximum'/>
+  <cpu mode='${2:-maximum}'/>
   <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
@@ -182,19 +186,36 @@ case_converge() {
     [ -n "$backup" ] || die "no backup under $BACKUPS/$G"
     cmp -s "$backup" "$OUT/$G.before.xml" || die "backup $backup differs from the definition before the start"
     ev "backup $backup == the definition before"
-    # Boot 2, cold: conforming, not queued again.
-    V destroy "$G" >/dev/null || die "virsh destroy failed"
-    t0=$(date +%s)
-    out=$(V start "$G" 2>&1) || die "the converged definition does not start: $out"
-    sleep 1
-    out=$(journal_since "$t0" -t kvmtune | grep -F "guest=$G" | grep 'stage=prepare-begin')
-    ev "boot 2: $(echo "$out" | cut -c1-200)"
-    case $out in *violation* | *"converge: queued"*) die "boot 2 still violates or was queued: $out" ;; esac
+    # (The second cold boot of a converged definition: the host-passthrough guest below.)
     V destroy "$G" >/dev/null
     out=$(kvmtune revert "$G" 2>&1) || die "kvmtune revert failed: $out"
     V dumpxml --inactive "$G" >"$OUT/$G.reverted.xml"
     cmp -s "$OUT/$G.before.xml" "$OUT/$G.reverted.xml" || die "revert is not byte for byte: $(diff "$OUT/$G.before.xml" "$OUT/$G.reverted.xml" | head -n 5 | tr '\n' ' ')"
     ev "kvmtune revert: dumpxml --inactive byte-identical to the definition before"
+
+    # host-passthrough: libvirt fails the start after the prepare hook queued it.
+    define_guest "$GP" host-passthrough
+    t0=$(date +%s)
+    if out=$(V start "$GP" 2>&1); then
+        ev "$GP started with host-passthrough (the VM has a host CPU model here)"
+    else
+        ev "$GP's first start failed, as TCG must: $(echo "$out" | tr '\n' ' ' | cut -c1-200)"
+    fi
+    t_start=$(date +%s.%N)
+    wait_for 60 cpu_conforms "$GP" ||
+        die "$GP's definition did not become host-model within 60 s; queue: $(ls -A "$QUEUE"); $(journal_since "$t0" -t kvmtune | grep -F "guest=$GP" | cut -c1-200 | tr '\n' '|')"
+    t_done=$(date +%s.%N)
+    out=$(journal_since "$t0" -t kvmtune | grep -F "guest=$GP")
+    ev "$GP host-model $(python3 -c "print(f'{$t_done - $t_start:.1f}')") s after the start returned; $(echo "$out" | grep -o 'stage=converge outcome=[a-z]*.*rule 5[^;]*' | cut -c1-200)"
+    echo "$out" | grep -q 'stage=prepare-begin.*converge: queued' || die "no prepare line saying $GP was queued"
+    V dumpxml --inactive "$GP" | grep -q "cache='none'" || die "$GP's converged definition still lacks cache='none'"
+    V destroy "$GP" >/dev/null 2>&1
+    t0=$(date +%s)
+    out=$(V start "$GP" 2>&1) || die "$GP does not start after convergence: $out"
+    sleep 1
+    out=$(journal_since "$t0" -t kvmtune | grep -F "guest=$GP" | grep 'stage=prepare-begin')
+    ev "$GP's second start (host-model): $(echo "$out" | cut -c1-200)"
+    case $out in *violation* | *"converge: queued"*) die "the second start still violates or was queued: $out" ;; esac
 }
 
 case_metrics() {
