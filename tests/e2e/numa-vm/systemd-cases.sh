@@ -53,7 +53,7 @@ wait_for() {
 # ------------------------------------------------------------------ libvirt under systemd
 # The base image has libvirt-daemon (the daemons), not libvirt-daemon-system (its
 # units, users and default network): the units here are Debian's, trimmed to what
-# the VM has (no sockets activation, no virtlockd).
+# the VM has (no socket activation, no virtlockd).
 setup_libvirt_units() {
     getent group kvm >/dev/null || groupadd -r kvm
     getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
