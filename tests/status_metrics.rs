@@ -173,7 +173,7 @@ fn json_has_a_schema_version_and_json_is_an_alias() {
     assert_eq!(a.status.code(), Some(0));
     let va: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
     let vb: serde_json::Value = serde_json::from_slice(&b.stdout).unwrap();
-    assert_eq!(va["schema_version"], 1);
+    assert_eq!(va["schema_version"], 2);
     assert_eq!(va["guests"], vb["guests"]);
     assert_eq!(va["guests"][0]["pool"], "shared");
     assert_eq!(va["host"]["nodes"][0]["free_cpus"][0]["pool"], "shared");

@@ -1,6 +1,7 @@
 //! Drawing a [`Status`] as text: the host tree (NUMA nodes → L3 groups or sockets
 //! → cores → threads, one padded cell per thread), the legend, then every running
-//! guest with its placement, ledger agreement and conformance rule by rule. Colours
+//! guest with its placement, ledger agreement, conformance rule by rule and what
+//! was applied and read back, aspect by aspect. Colours
 //! are [`anstyle`] styles, used only when asked; with colour off the text holds no
 //! escape at all. Guest names are sanitized before they reach the terminal.
 
@@ -10,6 +11,7 @@ use std::fmt::Write as _;
 use anstyle::{AnsiColor, Style};
 use kvmtune_core::conformance::Conformance;
 use kvmtune_core::cpuset::CpuSet;
+use kvmtune_core::readback::{Readback, State};
 use kvmtune_core::status::{Role, Source, Status, ThreadView};
 use kvmtune_sys::logging::sanitize;
 
@@ -288,7 +290,7 @@ pub fn render(status: &Status, color: bool) -> String {
             let detail = if c.detail.is_empty() {
                 String::new()
             } else {
-                format!(" {}", c.detail)
+                format!(" {}", escape_controls(&c.detail))
             };
             let _ = writeln!(
                 out,
@@ -300,6 +302,7 @@ pub fn render(status: &Status, color: bool) -> String {
             )
             .map(|_| ());
         }
+        render_readback(&mut out, &paint, &g.readback);
     }
     if status.guests.iter().any(|g| {
         g.conformance
@@ -317,6 +320,39 @@ pub fn render(status: &Status, color: bool) -> String {
         .collect::<Vec<_>>()
         .join("\n")
         + "\n"
+}
+
+/// The read-back lines of one guest: `read back  ASPECT  VERDICT`.
+fn render_readback(out: &mut String, paint: &Paint, readback: &[Readback]) {
+    for (i, r) in readback.iter().enumerate() {
+        let code = match r.state {
+            State::Verified => GOOD,
+            State::NotEnforced => HOST,
+            State::Drifted => ALARM,
+            State::Unread => HOST,
+        };
+        let _ = writeln!(
+            out,
+            "    {:<11}{:<18}{}",
+            if i == 0 { "read back" } else { "" },
+            r.aspect.label(),
+            paint.wrap(code, &escape_controls(&r.sentence()))
+        );
+    }
+}
+
+/// Control characters escaped, no length bound: read-back sentences hold thread
+/// names and cgroup paths (named after the guest) and may be long.
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn or_dash(set: &CpuSet) -> String {
