@@ -1,6 +1,7 @@
 //! `kvmtune status`: a picture of the host taken in at a glance, like `lstopo`,
 //! and every running guest with its placement, its conformance rule by rule, and
-//! whether kvmtune's ledger agrees with libvirt. This module is the door: its
+//! whether kvmtune's ledger agrees with libvirt, and which guests wait in the
+//! convergence queue. This module is the door: its
 //! arguments, and [`run_status`], which reads everything through `kvmtune_sys`
 //! (sysfs, libvirt's status files, the ledger, `/proc` for the affinity of every
 //! QEMU thread, the guest's cpuset cgroup),
@@ -27,12 +28,14 @@ use serde::Serialize;
 
 use crate::exit;
 use crate::inputs::{self as cli, Sources};
+use kvmtune_core::converge::Entry;
 use kvmtune_core::ledger::Ledger;
 use kvmtune_core::readback::Observed;
 use kvmtune_core::runstate::LiveGuest;
 use kvmtune_core::status::{Inputs, Status, build, vcpu_count};
 use kvmtune_sys::affinity;
 use kvmtune_sys::atomicfile;
+use kvmtune_sys::converge_queue::Queue;
 use kvmtune_sys::ledger_store as ledger;
 use kvmtune_sys::libvirt_run as runstate;
 use kvmtune_sys::run_metrics;
@@ -70,10 +73,11 @@ aspect (vCPU, emulator and iothreads, cgroup cpus and mems, memory policy):
 applied and verified, not enforced at runtime (why), drifted (expected X, found
 Y), not read back (why). Exit code 0.
 
---format prometheus also reads the hook's outcome counters
-(/run/kvmtune/hook-counters.json) and the convergence queue
-(/run/kvmtune/converge/). --output FILE replaces FILE atomically (temp file +
-rename), so node_exporter's textfile collector never reads half of it.";
+The guests queued for convergence (/run/kvmtune/converge/, drained by kvmtune
+converge) are listed with when they were queued. --format prometheus also reads
+the hook's outcome counters (/run/kvmtune/hook-counters.json). --output FILE
+replaces FILE atomically (temp file + rename), so node_exporter's textfile
+collector never reads half of it.";
 
 #[derive(Debug, Args)]
 #[command(after_help = STATUS_HELP)]
@@ -136,6 +140,17 @@ pub fn read_observed(
         .collect()
 }
 
+/// The convergence queue's directory and its entries, or why it could not be
+/// read (it is 0700 root: other users get "permission denied").
+pub fn read_queue(run_dir: &Path) -> (PathBuf, Result<Vec<(String, Entry)>, String>) {
+    let queue = Queue::under(run_dir);
+    let entries = queue
+        .list()
+        .map(|list| list.into_iter().map(|q| (q.guest, q.entry)).collect())
+        .map_err(|e| e.to_string());
+    (queue.dir().to_path_buf(), entries)
+}
+
 /// `kvmtune status`.
 pub fn run_status(args: &StatusArgs) -> Result<ExitCode> {
     let policy = cli::load_policy(args.sources.policy.as_deref())?;
@@ -152,6 +167,7 @@ pub fn run_status(args: &StatusArgs) -> Result<ExitCode> {
         ledger_path: env.paths.run_dir.join("ledger.json"),
         ledger: read_ledger(&env.paths.run_dir),
         observed: read_observed(&proc_root, &args.sources.host_root, &live),
+        converge_queue: read_queue(&env.paths.run_dir),
         live,
         now: ledger::now(),
     };

@@ -4,7 +4,8 @@
 //! and huge pages) and of every running guest (placement, where it was read from,
 //! [`crate::conformance`] rule by rule, what was applied and read back
 //! ([`crate::readback`]: vCPU, emulator and iothreads, cgroup cpus and mems, memory
-//! policy), agreement with kvmtune's ledger). Pure: [`build`] takes [`Inputs`] the
+//! policy), agreement with kvmtune's ledger, whether it waits in the convergence
+//! queue). Pure: [`build`] takes [`Inputs`] the
 //! caller has already read (host, policy, ledger, libvirt's live guests, what each
 //! guest's threads and cgroup show) and returns a [`Status`], which is also the
 //! `--json` output. Drawing it is the binary's job.
@@ -30,6 +31,38 @@ pub struct Status {
     pub host: HostView,
     pub guests: Vec<GuestView>,
     pub ledger: LedgerView,
+    pub converge_queue: QueueView,
+}
+
+/// The convergence queue (`/run/kvmtune/converge/`): guests the hook let start
+/// with XML-level violations, whose definitions `kvmtune converge` conforms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueView {
+    pub path: PathBuf,
+    /// Why the queue could not be read (e.g. not root: the directory is 0700).
+    pub error: Option<String>,
+    /// Every queued guest, running or not, by name.
+    pub guests: Vec<QueuedView>,
+}
+
+/// One queued guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueuedView {
+    pub guest: String,
+    /// Its UUID when it was queued.
+    pub uuid: Option<String>,
+    /// When it was queued, seconds since 1970 (UTC); 0 when the entry is damaged.
+    pub queued_at: u64,
+    /// Whether libvirt runs it now.
+    pub running: bool,
+}
+
+/// A running guest's place in the convergence queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Queued {
+    /// Seconds since 1970 (UTC); 0 when unknown.
+    pub queued_at: u64,
+    pub uuid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -141,6 +174,9 @@ pub struct GuestView {
     /// What was applied, read back from /proc and the cgroup, aspect by aspect.
     pub readback: Vec<Readback>,
     pub ledger: Agreement,
+    /// Queued for convergence: `kvmtune converge` will conform its definition
+    /// (`None`: not queued, or the queue could not be read).
+    pub queued_for_convergence: Option<Queued>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -178,6 +214,12 @@ pub struct Inputs<'a> {
     /// iothreads, its cgroup's effective sets. A guest missing here was not read
     /// (no QEMU pid).
     pub observed: BTreeMap<String, Observed>,
+    /// The convergence queue's directory and what it holds (guest name, entry),
+    /// or why it could not be read.
+    pub converge_queue: (
+        PathBuf,
+        Result<Vec<(String, crate::converge::Entry)>, String>,
+    ),
     pub now: u64,
 }
 
@@ -204,10 +246,21 @@ pub fn build(inputs: &Inputs<'_>) -> Status {
         .guests
         .extend(crate::runstate::pinned_by_others(live, &claimed).guests);
 
-    let guests: Vec<GuestView> = live
+    let mut guests: Vec<GuestView> = live
         .iter()
         .map(|(name, guest)| guest_view(name, guest, inputs, &ledger, &occupancy))
         .collect();
+    let converge_queue = queue_view(inputs);
+    for g in &mut guests {
+        g.queued_for_convergence = converge_queue
+            .guests
+            .iter()
+            .find(|q| q.guest == g.name)
+            .map(|q| Queued {
+                queued_at: q.queued_at,
+                uuid: q.uuid.clone(),
+            });
+    }
     let (stale, starting) = stale_and_starting(&ledger, inputs);
     let agrees =
         stale.is_empty() && ledger_file != "unreadable" && guests.iter().all(|g| g.ledger.agrees);
@@ -246,6 +299,29 @@ pub fn build(inputs: &Inputs<'_>) -> Status {
             starting,
             agrees,
         },
+        converge_queue,
+    }
+}
+
+/// The convergence queue as read, each guest marked running or not.
+fn queue_view(inputs: &Inputs<'_>) -> QueueView {
+    let (path, read) = &inputs.converge_queue;
+    let (error, entries) = match read {
+        Ok(entries) => (None, entries.as_slice()),
+        Err(e) => (Some(e.clone()), &[][..]),
+    };
+    QueueView {
+        path: path.clone(),
+        error,
+        guests: entries
+            .iter()
+            .map(|(guest, entry)| QueuedView {
+                guest: guest.clone(),
+                uuid: entry.uuid.clone(),
+                queued_at: entry.queued_at,
+                running: inputs.live.contains_key(guest),
+            })
+            .collect(),
     }
 }
 
@@ -540,6 +616,7 @@ fn guest_view(
         conformance,
         readback,
         ledger: ledger_agreement,
+        queued_for_convergence: None,
     }
 }
 

@@ -159,6 +159,7 @@ fn build_world(w: &World) -> Status {
             .into_iter()
             .map(|(k, v)| (k, crate::readback::Observed::vcpus_only(v)))
             .collect(),
+        converge_queue: (PathBuf::from("/run/kvmtune/converge"), Ok(Vec::new())),
         now: NOW,
     })
 }
@@ -320,6 +321,7 @@ fn an_emulator_thread_elsewhere_makes_rule_1_3_differ() {
             ledger: Some(Some(w.ledger.clone())),
             live: w.live.clone(),
             observed,
+            converge_queue: (PathBuf::from("/run/kvmtune/converge"), Ok(Vec::new())),
             now: NOW,
         })
     };
@@ -389,6 +391,7 @@ fn no_ledger_file_and_no_guests() {
         ledger: None,
         live: BTreeMap::new(),
         observed: BTreeMap::new(),
+        converge_queue: (PathBuf::from("/run/kvmtune/converge"), Ok(Vec::new())),
         now: NOW,
     });
     assert_eq!(s.ledger.file, "absent");
@@ -415,4 +418,59 @@ fn json_is_stable_for_monitoring() {
     assert_eq!(v["guests"][1]["readback"][0]["aspect"], "vcpu-threads");
     assert_eq!(v["guests"][1]["readback"][0]["state"], "verified");
     assert_eq!(v["guests"][0]["readback"][0]["state"], "unread");
+}
+
+#[test]
+fn queued_guests_are_listed_and_marked_on_running_guests() {
+    use crate::converge::Entry as Queued;
+    let w = world();
+    let queued = |uuid: Option<&str>, at: u64| Queued {
+        uuid: uuid.map(str::to_string),
+        queued_at: at,
+    };
+    let build_with = |queue: Result<Vec<(String, Queued)>, String>| {
+        build(&Inputs {
+            policy: &w.policy,
+            host: &w.host,
+            ledger_path: PathBuf::from("/run/kvmtune/ledger.json"),
+            ledger: Some(Some(w.ledger.clone())),
+            live: w.live.clone(),
+            observed: BTreeMap::new(),
+            converge_queue: (PathBuf::from("/run/kvmtune/converge"), queue),
+            now: NOW,
+        })
+    };
+    let s = build_with(Ok(vec![
+        ("defunct".to_string(), queued(None, 0)),
+        ("runtime".to_string(), queued(Some("u-1"), 1_764_589_202)),
+    ]));
+    let runtime = &s.guests[1];
+    assert_eq!(
+        runtime.queued_for_convergence,
+        Some(super::Queued {
+            queued_at: 1_764_589_202,
+            uuid: Some("u-1".into())
+        })
+    );
+    assert_eq!(s.guests[0].queued_for_convergence, None);
+    let running: Vec<(&str, bool)> = s
+        .converge_queue
+        .guests
+        .iter()
+        .map(|q| (q.guest.as_str(), q.running))
+        .collect();
+    assert_eq!(running, [("defunct", false), ("runtime", true)]);
+    let v = serde_json::to_value(&s).unwrap();
+    assert_eq!(
+        v["guests"][1]["queued_for_convergence"]["queued_at"],
+        1_764_589_202
+    );
+    assert!(v["guests"][0]["queued_for_convergence"].is_null());
+    assert_eq!(v["converge_queue"]["path"], "/run/kvmtune/converge");
+    assert_eq!(v["converge_queue"]["guests"][0]["running"], false);
+    assert!(v["converge_queue"]["error"].is_null());
+
+    let s = build_with(Err("permission denied".into()));
+    assert_eq!(s.converge_queue.error.as_deref(), Some("permission denied"));
+    assert!(s.guests.iter().all(|g| g.queued_for_convergence.is_none()));
 }

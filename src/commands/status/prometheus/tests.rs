@@ -92,6 +92,7 @@ fn status() -> Status {
             .into_iter()
             .map(|(k, v)| (k, kvmtune_core::readback::Observed::vcpus_only(v)))
             .collect(),
+        converge_queue: (PathBuf::from("/run/kvmtune/converge"), Ok(Vec::new())),
         now: 1_000_000,
     })
 }

@@ -145,6 +145,7 @@ fn build_world(w: &World) -> Status {
             .into_iter()
             .map(|(k, v)| (k, kvmtune_core::readback::Observed::vcpus_only(v)))
             .collect(),
+        converge_queue: (PathBuf::from("/run/kvmtune/converge"), Ok(Vec::new())),
         now: NOW,
     })
 }
@@ -159,6 +160,7 @@ fn no_ledger_file_and_no_guests_is_drawn() {
         ledger: None,
         live: BTreeMap::new(),
         observed: BTreeMap::new(),
+        converge_queue: (PathBuf::from("/run/kvmtune/converge"), Ok(Vec::new())),
         now: NOW,
     });
     let text = render(&s, false);
@@ -263,6 +265,7 @@ fn read_back_lines_per_aspect_and_escaped_thread_names() {
         ledger: Some(Some(ledger)),
         live: w.live.clone(),
         observed,
+        converge_queue: (PathBuf::from("/run/kvmtune/converge"), Ok(Vec::new())),
         now: NOW,
     });
     let plain = render(&s, false);
@@ -277,6 +280,63 @@ fn read_back_lines_per_aspect_and_escaped_thread_names() {
     );
     assert!(
         plain.contains("               memory policy     not enforced at runtime (mode preferred"),
+        "{plain}"
+    );
+}
+
+#[test]
+fn queued_guests_have_a_line_and_a_section() {
+    use kvmtune_core::converge::Entry as Queued;
+    let w = world();
+    let queue = vec![
+        (
+            "defunct".to_string(),
+            Queued {
+                uuid: None,
+                queued_at: 0,
+            },
+        ),
+        (
+            "runtime".to_string(),
+            Queued {
+                uuid: Some("u-1".into()),
+                queued_at: 1_764_589_202,
+            },
+        ),
+    ];
+    let build_with = |queue| {
+        build(&Inputs {
+            policy: &w.policy,
+            host: &w.host,
+            ledger_path: PathBuf::from("/run/kvmtune/ledger.json"),
+            ledger: Some(Some(w.ledger.clone())),
+            live: w.live.clone(),
+            observed: BTreeMap::new(),
+            converge_queue: (PathBuf::from("/run/kvmtune/converge"), queue),
+            now: NOW,
+        })
+    };
+    let plain = render(&build_with(Ok(queue)), false);
+    assert!(
+        plain.contains("    ledger     agrees\n    converge   queued for convergence at 20251201T114002Z: kvmtune converge conforms its definition (effective at the next cold boot)\n"),
+        "{plain}"
+    );
+    assert!(
+        plain.ends_with("\nqueued for convergence /run/kvmtune/converge: 2 guests (kvmtune converge conforms their definitions)\n  defunct  queued at an unknown time  (not running)\n  runtime  queued at 20251201T114002Z  uuid u-1\n"),
+        "{plain}"
+    );
+    let plain = render(&build_with(Ok(Vec::new())), false);
+    assert!(
+        plain.ends_with("\nqueued for convergence /run/kvmtune/converge: none\n"),
+        "{plain}"
+    );
+    assert!(!plain.contains("    converge "), "{plain}");
+    let plain = render(
+        &build_with(Err("Permission denied (os error 13)".into())),
+        false,
+    );
+    assert!(
+        plain.ends_with("\nqueued for convergence /run/kvmtune/converge: cannot read: Permission denied (os error 13)\n"),
         "{plain}"
     );
 }
