@@ -304,7 +304,9 @@ impl Applied<'_> {
             .and_then(|e| e.emulator.clone());
         match (claim, xml) {
             (Some(c), Some(x)) if c != x => Some((c, Some(x), "the hook at start")),
-            (Some(c), _) => Some((c, None, "the hook at start")),
+            // The hook leaves threads the XML pins to libvirt.
+            (Some(c), Some(_)) => Some((c, None, "libvirt, from <emulatorpin>")),
+            (Some(c), None) => Some((c, None, "the hook at start")),
             (None, Some(x)) => Some((x, None, "libvirt, from <emulatorpin>")),
             (None, None) => None,
         }

@@ -235,6 +235,12 @@ fn xml_pins_are_libvirts_and_a_kept_emulatorpin_is_accepted() {
         get(&r, Aspect::EmulatorThreads).detail,
         "3 thread(s) on CPUs 3 (libvirt, from <emulatorpin>; the claim says 2,18)"
     );
+    // The claim and the XML's pin agree: libvirt applied it.
+    c.entry = Some(entry(Some("3"), EntryState::Running));
+    assert_eq!(
+        get(&run(&c, Some(&o)), Aspect::EmulatorThreads).detail,
+        "3 thread(s) on CPUs 3 (by libvirt, from <emulatorpin>)"
+    );
     // Without a claim the XML's pin is the expectation.
     c.entry = None;
     o.emulator[0].cpus = Some(set("2,18"));
