@@ -997,7 +997,10 @@ fn check(w: &mut World) -> Vec<(&'static str, String)> {
                 }
             }
             if matches!(role, Role::Vcpu(_)) {
-                vcpus_on.entry(name.clone()).or_default().extend(cpus.iter().copied());
+                vcpus_on
+                    .entry(name.clone())
+                    .or_default()
+                    .extend(cpus.iter().copied());
             }
             if !on_housekeeping {
                 all.extend(cpus);
