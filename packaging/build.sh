@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the kvmtune .deb and .rpm from this repository (packaging/README.md):
 #
-#   packaging/build.sh [--release N] [--no-build] [--out DIR]
+#   packaging/build.sh [--release N] [--no-build] [--out DIR] [--install-deps]
 #
 #   --release N   package revision/release (default 1): kvmtune_VERSION-N_ARCH.deb,
 #                 kvmtune-VERSION-N.ARCH.rpm
@@ -9,10 +9,13 @@
 #                 xtask that writes the man pages and completions is still built)
 #   --out DIR     where the packages go (default: $CARGO_TARGET_DIR or target/,
 #                 then /packages)
+#   --install-deps  install the missing tools first (as root: apt-get on Debian
+#                 and Ubuntu, dnf on Fedora and RHEL); without it a missing tool
+#                 is named in one line with what to install
 #
-# Needs cargo, dpkg-deb and dpkg-shlibdeps (dpkg-dev), rpmbuild (Debian package
-# `rpm`), binutils (objdump, strip) and gzip. Runs as any user. Prints the two
-# package paths last.
+# Needs Rust's cargo (https://rustup.rs), dpkg-deb and dpkg-shlibdeps (Debian
+# package dpkg-dev), rpmbuild (Debian: rpm; Fedora/RHEL: rpm-build), binutils
+# (objdump, strip) and gzip. Runs as any user. Prints the two package paths last.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,6 +23,7 @@ PKG=$REPO/packaging
 RELEASE=1
 BUILD=1
 OUT=""
+INSTALL_DEPS=0
 
 # The newest glibc symbol version the binary may need: the oldest glibc we support
 # (Debian 12, Ubuntu 22.04, RHEL/Alma/Rocky 9). See packaging/README.md.
@@ -33,23 +37,58 @@ no KSM, huge pages, disk cache='none', vhost-net with multiqueue, and no
 host-passthrough CPU mode. One binary is both the libvirt qemu hook and the
 admin's command-line tool (plan, check, apply, revert, status)."
 
-die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
-say() { printf 'build.sh: %s\n' "$*" >&2; }
+die() { printf 'packaging/build.sh: %s\n' "$*" >&2; exit 1; }
+say() { printf 'packaging/build.sh: %s\n' "$*" >&2; }
 
 while [ $# -gt 0 ]; do
     case $1 in
         --release) RELEASE=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --out) OUT=$2; shift 2 ;;
-        -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --install-deps) INSTALL_DEPS=1; shift ;;
+        -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
 [[ $RELEASE =~ ^[0-9]+$ ]] || die "--release takes a number"
 
-for tool in cargo dpkg-deb rpmbuild objdump strip gzip; do
-    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install dpkg-dev rpm binutils)"
-done
+# ------------------------------------------------------------------ tools
+# Each tool with the package that has it: Debian/Ubuntu, then Fedora/RHEL.
+TOOLS="dpkg-deb:dpkg:dpkg dpkg-shlibdeps:dpkg-dev:dpkg-dev rpmbuild:rpm:rpm-build objdump:binutils:binutils strip:binutils:binutils gzip:gzip:gzip"
+missing_tools() { # prints "TOOL DEBPKG RPMPKG" per missing tool
+    local t tool
+    for t in $TOOLS; do
+        tool=${t%%:*}
+        command -v "$tool" >/dev/null || printf '%s %s\n' "$tool" "$(echo "${t#*:}" | tr : ' ')"
+    done
+}
+uniq_words() { tr ' ' '\n' | awk 'NF && !seen[$0]++' | paste -sd ' ' -; }
+MISSING=$(missing_tools)
+if [ -n "$MISSING" ] && [ "$INSTALL_DEPS" = 1 ]; then
+    [ "$(id -u)" = 0 ] || die "--install-deps installs packages: run it as root (sudo packaging/build.sh --install-deps)"
+    if command -v apt-get >/dev/null; then
+        pkgs=$(awk '{ print $2 }' <<<"$MISSING" | uniq_words)
+        say "apt-get install $pkgs"
+        # shellcheck disable=SC2086 # one word per package
+        { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $pkgs ||
+            { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $pkgs; }; } >&2 ||
+            die "apt-get install $pkgs failed"
+    elif command -v dnf >/dev/null; then
+        pkgs=$(awk '{ print $3 }' <<<"$MISSING" | uniq_words)
+        say "dnf install $pkgs"
+        # shellcheck disable=SC2086
+        dnf install -y $pkgs >&2 || die "dnf install $pkgs failed"
+    else
+        die "--install-deps knows apt-get and dnf, and this machine has neither"
+    fi
+    MISSING=$(missing_tools)
+fi
+if [ -n "$MISSING" ]; then
+    tools=$(awk '{ print $1 }' <<<"$MISSING" | uniq_words | sed 's/ /, /g')
+    [ "$INSTALL_DEPS" = 0 ] || die "still lacks $tools after installing their packages (not on PATH?)"
+    die "needs $tools (Debian/Ubuntu: apt-get install $(awk '{ print $2 }' <<<"$MISSING" | uniq_words); Fedora/RHEL: dnf install $(awk '{ print $3 }' <<<"$MISSING" | uniq_words)), or run it with --install-deps"
+fi
+command -v cargo >/dev/null || die "needs cargo: install Rust with rustup (https://rustup.rs), then open a new shell"
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 case $TARGET_DIR in /*) ;; *) TARGET_DIR=$REPO/$TARGET_DIR ;; esac
@@ -88,7 +127,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvmtune-pkg.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
 cp "$BIN" "$WORK/kvmtune"
-strip --strip-unneeded "$WORK/kvmtune"
+# As debhelper's dh_strip: no symbols beyond the dynamic ones, no .comment/.note.
+strip --remove-section=.comment --remove-section=.note --strip-unneeded "$WORK/kvmtune"
 
 # The oldest glibc the binary runs on is the newest GLIBC_x.y symbol it needs.
 NEED_GLIBC=$(objdump -T "$WORK/kvmtune" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
@@ -118,10 +158,6 @@ stage() { # stage FAMILY ROOT
     # shellcheck disable=SC2094
     for f in "$WORK"/man/*.5; do gzip -9n <"$f" >"$root/usr/share/man/man5/$(basename "$f").gz"; done
     install -D -m 0644 "$WORK/completions/kvmtune.bash" "$root/usr/share/bash-completion/completions/kvmtune"
-    # systemd units of converge: after-start (both families, same path)
-    for f in kvmtune-converge.path kvmtune-converge.service kvmtune-converge.timer; do
-        install -D -m 0644 "$PKG/systemd/$f" "$root/usr/lib/systemd/system/$f"
-    done
     local doc=$root/usr/share/doc/kvmtune
     install -D -m 0644 "$REPO/README.md" "$doc/README.md"
     install -D -m 0644 "$REPO/docs/policy.md" "$doc/policy.md"
@@ -143,6 +179,7 @@ EOF
                 sed -e 's/^$/./' -e 's/^/ /' "$REPO/LICENSE"
             } >"$doc/copyright"
             chmod 0644 "$doc"/*
+            install -D -m 0644 "$PKG/deb/lintian-overrides" "$root/usr/share/lintian/overrides/kvmtune"
             ;;
         rpm)
             install -D -m 0644 "$WORK/completions/_kvmtune" "$root/usr/share/zsh/site-functions/_kvmtune"
@@ -150,37 +187,44 @@ EOF
             install -D -m 0644 "$REPO/LICENSE" "$root/usr/share/licenses/kvmtune/LICENSE"
             ;;
     esac
-    stage_metrics_units "$family" "$root"
+    stage_units "$family" "$root"
     find "$root" -type d -exec chmod 0755 {} +
 }
 
-# kvmtune-metrics.timer/.service (packaging/systemd/): Prometheus metrics for
-# node_exporter's textfile collector. Units go to deb /lib/systemd/system, rpm
-# /usr/lib/systemd/system; the rpm also gets a preset that enables the timer
-# (Debian's postinst enables it with deb-systemd-helper).
-stage_metrics_units() { # stage_metrics_units FAMILY ROOT
+# The systemd units (packaging/systemd/): kvmtune-converge.path/.timer/.service
+# (converge: after-start) and kvmtune-metrics.timer/.service (Prometheus metrics
+# for node_exporter's textfile collector). They go to deb /lib/systemd/system
+# (where debhelper puts them on Debian 12), rpm /usr/lib/systemd/system; the rpm
+# also gets a preset that enables the path unit and the timers (Debian's postinst
+# enables them with deb-systemd-helper).
+UNITS="kvmtune-converge.path kvmtune-converge.service kvmtune-converge.timer kvmtune-metrics.service kvmtune-metrics.timer"
+stage_units() { # stage_units FAMILY ROOT
     local family=$1 root=$2 unitdir u
     case $family in
         deb) unitdir=$root/lib/systemd/system ;;
         rpm) unitdir=$root/usr/lib/systemd/system ;;
     esac
-    for u in kvmtune-metrics.service kvmtune-metrics.timer; do
+    for u in $UNITS; do
         install -D -m 0644 "$PKG/systemd/$u" "$unitdir/$u"
     done
     if [ "$family" = rpm ]; then
         install -d -m 0755 "$root/usr/lib/systemd/system-preset"
-        printf '# kvmtune: Prometheus metrics for node_exporter (skipped without it).\nenable kvmtune-metrics.timer\n' \
-            >"$root/usr/lib/systemd/system-preset/50-kvmtune.preset"
+        {
+            printf '# kvmtune: convergence after a start (converge: after-start) and\n'
+            printf '# Prometheus metrics for node_exporter (skipped without it).\n'
+            printf 'enable kvmtune-converge.path\nenable kvmtune-converge.timer\nenable kvmtune-metrics.timer\n'
+        } >"$root/usr/lib/systemd/system-preset/50-kvmtune.preset"
         chmod 0644 "$root/usr/lib/systemd/system-preset/50-kvmtune.preset"
     fi
 }
 
-# A maintainer script: the template with the shared functions pasted in where it
-# says #KVMTUNE_FUNCTIONS# (with % doubled for rpm, which expands macros there).
-script() { # script TEMPLATE [rpm]
+# A maintainer script: the template with the shared functions and the family's
+# own pasted in where it says #KVMTUNE_FUNCTIONS# (with % doubled for rpm, which
+# expands macros there).
+script() { # script TEMPLATE deb|rpm
     local line functions
-    functions=$(cat "$PKG/scripts/functions.sh")
-    [ "${2:-}" = rpm ] && functions=${functions//%/%%}
+    functions=$(cat "$PKG/scripts/functions.sh" "$PKG/scripts/functions-$2.sh")
+    [ "$2" = rpm ] && functions=${functions//%/%%}
     while IFS= read -r line || [ -n "$line" ]; do
         if [ "$line" = "#KVMTUNE_FUNCTIONS#" ]; then
             printf '%s\n' "$functions"
@@ -195,19 +239,18 @@ DEBROOT=$WORK/deb
 stage deb "$DEBROOT"
 install -d -m 0755 "$DEBROOT/DEBIAN"
 for s in postinst prerm postrm; do
-    script "$PKG/deb/$s" >"$DEBROOT/DEBIAN/$s"
+    script "$PKG/deb/$s" deb >"$DEBROOT/DEBIAN/$s"
     chmod 0755 "$DEBROOT/DEBIAN/$s"
 done
 printf '/etc/kvmtune/policy.yaml\n' >"$DEBROOT/DEBIAN/conffiles"
 (cd "$DEBROOT" && find . -type f ! -path './DEBIAN/*' ! -path './etc/*' -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) >"$DEBROOT/DEBIAN/md5sums"
 
-# Shared-library dependencies the way Debian computes them, else from the symbols.
-SHLIBS=""
-if command -v dpkg-shlibdeps >/dev/null; then
-    mkdir -p "$WORK/shlibs/debian"
-    printf 'Source: kvmtune\n\nPackage: kvmtune\nArchitecture: any\n' >"$WORK/shlibs/debian/control"
-    SHLIBS=$(cd "$WORK/shlibs" && dpkg-shlibdeps -O -e "$DEBROOT/usr/bin/kvmtune" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
-fi
+# Shared-library dependencies the way Debian computes them.
+mkdir -p "$WORK/shlibs/debian"
+printf 'Source: kvmtune\n\nPackage: kvmtune\nArchitecture: any\n' >"$WORK/shlibs/debian/control"
+SHLIBS=$(cd "$WORK/shlibs" && dpkg-shlibdeps -O -e "$DEBROOT/usr/bin/kvmtune" 2>"$WORK/shlibdeps.err" | sed -n 's/^shlibs:Depends=//p')
+# (Outside Debian dpkg-shlibdeps may know no library packages: then from the symbols.)
+[ -n "$SHLIBS" ] || say "dpkg-shlibdeps gave nothing ($(head -n 1 "$WORK/shlibdeps.err")): Depends from the binary's glibc symbols"
 SHLIBS=${SHLIBS:-"libc6 (>= $NEED_GLIBC), libgcc-s1"}
 INSTALLED_SIZE=$(du -sk --exclude=DEBIAN "$DEBROOT" | cut -f1)
 {

@@ -11,17 +11,20 @@
 # 1. builds the .deb and the .rpm (packaging/build.sh), and a second release of
 #    each for the upgrade checks;
 # 2. checks their metadata and file lists (dpkg-deb -I/-c, rpm -qip/-qlp), the man
-#    pages, completions and scripts, and that the RPM holds the .deb's files;
+#    pages, completions and scripts, runs lintian and rpmlint (fails on errors),
+#    and that the RPM holds the .deb's files;
 # 3. installs the .deb with apt-get (dependencies resolved as for an admin), upgrades it with dpkg -i, runs
 #    tests/e2e/run.sh --installed against the installed hook, removes and purges
-#    it, and checks that nothing of kvmtune's is left;
+#    it, and checks that nothing of kvmtune's is left (files, hook links, unit
+#    enablement links and deb-systemd-helper state: this machine runs no systemd);
 # 4. does it again with an admin's own /etc/libvirt/hooks/qemu, which must come
 #    through install, upgrade and purge byte for byte (kvmtune goes to qemu.d/);
 # 5. installs the .rpm into scratch roots (rpm -i --root DIR --nodeps, with a
 #    minimal /bin/sh so the scriptlets really run chrooted), upgrades and erases it,
 #    with and without an admin's hook, and compares its files with the .deb's.
 #
-# Installs what it lacks with apt-get (dpkg-dev, rpm, binutils, libvirt + QEMU).
+# Installs what it lacks with apt-get (dpkg-dev, rpm, binutils, lintian, rpmlint,
+# libvirt + QEMU).
 # Moves an existing hook, /etc/kvmtune, /run/kvmtune and /var/lib/kvmtune aside
 # for the run and puts them back at exit. Refuses to run while kvmtune is
 # installed as a package, or (with the e2e suite) while libvirtd runs.
@@ -40,7 +43,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD_ARGS+=(--no-build); shift ;;
         --no-e2e) E2E=0; shift ;;
         --artifacts) ART=$2; shift 2 ;;
-        -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "ci.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -162,6 +165,8 @@ need=()
 command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
 command -v rpmbuild >/dev/null || need+=(rpm)
 command -v objdump >/dev/null || need+=(binutils)
+command -v lintian >/dev/null || need+=(lintian)
+command -v rpmlint >/dev/null || need+=(rpmlint)
 dpkg-query -W -f='${Status}' libvirt-daemon-driver-qemu 2>/dev/null | grep -q 'ok installed' ||
     need+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 libxml2-utils)
 if [ ${#need[@]} -gt 0 ]; then
@@ -173,7 +178,7 @@ if [ ${#need[@]} -gt 0 ]; then
     case " ${need[*]} " in *" qemu-system-x86 "*) need+=("qemu-utils${qu:+=$qu}") ;; esac
     run "$ART/apt-install.log" apt-get install -y -q --no-install-recommends --allow-downgrades "${need[@]}"
 fi
-pass "dpkg-deb, dpkg-shlibdeps, rpmbuild, libvirt-daemon-driver-qemu present"
+pass "dpkg-deb, dpkg-shlibdeps, rpmbuild, lintian, rpmlint, libvirt-daemon-driver-qemu present"
 
 # ------------------------------------------------------------------ build
 step "build (packaging/build.sh)"
@@ -223,8 +228,31 @@ check "deb ships no file under /etc/libvirt (the hook link is made by postinst)"
     bash -c "! grep -q '^/etc/libvirt/' '$ART/deb-files.txt'"
 check "deb owns /etc/libvirt/hooks/qemu.d" grep -q ' \./etc/libvirt/hooks/qemu\.d/$' "$ART/deb-contents.txt"
 check "every file is root:root" bash -c "! awk '\$2 != \"root/root\"' '$ART/deb-contents.txt' | grep -q ."
-check "deb ships kvmtune-metrics.service and .timer" bash -c "grep -qx /lib/systemd/system/kvmtune-metrics.service '$ART/deb-files.txt' && grep -qx /lib/systemd/system/kvmtune-metrics.timer '$ART/deb-files.txt'"
+UNITS=(kvmtune-converge.path kvmtune-converge.service kvmtune-converge.timer kvmtune-metrics.service kvmtune-metrics.timer)
+ENABLED_UNITS=(kvmtune-converge.path kvmtune-converge.timer kvmtune-metrics.timer)
+for u in "${UNITS[@]}"; do
+    check "deb ships /lib/systemd/system/$u" grep -qx "/lib/systemd/system/$u" "$ART/deb-files.txt"
+done
+check "deb ships no unit under /usr/lib/systemd (Debian 12: /lib/systemd/system)" bash -c "! grep -q '^/usr/lib/systemd/' '$ART/deb-files.txt'"
 check "the systemd units pass systemd-analyze verify" "$PKG_DIR/systemd/verify.sh" "$DEB"
+check "postinst enables the units with deb-systemd-helper, starts them with deb-systemd-invoke" \
+    bash -c "grep -q 'deb-systemd-helper enable' '$ART/deb-postinst' && grep -q 'deb-systemd-invoke \"\$kvmtune_action\"' '$ART/deb-postinst'"
+check "no maintainer script calls systemctl but for daemon-reload" \
+    bash -c "! cat '$ART/deb-postinst' '$ART/deb-prerm' '$ART/deb-postrm' | grep -v '^ *#' | grep -E '(^|[;&|] *| )systemctl ' | grep -v 'daemon-reload' | grep -v 'kvmtune_say'"
+
+step "lintian (fails on errors; overrides with their reasons: packaging/deb/lintian-overrides)"
+# As root lintian only warns that it runs as root.
+# One run: every tag, the overridden ones (O:) and the overrides' reasons (N:)
+# shown; --fail-on would count the overridden ones, so the errors are counted here.
+lintian --fail-on none --display-info --pedantic --show-overrides "$DEB" >"$ART/lintian.txt" 2>&1
+lintian_rc=$?
+grep -v '^running with root privileges' "$ART/lintian.txt" | sed 's/^/  | /'
+if [ "$lintian_rc" = 0 ] && ! grep -q '^E: ' "$ART/lintian.txt"; then
+    pass "lintian: no errors ($(grep -c '^W: ' "$ART/lintian.txt") warnings, $(grep -c '^I: ' "$ART/lintian.txt") info, $(grep -c '^P: ' "$ART/lintian.txt") pedantic)"
+else
+    fail "lintian found $(grep -c '^E: ' "$ART/lintian.txt") error(s) (exit $lintian_rc)"
+fi
+check "lintian used the shipped overrides ($(grep -c '^O: ' "$ART/lintian.txt"))" grep -q '^O: kvmtune: embedded-library' "$ART/lintian.txt"
 
 step "inspect the .rpm (rpm -qip / -qlp)"
 # Queries open an rpm database: a scratch one, not ~/.rpmdb on the build machine
@@ -253,6 +281,21 @@ for d in /etc/kvmtune /etc/libvirt/hooks /etc/libvirt/hooks/qemu.d; do
     check "rpm owns $d" grep -q "^d[^|]*|[^|]*|root:root|$d\$" "$ART/rpm-contents.txt"
 done
 check "every file is root:root" bash -c "! awk -F'|' '\$3 != \"root:root\"' '$ART/rpm-contents.txt' | grep -q ."
+for u in "${UNITS[@]}"; do
+    check "rpm ships /usr/lib/systemd/system/$u" grep -qx "/usr/lib/systemd/system/$u" "$ART/rpm-files.txt"
+done
+check "%post presets the units (%systemd_post)" grep -q 'preset kvmtune-converge.path kvmtune-converge.timer kvmtune-metrics.timer' "$ART/rpm-scripts.txt"
+check "%preun disables and stops them on erase (%systemd_preun)" grep -q 'disable --now kvmtune-converge.path' "$ART/rpm-scripts.txt"
+
+step "rpmlint (fails on errors; filters with their reasons: packaging/rpm/rpmlint.toml)"
+(cd "$ART" && HOME=$ART rpmlint -c "$PKG_DIR/rpm/rpmlint.toml" "$RPM") >"$ART/rpmlint.txt" 2>&1
+rpmlint_rc=$?
+sed -n '/^kvmtune\|packages and/p' "$ART/rpmlint.txt" | sed 's/^/  | /'
+if [ "$rpmlint_rc" = 0 ] && grep -q ' 0 errors' "$ART/rpmlint.txt"; then
+    pass "rpmlint: no errors ($(sed -n 's/.* \([0-9]*\) warnings.*/\1/p' "$ART/rpmlint.txt") warnings)"
+else
+    fail "rpmlint found errors (exit $rpmlint_rc)"
+fi
 
 step "the RPM holds the .deb's files (family conventions mapped)"
 # Where the families differ by convention (packaging/README.md).
@@ -265,7 +308,8 @@ normalize() {
         -e 's|^/usr/share/licenses/kvmtune/LICENSE$|LICENSE|' \
         -e '/^\/usr\/share\/doc\/kvmtune\/changelog\.Debian\.gz$/d' \
         -e 's|^/lib/systemd/system/|UNITDIR/|' -e 's|^/usr/lib/systemd/system/|UNITDIR/|' \
-        -e '/^\/usr\/lib\/systemd\/system-preset\/50-kvmtune\.preset$/d' | LC_ALL=C sort
+        -e '/^\/usr\/lib\/systemd\/system-preset\/50-kvmtune\.preset$/d' \
+        -e '/^\/usr\/share\/lintian\/overrides\/kvmtune$/d' | LC_ALL=C sort
 }
 normalize <"$ART/deb-files.txt" >"$ART/deb-files.norm"
 normalize <"$ART/rpm-files.txt" >"$ART/rpm-files.norm"
@@ -308,7 +352,18 @@ left_behind() { # prints what of kvmtune's is still on the machine
     is_link_to "$HOOK" /usr/bin/kvmtune && echo "$HOOK"
     absent "$DROPIN" || echo "$DROPIN"
     dpkg-query -W kvmtune >/dev/null 2>&1 && echo "dpkg still knows kvmtune"
+    # units, their enablement links and masks, deb-systemd-helper's state, metrics
+    find /lib/systemd /usr/lib/systemd /etc/systemd /var/lib/systemd /run/systemd \
+        /var/lib/prometheus /usr/share/lintian/overrides -name '*kvmtune*' 2>/dev/null
     return 0
+}
+# The unit enablement deb-systemd-helper made (links and state) without systemd.
+units_enabled_offline() {
+    local u
+    for u in "${ENABLED_UNITS[@]}"; do
+        [ -n "$(find /etc/systemd/system -name "$u" -type l 2>/dev/null)" ] || return 1
+        [ -e "/var/lib/systemd/deb-systemd-helper-enabled/$u.dsh-also" ] || return 1
+    done
 }
 
 step "deb: install on a host without a hook (apt-get install ./kvmtune_*.deb, as an admin does)"
@@ -324,6 +379,16 @@ check "postinst said it installed the hook" contains "$ART/deb-install.log" "ins
 check "postinst ran kvmtune check" grep -q 'kvmtune: policy check: \|kvmtune check. found problems' "$ART/deb-install.log"
 check "postinst said when libvirt calls the hook" grep -q 'libvirt is not running now\|restart libvirtd\|restart virtqemud' "$ART/deb-install.log"
 check "man finds kvmtune(8) and kvmtune-policy(5)" bash -c "! command -v man >/dev/null || { man -w 8 kvmtune && man -w 5 kvmtune-policy; }"
+# No systemd here (the CI machine's PID 1 is not systemd): deb-systemd-helper only
+# makes the enablement links and its state, nothing is started, nothing fails.
+if [ -d /run/systemd/system ]; then
+    say "systemd runs on this machine: the no-systemd checks are skipped (the NUMA VM's systemd boot covers systemd)"
+else
+    check "units enabled offline: links in /etc/systemd/system + deb-systemd-helper state" units_enabled_offline
+    check "nothing started without systemd (no /run/kvmtune/converge)" absent /run/kvmtune/converge
+    check "postinst said how to converge without systemd" contains "$ART/deb-install.log" "systemd does not run here: after a guest starts with violations, run 'kvmtune converge'"
+    check "postinst printed no warning, and no complaint of deb-systemd-helper" bash -c "! grep -qi '^kvmtune: warning\\|deb-systemd-helper\\|deb-systemd-invoke\\|not been booted with systemd\\|failed to connect' '$ART/deb-install.log'"
+fi
 
 step "deb: upgrade keeps the link and the admin's policy"
 echo "# changed by the admin (package CI)" >>/etc/kvmtune/policy.yaml
@@ -358,6 +423,7 @@ sed 's/^/  | /' "$ART/deb-remove.log"
 check "binary removed" absent /usr/bin/kvmtune
 check "hook link removed" absent "$HOOK"
 check "policy kept after remove (conffile)" test -f /etc/kvmtune/policy.yaml
+check "units gone after remove (only deb-systemd-helper's masks stay until purge)" bash -c "! ls /lib/systemd/system/kvmtune* >/dev/null 2>&1"
 run "$ART/deb-purge.log" dpkg -P kvmtune
 sed 's/^/  | /' "$ART/deb-purge.log"
 check "/etc/kvmtune purged" absent /etc/kvmtune
@@ -426,6 +492,10 @@ for f in "${REQUIRED[@]}"; do
 done
 check "%post made $HOOK -> /usr/bin/kvmtune in the root" is_link_to "$R1$HOOK" /usr/bin/kvmtune
 check "no drop-in in the root" absent "$R1$DROPIN"
+for u in "${ENABLED_UNITS[@]}"; do
+    check "the preset enables $u" grep -qx "enable $u" "$R1/usr/lib/systemd/system-preset/50-kvmtune.preset"
+done
+check "%post said how to converge without systemd" contains "$ART/rpm-install.log" "systemd does not run here"
 check "%post said it installed the hook" contains "$ART/rpm-install.log" "installed the libvirt hook: $HOOK -> /usr/bin/kvmtune"
 check "%post ran kvmtune check" grep -q 'kvmtune: policy check: \|kvmtune check. found problems' "$ART/rpm-install.log"
 # The same bytes as the .deb wherever both have a file.

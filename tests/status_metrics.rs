@@ -173,7 +173,7 @@ fn json_has_a_schema_version_and_json_is_an_alias() {
     assert_eq!(a.status.code(), Some(0));
     let va: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
     let vb: serde_json::Value = serde_json::from_slice(&b.stdout).unwrap();
-    assert_eq!(va["schema_version"], 1);
+    assert_eq!(va["schema_version"], 2);
     assert_eq!(va["guests"], vb["guests"]);
     assert_eq!(va["guests"][0]["pool"], "shared");
     assert_eq!(va["host"]["nodes"][0]["free_cpus"][0]["pool"], "shared");
@@ -197,4 +197,63 @@ fn an_unwritable_output_is_one_line_and_exit_3() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("/nonexistent/dir/kvmtune.prom"), "{err}");
+}
+
+#[test]
+fn queued_guests_are_listed_in_text_and_json() {
+    let dir = world();
+    // A well-formed entry for web (the running guest), as the hook writes them.
+    std::fs::write(
+        dir.path().join("run/converge/web"),
+        "uuid=u-web\nqueued=1764589202\n",
+    )
+    .unwrap();
+    let out = status(dir.path(), &["--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let queue = &v["converge_queue"];
+    assert_eq!(
+        queue["path"],
+        dir.path().join("run/converge").display().to_string()
+    );
+    assert!(queue["error"].is_null());
+    let names: Vec<(&str, bool)> = queue["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            (
+                q["guest"].as_str().unwrap(),
+                q["running"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    // pt was queued by the hook at its (refused) prepare; db by hand; only web runs.
+    assert_eq!(names, [("db", false), ("pt", false), ("web", true)]);
+    let pt = &queue["guests"][1];
+    assert!(pt["queued_at"].as_u64().unwrap() > 1_700_000_000, "{pt}");
+    let web = &v["guests"][0];
+    assert_eq!(web["name"], "web");
+    assert_eq!(web["queued_for_convergence"]["queued_at"], 1_764_589_202);
+    assert_eq!(web["queued_for_convergence"]["uuid"], "u-web");
+
+    let out = status(dir.path(), &["--color", "never"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("    converge   queued for convergence at 20251201T114002Z: kvmtune converge conforms its definition"),
+        "{text}"
+    );
+    assert!(
+        text.contains(": 3 guests (kvmtune converge conforms their definitions)\n  db   queued at an unknown time  (not running)\n  pt   queued at "),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n  web  queued at 20251201T114002Z  uuid u-web\n"),
+        "{text}"
+    );
+
+    // Drained: nothing queued, no converge line.
+    std::fs::remove_dir_all(dir.path().join("run/converge")).unwrap();
+    let text = String::from_utf8(status(dir.path(), &["--color", "never"]).stdout).unwrap();
+    assert!(text.contains("converge: none\n"), "{text}");
+    assert!(!text.contains("    converge "), "{text}");
 }

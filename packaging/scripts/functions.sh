@@ -1,6 +1,8 @@
 # kvmtune maintainer-script functions, shared by the .deb (postinst, prerm, postrm)
-# and the .rpm (%post, %preun, %postun). packaging/build.sh pastes this file into
-# each script, so every script stands alone.
+# and the .rpm (%post, %preun, %postun). packaging/build.sh pastes this file, then
+# the family's own (functions-deb.sh: deb-systemd-helper/-invoke; functions-rpm.sh:
+# systemctl beside the %systemd_* macros), into each script, so every script
+# stands alone.
 #
 # POSIX sh, and only commands every Debian and RHEL-family base system has
 # (readlink, ln, mkdir, rm, rmdir, cat), so the scripts also run inside
@@ -90,25 +92,14 @@ kvmtune_check_policy() {
 }
 
 # Prints the libvirt daemon that runs the qemu driver (virtqemud on modular
-# daemons, else libvirtd) when it is running now.
+# daemons, else libvirtd) when it is running now: its pid file names a live
+# process of that name (both daemons write one, also under systemd).
 kvmtune_running_daemon() {
-    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        for kvmtune_d in virtqemud libvirtd; do
-            if systemctl is-active --quiet "$kvmtune_d.service" 2>/dev/null; then
-                echo "$kvmtune_d"
-                return 0
-            fi
-        done
-    fi
     for kvmtune_d in virtqemud libvirtd; do
-        kvmtune_pid=
+        kvmtune_pid=$(cat "/run/$kvmtune_d.pid" 2>/dev/null) || kvmtune_pid=
         kvmtune_comm=
-        # `read` fails at a missing final newline (and so would `set -e`).
-        if [ -r "/run/$kvmtune_d.pid" ]; then
-            read -r kvmtune_pid <"/run/$kvmtune_d.pid" || true
-        fi
-        if [ -n "$kvmtune_pid" ] && [ -r "/proc/$kvmtune_pid/comm" ]; then
-            read -r kvmtune_comm <"/proc/$kvmtune_pid/comm" || true
+        if [ -n "$kvmtune_pid" ]; then
+            kvmtune_comm=$(cat "/proc/$kvmtune_pid/comm" 2>/dev/null) || kvmtune_comm=
         fi
         if [ "$kvmtune_comm" = "$kvmtune_d" ]; then
             echo "$kvmtune_d"
@@ -122,17 +113,8 @@ kvmtune_restart_wanted() {
     [ "${KVMTUNE_RESTART_LIBVIRTD:-0}" = 1 ] || [ -e "$KVMTUNE_RESTART_FLAG" ]
 }
 
-kvmtune_restart_daemon() {
-    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        systemctl try-restart "$1.service"
-    elif command -v invoke-rc.d >/dev/null 2>&1 && [ -x "/etc/init.d/$1" ]; then
-        invoke-rc.d "$1" restart
-    elif [ -x "/etc/init.d/$1" ]; then
-        "/etc/init.d/$1" restart
-    else
-        return 1
-    fi
-}
+# kvmtune_restart_daemon DAEMON: in the family's functions (deb-systemd-invoke or
+# systemctl under systemd, else the init script).
 
 # libvirt looks for hook files only when it starts: after a new link, say so, and
 # restart the daemon only when the admin asked for it.
@@ -160,131 +142,6 @@ kvmtune_remove_state() {
     rmdir /var/lib/kvmtune 2>/dev/null || true
     if [ -d /var/lib/kvmtune ]; then
         kvmtune_say "kept /var/lib/kvmtune/ (guest definitions backed up by 'kvmtune apply'); remove it yourself when you no longer need them."
-    fi
-    return 0
-}
-
-# ---------------------------------------------------------------- metrics timer
-# kvmtune-metrics.timer writes `kvmtune status --format prometheus` for
-# node_exporter every 30 s. Debian: the same steps as debhelper's
-# dh_installsystemd snippets, through deb-systemd-helper/-invoke
-# (init-system-helpers); the rpm uses the %systemd_* macros instead.
-KVMTUNE_METRICS_UNITS="kvmtune-metrics.timer"
-KVMTUNE_METRICS_FILE=/var/lib/prometheus/node-exporter/kvmtune.prom
-
-# postinst configure / abort-*: enable the timer (unless the admin disabled it)
-# and (re)start it when systemd runs.
-kvmtune_metrics_enable() {
-    if command -v deb-systemd-helper >/dev/null 2>&1; then
-        deb-systemd-helper unmask $KVMTUNE_METRICS_UNITS >/dev/null || true
-        if deb-systemd-helper --quiet was-enabled $KVMTUNE_METRICS_UNITS; then
-            deb-systemd-helper enable $KVMTUNE_METRICS_UNITS >/dev/null || true
-        else
-            deb-systemd-helper update-state $KVMTUNE_METRICS_UNITS >/dev/null || true
-        fi
-    fi
-    if [ -d /run/systemd/system ]; then
-        systemctl --system daemon-reload >/dev/null 2>&1 || true
-        if command -v deb-systemd-invoke >/dev/null 2>&1; then
-            deb-systemd-invoke restart $KVMTUNE_METRICS_UNITS >/dev/null 2>&1 || true
-        fi
-    fi
-    return 0
-}
-
-# prerm remove: stop the timer and a run in progress.
-kvmtune_metrics_stop() {
-    if [ -d /run/systemd/system ] && command -v deb-systemd-invoke >/dev/null 2>&1; then
-        deb-systemd-invoke stop $KVMTUNE_METRICS_UNITS kvmtune-metrics.service >/dev/null 2>&1 || true
-    fi
-    return 0
-}
-
-# postrm remove/purge: forget the units (purge also drops the enablement state),
-# and remove the metrics file so that node_exporter stops exporting stale values.
-kvmtune_metrics_remove() { # kvmtune_metrics_remove remove|purge
-    if command -v deb-systemd-helper >/dev/null 2>&1; then
-        if [ "$1" = purge ]; then
-            deb-systemd-helper purge $KVMTUNE_METRICS_UNITS >/dev/null || true
-            deb-systemd-helper unmask $KVMTUNE_METRICS_UNITS >/dev/null || true
-        else
-            deb-systemd-helper mask $KVMTUNE_METRICS_UNITS >/dev/null || true
-        fi
-    fi
-    if [ -d /run/systemd/system ]; then
-        systemctl --system daemon-reload >/dev/null 2>&1 || true
-    fi
-    rm -f "$KVMTUNE_METRICS_FILE"
-    return 0
-}
-
-
-# ---- systemd units of `converge: after-start` (kvmtune-converge.path/.timer →
-# kvmtune-converge.service). Enabled on install (like debhelper does: symlinks
-# only, harmless without systemd), started only when systemd runs; on a machine
-# without systemd nothing else happens. Failures are reported, never fatal.
-KVMTUNE_CONVERGE_UNITS="kvmtune-converge.path kvmtune-converge.timer"
-
-kvmtune_systemd_running() {
-    [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
-}
-
-# $1: deb (deb-systemd-helper keeps the admin's enable/disable over upgrades) or rpm.
-kvmtune_units_enable() {
-    for kvmtune_u in $KVMTUNE_CONVERGE_UNITS; do
-        if [ "$1" = deb ] && command -v deb-systemd-helper >/dev/null 2>&1; then
-            deb-systemd-helper unmask "$kvmtune_u" >/dev/null 2>&1 || true
-            if deb-systemd-helper --quiet was-enabled "$kvmtune_u"; then
-                deb-systemd-helper enable "$kvmtune_u" >/dev/null 2>&1 || kvmtune_say "WARNING: could not enable $kvmtune_u"
-            else
-                deb-systemd-helper update-state "$kvmtune_u" >/dev/null 2>&1 || true
-            fi
-        elif [ "$1" = rpm ] && command -v systemctl >/dev/null 2>&1; then
-            systemctl enable "$kvmtune_u" >/dev/null 2>&1 || kvmtune_say "WARNING: could not enable $kvmtune_u"
-        fi
-    done
-    if kvmtune_systemd_running; then
-        systemctl --system daemon-reload >/dev/null 2>&1 || true
-        for kvmtune_u in $KVMTUNE_CONVERGE_UNITS; do
-            if systemctl is-enabled --quiet "$kvmtune_u" 2>/dev/null; then
-                systemctl start "$kvmtune_u" >/dev/null 2>&1 || kvmtune_say "WARNING: could not start $kvmtune_u"
-            fi
-        done
-    else
-        kvmtune_say "no systemd here: after a guest starts with violations, run 'kvmtune converge' to conform its definition (converge: after-start)."
-    fi
-    return 0
-}
-
-# On removal: stop the units (and, rpm, disable them; deb masks them in postrm).
-kvmtune_units_stop() {
-    if kvmtune_systemd_running; then
-        for kvmtune_u in $KVMTUNE_CONVERGE_UNITS kvmtune-converge.service; do
-            systemctl stop "$kvmtune_u" >/dev/null 2>&1 || true
-        done
-    fi
-    if [ "$1" = rpm ] && command -v systemctl >/dev/null 2>&1; then
-        systemctl disable $KVMTUNE_CONVERGE_UNITS >/dev/null 2>&1 || true
-    fi
-    return 0
-}
-
-# postrm: $1 remove (deb: mask until purge, as debhelper does) or purge (forget
-# every trace), rpm (erase). Then systemd rereads its units.
-kvmtune_units_forget() {
-    if command -v deb-systemd-helper >/dev/null 2>&1; then
-        for kvmtune_u in $KVMTUNE_CONVERGE_UNITS; do
-            case $1 in
-                remove) deb-systemd-helper mask "$kvmtune_u" >/dev/null 2>&1 || true ;;
-                purge)
-                    deb-systemd-helper purge "$kvmtune_u" >/dev/null 2>&1 || true
-                    deb-systemd-helper unmask "$kvmtune_u" >/dev/null 2>&1 || true
-                    ;;
-            esac
-        done
-    fi
-    if kvmtune_systemd_running; then
-        systemctl --system daemon-reload >/dev/null 2>&1 || true
     fi
     return 0
 }

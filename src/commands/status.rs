@@ -1,8 +1,10 @@
 //! `kvmtune status`: a picture of the host taken in at a glance, like `lstopo`,
 //! and every running guest with its placement, its conformance rule by rule, and
-//! whether kvmtune's ledger agrees with libvirt. This module is the door: its
+//! whether kvmtune's ledger agrees with libvirt, and which guests wait in the
+//! convergence queue. This module is the door: its
 //! arguments, and [`run_status`], which reads everything through `kvmtune_sys`
-//! (sysfs, libvirt's status files, the ledger, `/proc` for vCPU thread affinity),
+//! (sysfs, libvirt's status files, the ledger, `/proc` for the affinity of every
+//! QEMU thread, the guest's cpuset cgroup),
 //! builds the model with [`kvmtune_core::status::build`] and prints it as the
 //! picture drawn by [`render`], as JSON (with a `schema_version`, documented in
 //! docs/status-json.md) or in Prometheus' text exposition format ([`prometheus`]),
@@ -26,12 +28,14 @@ use serde::Serialize;
 
 use crate::exit;
 use crate::inputs::{self as cli, Sources};
-use kvmtune_core::cpuset::CpuSet;
+use kvmtune_core::converge::Entry;
 use kvmtune_core::ledger::Ledger;
+use kvmtune_core::readback::Observed;
 use kvmtune_core::runstate::LiveGuest;
 use kvmtune_core::status::{Inputs, Status, build, vcpu_count};
 use kvmtune_sys::affinity;
 use kvmtune_sys::atomicfile;
+use kvmtune_sys::converge_queue::Queue;
 use kvmtune_sys::ledger_store as ledger;
 use kvmtune_sys::libvirt_run as runstate;
 use kvmtune_sys::run_metrics;
@@ -48,7 +52,7 @@ pub enum Format {
 
 /// The version of the `--format json` schema (docs/status-json.md): raised when
 /// a field is renamed, removed or changes meaning; adding fields keeps it.
-pub const JSON_SCHEMA_VERSION: u32 = 1;
+pub const JSON_SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ColorWhen {
@@ -60,16 +64,20 @@ pub enum ColorWhen {
 
 const STATUS_HELP: &str = "\
 Reads files only: sysfs, libvirt's status files (/run/libvirt/qemu/*.xml), the
-ledger (/run/kvmtune/ledger.json) and /proc for thread affinity; never calls
-libvirt, so it is safe to run at any time. A guest's placement comes from its live
-XML pins, else from the ledger (placed by the hook at start). Conformance per rule:
-ok, runtime-enforced (the hook applied it to the running guest), differs (fixed by
-kvmtune apply and a cold boot). Exit code 0.
+ledger (/run/kvmtune/ledger.json), /proc for thread affinity and the guests'
+cpuset cgroups; never calls libvirt, so it is safe to run at any time. A guest's
+placement comes from its live XML pins, else from the ledger (placed by the hook
+at start). Conformance per rule: ok, runtime-enforced (the hook applied it to the
+running guest), differs (fixed by kvmtune apply and a cold boot). Read back per
+aspect (vCPU, emulator and iothreads, cgroup cpus and mems, memory policy):
+applied and verified, not enforced at runtime (why), drifted (expected X, found
+Y), not read back (why). Exit code 0.
 
---format prometheus also reads the hook's outcome counters
-(/run/kvmtune/hook-counters.json) and the convergence queue
-(/run/kvmtune/converge/). --output FILE replaces FILE atomically (temp file +
-rename), so node_exporter's textfile collector never reads half of it.";
+The guests queued for convergence (/run/kvmtune/converge/, drained by kvmtune
+converge) are listed with when they were queued. --format prometheus also reads
+the hook's outcome counters (/run/kvmtune/hook-counters.json). --output FILE
+replaces FILE atomically (temp file + rename), so node_exporter's textfile
+collector never reads half of it.";
 
 #[derive(Debug, Args)]
 #[command(after_help = STATUS_HELP)]
@@ -116,24 +124,31 @@ pub fn read_ledger(run_dir: &Path) -> Option<Option<Ledger>> {
     Some(ledger::read_unlocked(run_dir))
 }
 
-/// `Cpus_allowed_list` of each vCPU thread of each running guest with a QEMU pid,
-/// from `PID/task/TID/status` under `proc_root` (`None` where unreadable).
-pub fn read_threads(
+/// What each running guest with a QEMU pid shows: the `Cpus_allowed_list` of its
+/// vCPU, emulator and iothreads (`PID/task/TID/status` under `proc_root`) and its
+/// cpuset cgroup's effective sets (the mount point under `fs_root`).
+pub fn read_observed(
     proc_root: &Path,
+    fs_root: &Path,
     live: &BTreeMap<String, LiveGuest>,
-) -> BTreeMap<String, Vec<Option<CpuSet>>> {
+) -> BTreeMap<String, Observed> {
     live.iter()
         .filter_map(|(name, guest)| {
-            let pid = guest.qemu_pid?;
-            let threads = (0..vcpu_count(guest))
-                .map(|v| {
-                    let tid = guest.vcpu_tids.get(&v)?;
-                    affinity::allowed_cpus(proc_root, pid, *tid).ok()
-                })
-                .collect();
-            Some((name.clone(), threads))
+            let observed = affinity::observe(proc_root, fs_root, guest, vcpu_count(guest))?;
+            Some((name.clone(), observed))
         })
         .collect()
+}
+
+/// The convergence queue's directory and its entries, or why it could not be
+/// read (it is 0700 root: other users get "permission denied").
+pub fn read_queue(run_dir: &Path) -> (PathBuf, Result<Vec<(String, Entry)>, String>) {
+    let queue = Queue::under(run_dir);
+    let entries = queue
+        .list()
+        .map(|list| list.into_iter().map(|q| (q.guest, q.entry)).collect())
+        .map_err(|e| e.to_string());
+    (queue.dir().to_path_buf(), entries)
 }
 
 /// `kvmtune status`.
@@ -151,7 +166,8 @@ pub fn run_status(args: &StatusArgs) -> Result<ExitCode> {
         host: &host,
         ledger_path: env.paths.run_dir.join("ledger.json"),
         ledger: read_ledger(&env.paths.run_dir),
-        threads: read_threads(&proc_root, &live),
+        observed: read_observed(&proc_root, &args.sources.host_root, &live),
+        converge_queue: read_queue(&env.paths.run_dir),
         live,
         now: ledger::now(),
     };

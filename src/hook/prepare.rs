@@ -113,7 +113,7 @@ fn queue_for_convergence(ctx: &Stage<'_>, plan: &kvmtune_core::plan_model::Plan)
     }
     let entry = Entry {
         uuid: ctx.domain.uuid.clone(),
-        queued_at: kvmtune_sys::ledger_store::now(),
+        queued_at: kvmtune_sys::converge_queue::now_utc_secs(),
     };
     let queue = kvmtune_sys::converge_queue::Queue::under(&ctx.env.paths.run_dir);
     Some(match queue.enqueue(&ctx.domain.name, &entry) {

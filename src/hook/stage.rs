@@ -14,7 +14,7 @@ use kvmtune_core::ledger::{Entry, EntryState};
 use kvmtune_core::placement::{Claim, Occupancy, Pool};
 use kvmtune_core::plan::Plan;
 use kvmtune_core::policy::{EmulatorPlacement, ExistingPins, OnViolation, Policy};
-use kvmtune_core::recovery::{Observed, recovered_entry};
+use kvmtune_core::recovery::{Observed, Unrecorded, recovered_entries};
 use kvmtune_sys::affinity;
 use kvmtune_sys::ledger_store::{self as ledger, LOCK_TIMEOUT, Locked};
 use kvmtune_sys::libvirt_run as runstate;
@@ -113,13 +113,12 @@ fn recover(
         return Ok(Vec::new());
     }
     let host = read_host(ctx, locked)?;
-    let now = ledger::now();
-    let mut observed: Vec<(String, &Domain, Observed)> = Vec::new();
+    let mut unrecorded = Vec::new();
     for (name, guest) in &live {
         let Some(domain) = &guest.domain else {
             continue;
         };
-        let seen = match guest.qemu_pid {
+        let observed = match guest.qemu_pid {
             Some(pid) => Observed {
                 vcpu_affinity: (0..domain.vcpus_max)
                     .map(|v| {
@@ -128,41 +127,28 @@ fn recover(
                     })
                     .collect(),
                 emulator_affinity: affinity::allowed_cpus(&ctx.env.proc_root, pid, pid).ok(),
+                vcpu_run_ns: (0..domain.vcpus_max)
+                    .map(|v| {
+                        let tid = guest.vcpu_tids.get(&v)?;
+                        affinity::run_time_ns(&ctx.env.proc_root, pid, *tid).ok()
+                    })
+                    .collect(),
             },
             None => Observed::default(),
         };
-        observed.push((name.clone(), domain, seen));
+        unrecorded.push(Unrecorded {
+            name: name.clone(),
+            domain,
+            observed,
+        });
     }
-    // Every guest being recovered counts for the others' exclusivity: what they run
-    // on now, whatever order they are recorded in.
-    let entries: Vec<(String, Entry)> = observed
-        .iter()
-        .map(|(name, domain, seen)| {
-            (
-                name.clone(),
-                recovered_entry(&ctx.policy, &host, domain, seen, &Occupancy::default(), now),
-            )
-        })
-        .collect();
+    let recorded = locked.ledger.guests.clone();
     let mut names = Vec::new();
-    for (name, domain, seen) in &observed {
-        let mut others = locked.ledger.occupancy().without(name);
-        for (other, entry) in &entries {
-            if other != name && !entry.floating {
-                others.guests.insert(
-                    other.clone(),
-                    Claim {
-                        vcpus: entry.vcpus.clone(),
-                        nodes: entry.nodes.clone(),
-                        memory_kib: entry.memory_kib,
-                        pool: Pool::Shared,
-                    },
-                );
-            }
-        }
-        let entry = recovered_entry(&ctx.policy, &host, domain, seen, &others, now);
+    for (name, entry) in
+        recovered_entries(&ctx.policy, &host, &recorded, &unrecorded, ledger::now())
+    {
         names.push(name.clone());
-        locked.ledger.guests.insert(name.clone(), entry);
+        locked.ledger.guests.insert(name, entry);
     }
     Ok(names)
 }

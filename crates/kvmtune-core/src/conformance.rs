@@ -1,25 +1,19 @@
 //! Conformance of a running guest, rule by rule: the plan of its live XML (made as
 //! the hook would make it) read as one verdict per aspect of TUNING-RULES.md — ok,
-//! runtime-enforced (the hook applied it to the running QEMU), differs, opted out
-//! or unknown. [`crate::status`] puts these [`Check`]s in each guest's view.
+//! runtime-enforced (the hook applied it to the running QEMU, and what was read
+//! back does not contradict it), differs, opted out or unknown. A drift found by
+//! [`crate::readback`] makes the rule differ. [`crate::status`] puts these
+//! [`Check`]s in each guest's view.
 
 use serde::Serialize;
 
-use crate::cpuset::CpuSet;
 use crate::ledger::Entry;
 use crate::plan::{Change, Enforcement, Plan};
+use crate::readback::{Aspect, Readback, State};
 
-/// Where a guest's placement was read from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Source {
-    /// The live XML pins the vCPUs (`<vcpupin>`/`<vcpu cpuset>`): libvirt applied them.
-    Xml,
-    /// The hook applied kvmtune's placement at `started` (ledger claim).
-    Ledger,
-    /// Nobody pinned it: the vCPUs float over every CPU.
-    None,
-}
+/// Where a guest's placement was read from (defined with the read-back, which
+/// judges by it).
+pub use crate::readback::Source;
 
 /// One rule's verdict for a running guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -83,16 +77,10 @@ fn aspect_of_rule(rule: &str) -> Option<usize> {
     }
 }
 
-/// Rule-by-rule verdicts from the plan `p` of a guest's live XML: `source` and
-/// `vcpu_cpus` are where its placement was read from and what it is, `threads` the
-/// vCPU threads' affinity, `entry` its ledger claim (the hook applied it).
-pub fn checks(
-    p: &Plan,
-    source: Source,
-    vcpu_cpus: &[CpuSet],
-    threads: &[Option<CpuSet>],
-    entry: Option<&Entry>,
-) -> Vec<Check> {
+/// Rule-by-rule verdicts from the plan `p` of a guest's live XML: `readback` is
+/// what was read back of its threads and cgroup, `entry` its ledger claim (the hook
+/// applied it).
+pub fn checks(p: &Plan, readback: &[Readback], entry: Option<&Entry>) -> Vec<Check> {
     let applied = entry.is_some();
     if !p.enabled {
         return vec![Check {
@@ -147,8 +135,9 @@ pub fn checks(
         texts[0].push(format!("no placement: {why}"));
     }
     if let Some(entry) = entry {
-        describe_applied(&mut checks, &mut texts, entry, source, vcpu_cpus, threads);
+        describe_applied(&mut checks, &mut texts, entry);
     }
+    apply_readback(&mut checks, &mut texts, readback);
     for note in &p.notes {
         if let Some(i) = aspect_of_rule(note.rule)
             && checks[i].state == Conformance::Ok
@@ -163,15 +152,8 @@ pub fn checks(
 }
 
 /// What was enforced at runtime is what the ledger recorded, not what a plan made
-/// now would choose: describe that, and check the vCPU threads are there.
-fn describe_applied(
-    checks: &mut [Check],
-    texts: &mut [Vec<String>],
-    entry: &Entry,
-    source: Source,
-    vcpu_cpus: &[CpuSet],
-    threads: &[Option<CpuSet>],
-) {
+/// now would choose: describe that.
+fn describe_applied(checks: &mut [Check], texts: &mut [Vec<String>], entry: &Entry) {
     if checks[0].state == Conformance::RuntimeEnforced {
         let pins: Vec<String> = entry
             .vcpus
@@ -180,35 +162,56 @@ fn describe_applied(
             .map(|(v, s)| format!("{v}→{s}"))
             .collect();
         texts[0] = vec![format!("applied at start: vCPU→CPU {}", pins.join(" "))];
-        if source == Source::Ledger {
-            let off: Vec<String> = threads
-                .iter()
-                .enumerate()
-                .filter_map(|(v, t)| {
-                    let t = t.as_ref()?;
-                    let want = vcpu_cpus.get(v)?;
-                    (t != want).then(|| format!("vCPU {v} runs on {t}, ledger says {want}"))
-                })
-                .collect();
-            if !off.is_empty() {
-                checks[0].state = Conformance::Differs;
-                texts[0] = off;
-            } else if !threads.is_empty() && threads.iter().all(Option::is_some) {
-                texts[0][0].push_str("; threads agree");
-            }
-        }
     }
     if checks[1].state == Conformance::RuntimeEnforced {
         texts[1] = vec![format!("applied at start: memory node(s) {}", entry.nodes)];
     }
     if checks[2].state == Conformance::RuntimeEnforced {
-        // Only the vCPU threads are read back by status.
         texts[2] = vec![match &entry.emulator {
-            Some(e) => {
-                format!("claimed at start: emulator threads on CPUs {e} (not read back)")
-            }
-            None => "claimed at start (not read back)".to_string(),
+            Some(e) => format!("applied at start: emulator threads on CPUs {e}"),
+            None => "claimed at start".to_string(),
         }];
+    }
+}
+
+/// The rule each read-back aspect speaks for.
+fn check_of(aspect: Aspect) -> Option<usize> {
+    match aspect {
+        Aspect::VcpuThreads => Some(0),
+        Aspect::MemoryPolicy => Some(1),
+        Aspect::EmulatorThreads | Aspect::Iothreads => Some(2),
+        Aspect::CgroupCpus | Aspect::CgroupMems => None,
+    }
+}
+
+/// What was read back decides: a drift makes the rule differ, whatever applied it;
+/// a rule the hook should have enforced but nothing holds at runtime differs too.
+fn apply_readback(checks: &mut [Check], texts: &mut [Vec<String>], readback: &[Readback]) {
+    for r in readback {
+        let Some(i) = check_of(r.aspect) else {
+            continue;
+        };
+        let runtime = checks[i].state == Conformance::RuntimeEnforced;
+        match r.state {
+            State::Drifted => {
+                checks[i].state = Conformance::Differs;
+                texts[i].push(format!("{} {}", r.aspect.label(), r.sentence()));
+            }
+            State::NotEnforced if runtime => {
+                checks[i].state = Conformance::Differs;
+                texts[i].push(format!("{} {}", r.aspect.label(), r.sentence()));
+            }
+            State::Verified if runtime && r.aspect == Aspect::VcpuThreads => {
+                texts[i].push("threads agree".into());
+            }
+            State::Verified if runtime => {
+                texts[i].push(format!("{} verified", r.aspect.label()));
+            }
+            State::Unread if runtime => {
+                texts[i].push(format!("{} {}", r.aspect.label(), r.sentence()));
+            }
+            _ => {}
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod placement;
 pub mod plan;
 pub mod plan_model;
 pub mod policy;
+pub mod readback;
 pub mod recovery;
 pub mod repack;
 pub mod rewrite;

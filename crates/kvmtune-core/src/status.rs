@@ -2,10 +2,13 @@
 //! nodes → L3 groups, or sockets where the host reports no L3 → cores → threads,
 //! each thread with its role and the guest vCPUs that may run there, per-node memory
 //! and huge pages) and of every running guest (placement, where it was read from,
-//! [`crate::conformance`] rule by rule, agreement with kvmtune's ledger). Pure:
-//! [`build`] takes [`Inputs`] the caller has already read (host, policy, ledger,
-//! libvirt's live guests, per-vCPU thread affinity) and returns a [`Status`], which
-//! is also the `--json` output. Drawing it is the binary's job.
+//! [`crate::conformance`] rule by rule, what was applied and read back
+//! ([`crate::readback`]: vCPU, emulator and iothreads, cgroup cpus and mems, memory
+//! policy), agreement with kvmtune's ledger, whether it waits in the convergence
+//! queue). Pure: [`build`] takes [`Inputs`] the
+//! caller has already read (host, policy, ledger, libvirt's live guests, what each
+//! guest's threads and cgroup show) and returns a [`Status`], which is also the
+//! `--json` output. Drawing it is the binary's job.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,8 +20,9 @@ use crate::cpuset::CpuSet;
 use crate::host::Host;
 use crate::ledger::{EntryState, Ledger, PREPARE_GRACE};
 use crate::placement::{Occupancy, Pool};
-use crate::plan::plan;
-use crate::policy::Policy;
+use crate::plan::{guest_facts, plan};
+use crate::policy::{MemoryMode, Policy};
+use crate::readback::{self, Applied, Observed, Readback};
 use crate::runstate::LiveGuest;
 
 /// Everything `status` shows.
@@ -27,6 +31,38 @@ pub struct Status {
     pub host: HostView,
     pub guests: Vec<GuestView>,
     pub ledger: LedgerView,
+    pub converge_queue: QueueView,
+}
+
+/// The convergence queue (`/run/kvmtune/converge/`): guests the hook let start
+/// with XML-level violations, whose definitions `kvmtune converge` conforms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueView {
+    pub path: PathBuf,
+    /// Why the queue could not be read (e.g. not root: the directory is 0700).
+    pub error: Option<String>,
+    /// Every queued guest, running or not, by name.
+    pub guests: Vec<QueuedView>,
+}
+
+/// One queued guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueuedView {
+    pub guest: String,
+    /// Its UUID when it was queued.
+    pub uuid: Option<String>,
+    /// When it was queued, seconds since 1970 (UTC); 0 when the entry is damaged.
+    pub queued_at: u64,
+    /// Whether libvirt runs it now.
+    pub running: bool,
+}
+
+/// A running guest's place in the convergence queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Queued {
+    /// Seconds since 1970 (UTC); 0 when unknown.
+    pub queued_at: u64,
+    pub uuid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -114,7 +150,7 @@ pub struct GuestUse {
     pub vcpus: CpuSet,
 }
 
-pub use crate::conformance::Source;
+pub use crate::readback::Source;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GuestView {
@@ -135,7 +171,12 @@ pub struct GuestView {
     /// (`None` when no plan could be made).
     pub pool: Option<Pool>,
     pub conformance: Vec<Check>,
+    /// What was applied, read back from /proc and the cgroup, aspect by aspect.
+    pub readback: Vec<Readback>,
     pub ledger: Agreement,
+    /// Queued for convergence: `kvmtune converge` will conform its definition
+    /// (`None`: not queued, or the queue could not be read).
+    pub queued_for_convergence: Option<Queued>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -168,10 +209,17 @@ pub struct Inputs<'a> {
     /// `None`: no ledger file; `Some(None)`: a file that does not parse.
     pub ledger: Option<Option<Ledger>>,
     pub live: BTreeMap<String, LiveGuest>,
-    /// `Cpus_allowed_list` of each vCPU thread of a guest, by guest name and vCPU
-    /// number (`None` where it could not be read). A guest missing here has no
-    /// thread affinity shown (not read, or no QEMU pid). See [`vcpu_count`].
-    pub threads: BTreeMap<String, Vec<Option<CpuSet>>>,
+    /// What each guest's threads and cgroup show, by guest name: the affinity of
+    /// its vCPU threads by vCPU number (see [`vcpu_count`]), emulator threads and
+    /// iothreads, its cgroup's effective sets. A guest missing here was not read
+    /// (no QEMU pid).
+    pub observed: BTreeMap<String, Observed>,
+    /// The convergence queue's directory and what it holds (guest name, entry),
+    /// or why it could not be read.
+    pub converge_queue: (
+        PathBuf,
+        Result<Vec<(String, crate::converge::Entry)>, String>,
+    ),
     pub now: u64,
 }
 
@@ -198,10 +246,21 @@ pub fn build(inputs: &Inputs<'_>) -> Status {
         .guests
         .extend(crate::runstate::pinned_by_others(live, &claimed).guests);
 
-    let guests: Vec<GuestView> = live
+    let mut guests: Vec<GuestView> = live
         .iter()
         .map(|(name, guest)| guest_view(name, guest, inputs, &ledger, &occupancy))
         .collect();
+    let converge_queue = queue_view(inputs);
+    for g in &mut guests {
+        g.queued_for_convergence = converge_queue
+            .guests
+            .iter()
+            .find(|q| q.guest == g.name)
+            .map(|q| Queued {
+                queued_at: q.queued_at,
+                uuid: q.uuid.clone(),
+            });
+    }
     let (stale, starting) = stale_and_starting(&ledger, inputs);
     let agrees =
         stale.is_empty() && ledger_file != "unreadable" && guests.iter().all(|g| g.ledger.agrees);
@@ -240,6 +299,29 @@ pub fn build(inputs: &Inputs<'_>) -> Status {
             starting,
             agrees,
         },
+        converge_queue,
+    }
+}
+
+/// The convergence queue as read, each guest marked running or not.
+fn queue_view(inputs: &Inputs<'_>) -> QueueView {
+    let (path, read) = &inputs.converge_queue;
+    let (error, entries) = match read {
+        Ok(entries) => (None, entries.as_slice()),
+        Err(e) => (Some(e.clone()), &[][..]),
+    };
+    QueueView {
+        path: path.clone(),
+        error,
+        guests: entries
+            .iter()
+            .map(|(guest, entry)| QueuedView {
+                guest: guest.clone(),
+                uuid: entry.uuid.clone(),
+                queued_at: entry.queued_at,
+                running: inputs.live.contains_key(guest),
+            })
+            .collect(),
     }
 }
 
@@ -413,19 +495,16 @@ pub fn vcpu_count(guest: &LiveGuest) -> u32 {
         .map_or(guest.vcpu_tids.len() as u32, |d| d.vcpus_max)
 }
 
-fn guest_view(
-    name: &str,
-    guest: &LiveGuest,
-    inputs: &Inputs<'_>,
-    ledger: &Ledger,
-    occupancy: &Occupancy,
-) -> GuestView {
-    let entry = ledger.guests.get(name);
-    let domain = guest.domain.as_ref();
-    let vcpus = vcpu_count(guest);
-    let memory_kib = domain.map_or(0, |d| d.memory_kib);
+/// Where a running guest's placement comes from and what it is: (source, CPUs of
+/// each vCPU, memory nodes, emulator CPUs). The live XML's explicit pins, else
+/// the ledger claim the hook applied, else nothing.
+fn placement_of(
+    domain: Option<&crate::domain::Domain>,
+    entry: Option<&crate::ledger::Entry>,
+    host: &Host,
+) -> (Source, Vec<CpuSet>, CpuSet, Option<CpuSet>) {
     let xml_pins = domain.filter(|d| d.pins_explicitly());
-    let (source, vcpu_cpus, nodes, emulator) = if let Some(d) = xml_pins {
+    if let Some(d) = xml_pins {
         let pinned = d.pinned_cpus();
         let per_vcpu: Vec<CpuSet> = (0..d.vcpus_max)
             .map(|v| {
@@ -438,7 +517,7 @@ fn guest_view(
             .numa_memory
             .as_ref()
             .and_then(|m| m.nodeset.clone())
-            .unwrap_or_else(|| inputs.host.nodes_of(&pinned));
+            .unwrap_or_else(|| host.nodes_of(&pinned));
         (Source::Xml, per_vcpu, nodes, d.emulator_pin.clone())
     } else if let Some(e) = entry {
         (
@@ -456,9 +535,35 @@ fn guest_view(
             CpuSet::new(),
             domain.and_then(|d| d.emulator_pin.clone()),
         )
-    };
+    }
+}
+
+fn guest_view(
+    name: &str,
+    guest: &LiveGuest,
+    inputs: &Inputs<'_>,
+    ledger: &Ledger,
+    occupancy: &Occupancy,
+) -> GuestView {
+    let entry = ledger.guests.get(name);
+    let domain = guest.domain.as_ref();
+    let vcpus = vcpu_count(guest);
+    let memory_kib = domain.map_or(0, |d| d.memory_kib);
+    let (source, vcpu_cpus, nodes, emulator) = placement_of(domain, entry, inputs.host);
     let cpus = vcpu_cpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
-    let threads = inputs.threads.get(name).cloned().unwrap_or_default();
+    let observed = inputs.observed.get(name);
+    let threads = observed.map(|o| o.vcpus.clone()).unwrap_or_default();
+    let readback = readback::readback(
+        &Applied {
+            source,
+            vcpu_cpus: &vcpu_cpus,
+            nodes: &nodes,
+            entry,
+            domain,
+            memory_mode: domain.and_then(|d| memory_mode(inputs.policy, d)),
+        },
+        observed,
+    );
 
     // Conformance: plan the live XML as the hook would.
     let planned = domain.map(|d| plan(inputs.policy, inputs.host, occupancy, d));
@@ -488,7 +593,7 @@ fn guest_view(
         ),
         Some(Ok(p)) => (
             p.policy_rule.clone(),
-            conformance::checks(&p, source, &vcpu_cpus, &threads, entry),
+            conformance::checks(&p, &readback, entry),
         ),
     };
 
@@ -509,8 +614,18 @@ fn guest_view(
         policy_rule,
         pool,
         conformance,
+        readback,
         ledger: ledger_agreement,
+        queued_for_convergence: None,
     }
+}
+
+/// The memory mode the policy gives a guest (`None`: opted out).
+fn memory_mode(policy: &Policy, domain: &crate::domain::Domain) -> Option<MemoryMode> {
+    policy
+        .select(&guest_facts(domain))
+        .settings
+        .map(|s| s.memory_mode)
 }
 
 #[cfg(test)]

@@ -1,11 +1,15 @@
 //! Runtime placement of a running QEMU: CPU affinity of its vCPU, emulator and
 //! iothreads, and the memory nodes of its cgroup cpuset. Used by the hook at
-//! `started`, when QEMU exists but the guest has not run its first instruction.
-//! Every path is under a root directory so tests run on fake `/proc` trees.
+//! `started`, when QEMU exists but the guest has not run its first instruction,
+//! and read back by `status` ([`observe`]). Every path is under a root directory
+//! so tests run on fake `/proc` and cgroup trees.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kvmtune_core::cpuset::CpuSet;
+use kvmtune_core::readback::{self, CgroupRead, CgroupSets, Observed, ThreadRead};
+use kvmtune_core::runstate::LiveGuest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AffinityError {
@@ -82,6 +86,29 @@ pub fn allowed_cpus(proc_root: &Path, pid: u32, tid: u32) -> Result<CpuSet, Affi
         })
 }
 
+/// How long a thread has run on a CPU, in nanoseconds (the first field of
+/// `/proc/PID/task/TID/schedstat`). A vCPU thread of a guest still starting (QEMU
+/// runs with `-S` until libvirt resumes it after the `started` hook) has run
+/// well under a millisecond; a guest that has booted, for far longer.
+pub fn run_time_ns(proc_root: &Path, pid: u32, tid: u32) -> Result<u64, AffinityError> {
+    let path = proc_root
+        .join(pid.to_string())
+        .join("task")
+        .join(tid.to_string())
+        .join("schedstat");
+    let text = std::fs::read_to_string(&path).map_err(|source| AffinityError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    text.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| AffinityError::Read {
+            path,
+            source: std::io::Error::other("no run time in schedstat"),
+        })
+}
+
 /// Where a process's cpuset cgroup is, for cgroup v1 (`cpuset` controller) or v2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpusetCgroup {
@@ -93,9 +120,14 @@ pub struct CpusetCgroup {
 /// Finds the cpuset cgroup directory of `pid` from `/proc/PID/cgroup` and the
 /// mount table (`/proc/self/mountinfo`), all under `root`.
 pub fn cpuset_cgroup(root: &Path, pid: u32) -> Option<CpusetCgroup> {
-    let cgroup =
-        std::fs::read_to_string(root.join("proc").join(pid.to_string()).join("cgroup")).ok()?;
-    let mountinfo = std::fs::read_to_string(root.join("proc/self/mountinfo")).ok()?;
+    cpuset_cgroup_at(&root.join("proc"), root, pid)
+}
+
+/// [`cpuset_cgroup`] with `/proc` read under `proc_root` and the cgroup mount
+/// point taken under `fs_root`.
+pub fn cpuset_cgroup_at(proc_root: &Path, fs_root: &Path, pid: u32) -> Option<CpusetCgroup> {
+    let cgroup = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    let mountinfo = std::fs::read_to_string(proc_root.join("self/mountinfo")).ok()?;
     // v1: "N:cpuset:/machine/qemu-1-g.libvirt-qemu/emulator"; v2: "0::/machine.slice/...".
     let v1 = cgroup.lines().find_map(|l| {
         let mut parts = l.splitn(3, ':');
@@ -130,7 +162,7 @@ pub fn cpuset_cgroup(root: &Path, pid: u32) -> Option<CpusetCgroup> {
     })?;
     let rel = path.trim_start_matches('/');
     Some(CpusetCgroup {
-        dir: root.join(mount.trim_start_matches('/')).join(rel),
+        dir: fs_root.join(mount.trim_start_matches('/')).join(rel),
         v2,
     })
 }
@@ -206,6 +238,105 @@ pub fn guest_cgroup_dir(process_dir: &Path) -> PathBuf {
     } else {
         process_dir.to_path_buf()
     }
+}
+
+/// The effective CPUs and memory nodes of one cgroup directory (v2
+/// `cpuset.cpus.effective`, v1 `cpuset.effective_cpus`; `None` where unreadable).
+pub fn cgroup_sets(dir: &Path, v2: bool) -> CgroupSets {
+    let (cpus, mems) = if v2 {
+        ("cpuset.cpus.effective", "cpuset.mems.effective")
+    } else {
+        ("cpuset.effective_cpus", "cpuset.effective_mems")
+    };
+    let read = |file: &str| {
+        std::fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|text| CpuSet::parse(text.trim()).ok())
+    };
+    CgroupSets {
+        cpus: read(cpus),
+        mems: read(mems),
+    }
+}
+
+/// A guest's cpuset cgroup (found from its QEMU process's) and its `emulator`,
+/// `vcpuN` and `iothreadN` sub-cgroups; `None` when it has no cpuset files.
+pub fn read_cgroup(process: &CpusetCgroup) -> Option<CgroupRead> {
+    let dir = guest_cgroup_dir(&process.dir);
+    let own = cgroup_sets(&dir, process.v2);
+    if own.cpus.is_none() && own.mems.is_none() {
+        return None;
+    }
+    let children = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| {
+                    let name = e.file_name().to_str()?.to_string();
+                    let ours = name == "emulator"
+                        || name.starts_with("vcpu")
+                        || name.starts_with("iothread");
+                    ours.then(|| (name, cgroup_sets(&e.path(), process.v2)))
+                })
+                .collect::<BTreeMap<_, _>>()
+        })
+        .unwrap_or_default();
+    Some(CgroupRead {
+        dir: dir.display().to_string(),
+        own,
+        children,
+    })
+}
+
+/// What a running guest's QEMU shows, for `status`: every thread by role (as
+/// the hook's `started` sorts them) with its `Cpus_allowed_list`, the first
+/// `vcpus` vCPUs by number, and its cpuset cgroup. `/proc` is read under
+/// `proc_root`, the cgroup mount point under `fs_root`. `None` without a QEMU pid.
+pub fn observe(
+    proc_root: &Path,
+    fs_root: &Path,
+    guest: &LiveGuest,
+    vcpus: u32,
+) -> Option<Observed> {
+    let pid = guest.qemu_pid?;
+    let (tids, tasks_error) = match threads_of(proc_root, pid) {
+        Ok(tids) => (tids, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let named: Vec<(u32, String)> = tids
+        .iter()
+        .map(|tid| (*tid, thread_name(proc_root, pid, *tid).unwrap_or_default()))
+        .collect();
+    let roles = readback::classify(&guest.vcpu_tids, &guest.iothread_tids, &named);
+    let name_of = |tid: u32| {
+        named
+            .iter()
+            .find(|(t, _)| *t == tid)
+            .map(|(_, n)| n.clone())
+            .unwrap_or_default()
+    };
+    let thread = |tid: u32| ThreadRead {
+        tid,
+        name: name_of(tid),
+        cpus: allowed_cpus(proc_root, pid, tid).ok(),
+    };
+    Some(Observed {
+        vcpus: (0..vcpus)
+            .map(|v| {
+                let tid = roles.vcpus.get(&v)?;
+                allowed_cpus(proc_root, pid, *tid).ok()
+            })
+            .collect(),
+        emulator: roles.others.iter().map(|tid| thread(*tid)).collect(),
+        iothreads: roles
+            .iothreads
+            .iter()
+            .map(|(id, tid)| (*id, thread(*tid)))
+            .collect(),
+        tasks_error,
+        cgroup: cpuset_cgroup_at(proc_root, fs_root, pid).and_then(|cg| read_cgroup(&cg)),
+    })
 }
 
 #[cfg(test)]

@@ -113,6 +113,14 @@ impl Queue {
     }
 }
 
+/// The wall clock in seconds since 1970, what an entry's `queued_at` holds (a time
+/// for people: `status` and `converge --list` print it in UTC).
+pub fn now_utc_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl Queue {
     fn remove_stale_temp_files(&self) {
         let Ok(read) = fs::read_dir(&self.dir) else {

@@ -12,6 +12,7 @@ use std::fmt::Write;
 
 use kvmtune_core::conformance::Conformance;
 use kvmtune_core::placement::Pool;
+use kvmtune_core::readback::{Aspect, State};
 use kvmtune_core::status::{GuestView, Source, Status};
 
 /// What the metrics show besides the status, read by the command.
@@ -90,19 +91,22 @@ fn source_name(source: Source) -> &'static str {
     }
 }
 
-/// vCPU threads whose affinity, as read from /proc, differs from the CPUs the
-/// guest's placement gives that vCPU (live XML pins, or the ledger claim the hook
-/// applied). Unread threads and unplaced guests count 0.
+/// Threads (vCPU, emulator, iothreads) whose affinity, as read back from /proc,
+/// differs from what was applied (live XML pins, or the ledger claim the hook
+/// applied): the drifts of those aspects in the guest's read-back. Unread threads
+/// and unplaced guests count 0.
 pub fn affinity_drift(guest: &GuestView) -> u64 {
     guest
-        .threads
+        .readback
         .iter()
-        .enumerate()
-        .filter(|(v, t)| match (t, guest.vcpu_cpus.get(*v)) {
-            (Some(actual), Some(claimed)) => actual != claimed,
-            _ => false,
+        .filter(|r| {
+            matches!(
+                r.aspect,
+                Aspect::VcpuThreads | Aspect::EmulatorThreads | Aspect::Iothreads
+            )
         })
-        .count() as u64
+        .map(|r| r.drifts.len() as u64)
+        .sum()
 }
 
 /// The exposition text.
@@ -200,10 +204,27 @@ pub fn render(status: &Status, run: &RunState) -> String {
         &mut out,
         "kvmtune_guest_affinity_drift",
         "gauge",
-        "vCPU threads of a running guest whose actual affinity (/proc) differs from its placement (live XML pins or the ledger claim).",
+        "Threads of a running guest (vCPU, emulator, iothreads) whose actual affinity (/proc) differs from what was applied (live XML pins or the ledger claim).",
     );
     for g in guests {
         f.sample(&[("guest", &g.name)], affinity_drift(g));
+    }
+
+    let mut f = family(
+        &mut out,
+        "kvmtune_guest_drift",
+        "gauge",
+        "Per running guest and aspect read back (vcpu-threads, emulator-threads, iothreads, cgroup-cpus, cgroup-mems, memory-policy): 1 when it drifted from what was applied, 0 when applied and verified or not enforced at runtime; aspects not read back have no sample.",
+    );
+    for g in guests {
+        for r in &g.readback {
+            let value = match r.state {
+                State::Drifted => 1,
+                State::Verified | State::NotEnforced => 0,
+                State::Unread => continue,
+            };
+            f.sample(&[("guest", &g.name), ("aspect", r.aspect.id())], value);
+        }
     }
 
     let mut f = family(

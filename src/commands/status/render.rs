@@ -1,6 +1,8 @@
 //! Drawing a [`Status`] as text: the host tree (NUMA nodes → L3 groups or sockets
 //! → cores → threads, one padded cell per thread), the legend, then every running
-//! guest with its placement, ledger agreement and conformance rule by rule. Colours
+//! guest with its placement, ledger agreement, place in the convergence queue,
+//! conformance rule by rule and what was applied and read back, aspect by aspect;
+//! last the convergence queue. Colours
 //! are [`anstyle`] styles, used only when asked; with colour off the text holds no
 //! escape at all. Guest names are sanitized before they reach the terminal.
 
@@ -10,7 +12,8 @@ use std::fmt::Write as _;
 use anstyle::{AnsiColor, Style};
 use kvmtune_core::conformance::Conformance;
 use kvmtune_core::cpuset::CpuSet;
-use kvmtune_core::status::{Role, Source, Status, ThreadView};
+use kvmtune_core::readback::{Readback, State};
+use kvmtune_core::status::{QueueView, Role, Source, Status, ThreadView};
 use kvmtune_sys::logging::sanitize;
 
 /// Headings.
@@ -276,6 +279,19 @@ pub fn render(status: &Status, color: bool) -> String {
             paint.wrap(BAD, &g.ledger.detail)
         };
         let _ = writeln!(out, "    ledger     {ledger_text}");
+        if let Some(q) = &g.queued_for_convergence {
+            let _ = writeln!(
+                out,
+                "    converge   {}",
+                paint.wrap(
+                    RUNTIME,
+                    &format!(
+                        "queued for convergence {}: kvmtune converge conforms its definition (effective at the next cold boot)",
+                        queued_when(q.queued_at)
+                    )
+                )
+            );
+        }
         for c in &g.conformance {
             let (word, code) = match c.state {
                 Conformance::Ok => ("ok", GOOD),
@@ -288,7 +304,7 @@ pub fn render(status: &Status, color: bool) -> String {
             let detail = if c.detail.is_empty() {
                 String::new()
             } else {
-                format!(" {}", c.detail)
+                format!(" {}", escape_controls(&c.detail))
             };
             let _ = writeln!(
                 out,
@@ -300,6 +316,7 @@ pub fn render(status: &Status, color: bool) -> String {
             )
             .map(|_| ());
         }
+        render_readback(&mut out, &paint, &g.readback);
     }
     if status.guests.iter().any(|g| {
         g.conformance
@@ -311,12 +328,99 @@ pub fn render(status: &Status, color: bool) -> String {
             "  fix 'differs': kvmtune apply GUEST, then shut the guest down and start it"
         );
     }
+    render_queue(&mut out, &paint, &status.converge_queue);
     // Trailing spaces from padding are noise when piped.
     out.lines()
         .map(str::trim_end)
         .collect::<Vec<_>>()
         .join("\n")
         + "\n"
+}
+
+/// `at 20261201T114002Z` (UTC, as `kvmtune converge --list` prints it), or
+/// `at an unknown time` for a damaged entry.
+fn queued_when(secs: u64) -> String {
+    if secs == 0 {
+        return "at an unknown time".into();
+    }
+    let at = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    format!("at {}", kvmtune_sys::backups::utc_stamp(at))
+}
+
+/// The convergence queue: every queued guest, running or not.
+fn render_queue(out: &mut String, paint: &Paint, queue: &QueueView) {
+    let _ = writeln!(out);
+    let head = paint.wrap(BOLD, "queued for convergence");
+    let path = queue.path.display();
+    if let Some(e) = &queue.error {
+        let _ = writeln!(
+            out,
+            "{head} {path}: {}",
+            paint.wrap(HOST, &format!("cannot read: {}", escape_controls(e)))
+        );
+        return;
+    }
+    if queue.guests.is_empty() {
+        let _ = writeln!(out, "{head} {path}: none");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{head} {path}: {} guest{} (kvmtune converge conforms their definitions)",
+        queue.guests.len(),
+        if queue.guests.len() == 1 { "" } else { "s" }
+    );
+    let width = queue
+        .guests
+        .iter()
+        .map(|q| short(&q.guest).chars().count())
+        .max()
+        .unwrap_or(0);
+    for q in &queue.guests {
+        let _ = writeln!(
+            out,
+            "  {:<width$}  queued {}{}{}",
+            short(&q.guest),
+            queued_when(q.queued_at),
+            q.uuid
+                .as_deref()
+                .map_or(String::new(), |u| format!("  uuid {}", sanitize(u))),
+            if q.running { "" } else { "  (not running)" }
+        );
+    }
+}
+
+/// The read-back lines of one guest: `read back  ASPECT  VERDICT`.
+fn render_readback(out: &mut String, paint: &Paint, readback: &[Readback]) {
+    for (i, r) in readback.iter().enumerate() {
+        let code = match r.state {
+            State::Verified => GOOD,
+            State::NotEnforced => HOST,
+            State::Drifted => ALARM,
+            State::Unread => HOST,
+        };
+        let _ = writeln!(
+            out,
+            "    {:<11}{:<18}{}",
+            if i == 0 { "read back" } else { "" },
+            r.aspect.label(),
+            paint.wrap(code, &escape_controls(&r.sentence()))
+        );
+    }
+}
+
+/// Control characters escaped, no length bound: read-back sentences hold thread
+/// names and cgroup paths (named after the guest) and may be long.
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn or_dash(set: &CpuSet) -> String {

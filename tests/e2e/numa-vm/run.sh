@@ -3,17 +3,22 @@
 # (and a 3-node asymmetric one) under QEMU/TCG, with Debian's kernel, libvirtd and
 # QEMU inside, installs the kvmtune .deb there, runs the cases (cases.sh) and
 # prints one PASS/FAIL/SKIP/XFAIL line per case with the guest kernel's evidence.
+# A third boot has systemd as PID 1 and runs systemd-cases.sh: the package's
+# units for real (converge path unit, metrics timer, install and purge).
 # Run as root:
 #
-#   tests/e2e/numa-vm/run.sh [--deb FILE] [--topology sym|asym|both] [--only ID,ID]
+#   tests/e2e/numa-vm/run.sh [--deb FILE] [--topology sym|asym|systemd|both|all]
+#                            [--only ID,ID]
 #                            [--cache DIR] [--artifacts DIR]
 #
 #   --deb FILE      the kvmtune .deb to install in the VM (default: built from this
 #                   tree with packaging/build.sh, --no-build when
 #                   target/release/kvmtune is newer than every source file)
 #   --topology T    sym (2 sockets x 4 cores, 4 nodes of 1 GiB), asym (3 nodes:
-#                   2 CPUs + 4 CPUs + a memory-only node), or both (default)
-#   --only IDS      only these cases (see cases.sh)
+#                   2 CPUs + 4 CPUs + a memory-only node), systemd (2 nodes,
+#                   systemd as init: systemd-cases.sh), both (sym and asym) or
+#                   all (the three: the default, or both with --only)
+#   --only IDS      only these cases (see cases.sh; not for the systemd boot)
 #   --cache DIR     base image cache (default /var/cache/kvmtune-numa-vm)
 #   --artifacts DIR serial logs and the VMs' artifacts (default: new /tmp dir)
 #
@@ -24,7 +29,7 @@ set -u -o pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../../.." && pwd)
 DEB=""
-TOPOLOGY=both
+TOPOLOGY=""
 ONLY=""
 CACHE=${KVMTUNE_NUMA_VM_CACHE:-/var/cache/kvmtune-numa-vm}
 ART=""
@@ -32,6 +37,7 @@ ART=""
 # measured here: sym 230-250 s, asym 75 s).
 SYM_TIMEOUT=${NUMA_VM_TIMEOUT:-600}
 ASYM_TIMEOUT=${NUMA_VM_TIMEOUT:-360}
+SYSTEMD_TIMEOUT=${NUMA_VM_TIMEOUT:-300}
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -40,11 +46,12 @@ while [ $# -gt 0 ]; do
         --only) ONLY=$2; shift 2 ;;
         --cache) CACHE=$2; shift 2 ;;
         --artifacts) ART=$2; shift 2 ;;
-        -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "numa-vm: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-case $TOPOLOGY in sym | asym | both) ;; *) echo "numa-vm: --topology sym|asym|both" >&2; exit 2 ;; esac
+[ -n "$TOPOLOGY" ] || { [ -n "$ONLY" ] && TOPOLOGY=both || TOPOLOGY=all; }
+case $TOPOLOGY in sym | asym | systemd | both | all) ;; *) echo "numa-vm: --topology sym|asym|systemd|both|all" >&2; exit 2 ;; esac
 
 T0=$(date +%s)
 say() { printf '[numa-vm %3ss] %s\n' "$(($(date +%s) - T0))" "$*"; }
@@ -100,7 +107,9 @@ say "kvmtune package: $DEB"
 # ------------------------------------------------------------ base image (cached)
 # Everything that goes into the base image is in this recipe; its hash is the key.
 SUITE=bookworm
-PACKAGES=mount,util-linux,procps,kmod,libvirt-daemon,libvirt-daemon-driver-qemu,libvirt-clients,qemu-system-x86,numactl,python3
+# systemd-sysv, dbus, systemd-container (machined, as libvirt-daemon-system pulls
+# in): only the systemd boot starts them; the other boots' PID 1 is stage1-init.
+PACKAGES=mount,util-linux,procps,kmod,systemd-sysv,dbus,systemd-container,libvirt-daemon,libvirt-daemon-driver-qemu,libvirt-clients,qemu-system-x86,numactl,python3
 KVER=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | sed -n 's/.*Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -n 1)
 [ -n "$KVER" ] || { apt-get update -q >/dev/null 2>&1; KVER=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*-cloud-amd64\)$/\1/p' | head -n 1); }
 [ -n "$KVER" ] || fatal "cannot resolve linux-image-cloud-amd64"
@@ -135,7 +144,7 @@ fi
 # ------------------------------------------------------------ per-run disk: suite + .deb
 mkdir -p "$WORK/e2e"
 cp "$DEB" "$WORK/e2e/kvmtune.deb"
-cp "$HERE/init.sh" "$HERE/cases.sh" "$REPO/tests/e2e/syslog_listener.py" "$WORK/e2e/"
+cp "$HERE/init.sh" "$HERE/cases.sh" "$HERE/systemd-cases.sh" "$REPO/tests/e2e/syslog_listener.py" "$WORK/e2e/"
 cp "$REPO/config/policy.yaml" "$WORK/e2e/shipped-policy.yaml"
 printf %s "$ONLY" >"$WORK/e2e/only"
 mkdir -p "$WORK/e2e/out"
@@ -146,8 +155,22 @@ FAILED_IDS=()
 
 boot() { # TOPOLOGY
     local topo=$1 args=() log=$ART/serial-$1.log disk=$WORK/e2e-$1.img tb rc VM_TIMEOUT=$SYM_TIMEOUT
+    local init=init=/sbin/kvmtune-e2e-init
     [ "$1" = sym ] || VM_TIMEOUT=$ASYM_TIMEOUT
     case $topo in
+        systemd)
+            # systemd as PID 1, booted into the unit it makes of systemd.run=
+            # (kernel-command-line.service: mounts the e2e disk, runs
+            # systemd-cases.sh, then powers off); 2 sockets x 2 cores, 2 nodes.
+            VM_TIMEOUT=$SYSTEMD_TIMEOUT
+            args=(-m 2048 -smp 4,sockets=2,cores=2,threads=1
+                -object memory-backend-ram,id=m0,size=1G -numa node,nodeid=0,cpus=0-1,memdev=m0
+                -object memory-backend-ram,id=m1,size=1G -numa node,nodeid=1,cpus=2-3,memdev=m1)
+            init='init=/lib/systemd/systemd systemd.firstboot=off systemd.show_status=0'
+            init+=' systemd.run="/bin/mkdir -p /e2e" systemd.run="/bin/mount -t ext4 /dev/nvme1n1 /e2e"'
+            init+=' systemd.run="/bin/bash /e2e/systemd-cases.sh"'
+            init+=' systemd.run_success_action=poweroff systemd.run_failure_action=poweroff'
+            ;;
         sym)
             # 2 sockets x 4 cores; node N = CPUs 2N..2N+1, 1 GiB each; distances
             # 10 local, 11 same socket, 21 the other socket.
@@ -183,7 +206,7 @@ boot() { # TOPOLOGY
     tb=$(date +%s)
     timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -machine q35 -accel tcg,thread=multi -cpu max \
         "${args[@]}" -kernel "$BASE/vmlinuz" \
-        -append "console=ttyS0 root=/dev/nvme0n1 rw init=/sbin/kvmtune-e2e-init panic=1 quiet loglevel=3" \
+        -append "console=ttyS0 root=/dev/nvme0n1 rw $init panic=1 quiet loglevel=3" \
         -drive "file=$BASE/root.img,if=none,id=d0,format=raw,snapshot=on" -device nvme,drive=d0,serial=root,addr=0x4 \
         -drive "file=$disk,if=none,id=d1,format=raw" -device nvme,drive=d1,serial=e2e,addr=0x5 \
         -nographic -no-reboot -nic none </dev/null >"$log" 2>&1 &
@@ -227,7 +250,9 @@ parse() { # TOPOLOGY LOG QEMU_RC
 case $TOPOLOGY in
     sym) boot sym ;;
     asym) boot asym ;;
+    systemd) boot systemd ;;
     both) boot sym; boot asym ;;
+    all) boot sym; boot asym; boot systemd ;;
 esac
 
 say "artifacts: $ART"

@@ -153,7 +153,13 @@ fn build_world(w: &World) -> Status {
         ledger_path: PathBuf::from("/run/kvmtune/ledger.json"),
         ledger: Some(Some(w.ledger.clone())),
         live: w.live.clone(),
-        threads: w.threads.clone(),
+        observed: w
+            .threads
+            .clone()
+            .into_iter()
+            .map(|(k, v)| (k, crate::readback::Observed::vcpus_only(v)))
+            .collect(),
+        converge_queue: (PathBuf::from("/run/kvmtune/converge"), Ok(Vec::new())),
         now: NOW,
     })
 }
@@ -278,7 +284,74 @@ fn threads_elsewhere_than_the_ledger_say_differs() {
     let s = build_world(&w);
     let c = check(&s.guests[1], "1.1");
     assert_eq!(c.state, Conformance::Differs);
-    assert_eq!(c.detail, "vCPU 1 runs on 0-31, ledger says 18");
+    assert_eq!(
+        c.detail,
+        "applied at start: vCPU→CPU 0→2 1→18; vCPU threads drifted: expected 18, found 0-31 (vCPU 1)"
+    );
+    let r = &s.guests[1].readback[0];
+    assert_eq!(r.aspect, crate::readback::Aspect::VcpuThreads);
+    assert_eq!(r.state, crate::readback::State::Drifted);
+}
+
+#[test]
+fn an_emulator_thread_elsewhere_makes_rule_1_3_differ() {
+    use crate::readback::{Aspect, Observed, State, ThreadRead};
+    let mut w = world();
+    let mut e = w.ledger.guests["runtime"].clone();
+    e.emulator = Some(set("2,18"));
+    w.ledger.guests.insert("runtime".into(), e);
+    let thread = |tid: u32, cpus: &str| ThreadRead {
+        tid,
+        name: "worker".into(),
+        cpus: Some(set(cpus)),
+    };
+    let mut observed = Observed::vcpus_only(vec![Some(set("2")), Some(set("18"))]);
+    observed.emulator = vec![thread(200, "2,18"), thread(205, "0-31")];
+    let mut inputs_observed: BTreeMap<String, Observed> = w
+        .threads
+        .iter()
+        .map(|(k, v)| (k.clone(), Observed::vcpus_only(v.clone())))
+        .collect();
+    inputs_observed.insert("runtime".into(), observed.clone());
+    let build_with = |observed: BTreeMap<String, Observed>| {
+        build(&Inputs {
+            policy: &w.policy,
+            host: &w.host,
+            ledger_path: PathBuf::from("/run/kvmtune/ledger.json"),
+            ledger: Some(Some(w.ledger.clone())),
+            live: w.live.clone(),
+            observed,
+            converge_queue: (PathBuf::from("/run/kvmtune/converge"), Ok(Vec::new())),
+            now: NOW,
+        })
+    };
+    let s = build_with(inputs_observed.clone());
+    let g = &s.guests[1];
+    let r = g
+        .readback
+        .iter()
+        .find(|r| r.aspect == Aspect::EmulatorThreads)
+        .unwrap();
+    assert_eq!(r.state, State::Drifted);
+    assert_eq!(r.detail, "expected 2,18, found 0-31 (thread 205 worker)");
+    let c = check(g, "1.3");
+    assert_eq!(c.state, Conformance::Differs);
+    assert!(
+        c.detail
+            .contains("emulator threads drifted: expected 2,18, found 0-31"),
+        "{}",
+        c.detail
+    );
+    // Both on the claim: verified, and the rule says so.
+    observed.emulator[1].cpus = Some(set("2,18"));
+    inputs_observed.insert("runtime".into(), observed);
+    let s = build_with(inputs_observed);
+    let c = check(&s.guests[1], "1.3");
+    assert_eq!(c.state, Conformance::RuntimeEnforced);
+    assert_eq!(
+        c.detail,
+        "applied at start: emulator threads on CPUs 2,18; emulator threads verified"
+    );
 }
 
 #[test]
@@ -317,7 +390,8 @@ fn no_ledger_file_and_no_guests() {
         ledger_path: PathBuf::from("/nowhere/ledger.json"),
         ledger: None,
         live: BTreeMap::new(),
-        threads: BTreeMap::new(),
+        observed: BTreeMap::new(),
+        converge_queue: (PathBuf::from("/run/kvmtune/converge"), Ok(Vec::new())),
         now: NOW,
     });
     assert_eq!(s.ledger.file, "absent");
@@ -341,4 +415,62 @@ fn json_is_stable_for_monitoring() {
         "cpu0"
     );
     assert_eq!(v["ledger"]["stale"][0], "gone");
+    assert_eq!(v["guests"][1]["readback"][0]["aspect"], "vcpu-threads");
+    assert_eq!(v["guests"][1]["readback"][0]["state"], "verified");
+    assert_eq!(v["guests"][0]["readback"][0]["state"], "unread");
+}
+
+#[test]
+fn queued_guests_are_listed_and_marked_on_running_guests() {
+    use crate::converge::Entry as Queued;
+    let w = world();
+    let queued = |uuid: Option<&str>, at: u64| Queued {
+        uuid: uuid.map(str::to_string),
+        queued_at: at,
+    };
+    let build_with = |queue: Result<Vec<(String, Queued)>, String>| {
+        build(&Inputs {
+            policy: &w.policy,
+            host: &w.host,
+            ledger_path: PathBuf::from("/run/kvmtune/ledger.json"),
+            ledger: Some(Some(w.ledger.clone())),
+            live: w.live.clone(),
+            observed: BTreeMap::new(),
+            converge_queue: (PathBuf::from("/run/kvmtune/converge"), queue),
+            now: NOW,
+        })
+    };
+    let s = build_with(Ok(vec![
+        ("defunct".to_string(), queued(None, 0)),
+        ("runtime".to_string(), queued(Some("u-1"), 1_764_589_202)),
+    ]));
+    let runtime = &s.guests[1];
+    assert_eq!(
+        runtime.queued_for_convergence,
+        Some(super::Queued {
+            queued_at: 1_764_589_202,
+            uuid: Some("u-1".into())
+        })
+    );
+    assert_eq!(s.guests[0].queued_for_convergence, None);
+    let running: Vec<(&str, bool)> = s
+        .converge_queue
+        .guests
+        .iter()
+        .map(|q| (q.guest.as_str(), q.running))
+        .collect();
+    assert_eq!(running, [("defunct", false), ("runtime", true)]);
+    let v = serde_json::to_value(&s).unwrap();
+    assert_eq!(
+        v["guests"][1]["queued_for_convergence"]["queued_at"],
+        1_764_589_202
+    );
+    assert!(v["guests"][0]["queued_for_convergence"].is_null());
+    assert_eq!(v["converge_queue"]["path"], "/run/kvmtune/converge");
+    assert_eq!(v["converge_queue"]["guests"][0]["running"], false);
+    assert!(v["converge_queue"]["error"].is_null());
+
+    let s = build_with(Err("permission denied".into()));
+    assert_eq!(s.converge_queue.error.as_deref(), Some("permission denied"));
+    assert!(s.guests.iter().all(|g| g.queued_for_convergence.is_none()));
 }

@@ -88,7 +88,11 @@ fn status() -> Status {
         ledger_path: PathBuf::from("/run/kvmtune/ledger.json"),
         ledger: Some(Some(ledger)),
         live,
-        threads,
+        observed: threads
+            .into_iter()
+            .map(|(k, v)| (k, kvmtune_core::readback::Observed::vcpus_only(v)))
+            .collect(),
+        converge_queue: (PathBuf::from("/run/kvmtune/converge"), Ok(Vec::new())),
         now: 1_000_000,
     })
 }

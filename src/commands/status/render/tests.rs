@@ -139,7 +139,13 @@ fn build_world(w: &World) -> Status {
         ledger_path: PathBuf::from("/run/kvmtune/ledger.json"),
         ledger: Some(Some(w.ledger.clone())),
         live: w.live.clone(),
-        threads: w.threads.clone(),
+        observed: w
+            .threads
+            .clone()
+            .into_iter()
+            .map(|(k, v)| (k, kvmtune_core::readback::Observed::vcpus_only(v)))
+            .collect(),
+        converge_queue: (PathBuf::from("/run/kvmtune/converge"), Ok(Vec::new())),
         now: NOW,
     })
 }
@@ -153,7 +159,8 @@ fn no_ledger_file_and_no_guests_is_drawn() {
         ledger_path: PathBuf::from("/nowhere/ledger.json"),
         ledger: None,
         live: BTreeMap::new(),
-        threads: BTreeMap::new(),
+        observed: BTreeMap::new(),
+        converge_queue: (PathBuf::from("/run/kvmtune/converge"), Ok(Vec::new())),
         now: NOW,
     });
     let text = render(&s, false);
@@ -229,4 +236,107 @@ fn hostile_guest_names_do_not_reach_the_terminal_raw() {
     let s = build_world(&w);
     let text = render(&s, false);
     assert!(!text.contains('\x1b'), "{text}");
+}
+
+#[test]
+fn read_back_lines_per_aspect_and_escaped_thread_names() {
+    use kvmtune_core::readback::{Observed, ThreadRead};
+    let w = world();
+    let mut observed: BTreeMap<String, Observed> = w
+        .threads
+        .iter()
+        .map(|(k, v)| (k.clone(), Observed::vcpus_only(v.clone())))
+        .collect();
+    if let Some(o) = observed.get_mut("runtime") {
+        o.emulator = vec![ThreadRead {
+            tid: 205,
+            name: "wor\x1bker".into(),
+            cpus: Some(set("0-31")),
+        }];
+    }
+    let mut ledger = w.ledger.clone();
+    if let Some(e) = ledger.guests.get_mut("runtime") {
+        e.emulator = Some(set("2,18"));
+    }
+    let s = build(&Inputs {
+        policy: &w.policy,
+        host: &w.host,
+        ledger_path: PathBuf::from("/run/kvmtune/ledger.json"),
+        ledger: Some(Some(ledger)),
+        live: w.live.clone(),
+        observed,
+        converge_queue: (PathBuf::from("/run/kvmtune/converge"), Ok(Vec::new())),
+        now: NOW,
+    });
+    let plain = render(&s, false);
+    assert!(!plain.contains('\x1b'), "{plain}");
+    assert!(
+        plain.contains("    read back  vCPU threads      applied and verified: vCPU→CPU 0→2 1→18 (by the hook at start)\n"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("               emulator threads  drifted: expected 2,18, found 0-31 (thread 205 wor\\u{1b}ker)\n"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("               memory policy     not enforced at runtime (mode preferred"),
+        "{plain}"
+    );
+}
+
+#[test]
+fn queued_guests_have_a_line_and_a_section() {
+    use kvmtune_core::converge::Entry as Queued;
+    let w = world();
+    let queue = vec![
+        (
+            "defunct".to_string(),
+            Queued {
+                uuid: None,
+                queued_at: 0,
+            },
+        ),
+        (
+            "runtime".to_string(),
+            Queued {
+                uuid: Some("u-1".into()),
+                queued_at: 1_764_589_202,
+            },
+        ),
+    ];
+    let build_with = |queue| {
+        build(&Inputs {
+            policy: &w.policy,
+            host: &w.host,
+            ledger_path: PathBuf::from("/run/kvmtune/ledger.json"),
+            ledger: Some(Some(w.ledger.clone())),
+            live: w.live.clone(),
+            observed: BTreeMap::new(),
+            converge_queue: (PathBuf::from("/run/kvmtune/converge"), queue),
+            now: NOW,
+        })
+    };
+    let plain = render(&build_with(Ok(queue)), false);
+    assert!(
+        plain.contains("    ledger     agrees\n    converge   queued for convergence at 20251201T114002Z: kvmtune converge conforms its definition (effective at the next cold boot)\n"),
+        "{plain}"
+    );
+    assert!(
+        plain.ends_with("\nqueued for convergence /run/kvmtune/converge: 2 guests (kvmtune converge conforms their definitions)\n  defunct  queued at an unknown time  (not running)\n  runtime  queued at 20251201T114002Z  uuid u-1\n"),
+        "{plain}"
+    );
+    let plain = render(&build_with(Ok(Vec::new())), false);
+    assert!(
+        plain.ends_with("\nqueued for convergence /run/kvmtune/converge: none\n"),
+        "{plain}"
+    );
+    assert!(!plain.contains("    converge "), "{plain}");
+    let plain = render(
+        &build_with(Err("Permission denied (os error 13)".into())),
+        false,
+    );
+    assert!(
+        plain.ends_with("\nqueued for convergence /run/kvmtune/converge: cannot read: Permission denied (os error 13)\n"),
+        "{plain}"
+    );
 }
