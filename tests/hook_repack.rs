@@ -156,6 +156,16 @@ fn a_move_that_cannot_be_made_rolls_that_guests_claim_back() {
     let out = hook(&f, "ded", "started", "begin", &xml);
     assert!(out.summary.contains("failed"), "{}", out.summary);
     assert!(out.summary.contains("rolled back"), "{}", out.summary);
+    // The moved guest still runs where it was: the dedicated guest must not start
+    // on its CPU (libvirt then aborts the start and release frees the claim).
+    assert_eq!(out.exit, 1, "{}", out.summary);
+    assert!(
+        out.stderr
+            .starts_with("kvmtune: guest 'ded' cannot start where it was placed: moving guest '")
+            && !out.stderr.contains('\n'),
+        "{}",
+        out.stderr
+    );
     let after = ledger(&f);
     assert_eq!(
         after.guests[&moved[0]].vcpus,

@@ -226,15 +226,20 @@ enum Applied {
 /// first, where it exists, then the thread's affinity), reads them back, and
 /// rolls back in the ledger the claim of a guest whose move failed (guest gone,
 /// EINVAL), with a note. Under the ledger lock: a few syscalls per move.
-pub(super) fn apply_pending(ctx: &Stage<'_>, notes: &mut Vec<String>) -> Result<()> {
+///
+/// Returns the moves that failed for a guest that still runs: its threads stay on
+/// CPUs the admitted guest was given, so the admitted guest must not run there
+/// (the caller refuses its start).
+pub(super) fn apply_pending(ctx: &Stage<'_>, notes: &mut Vec<String>) -> Result<Vec<String>> {
     let run_dir = &ctx.env.paths.run_dir;
+    let mut blocking = Vec::new();
     if !state_path(run_dir).exists() {
-        return Ok(());
+        return Ok(blocking);
     }
     let mut locked = Locked::acquire(run_dir, LOCK_TIMEOUT)?;
     let mut state = load(run_dir);
     let Some(moves) = state.pending.remove(&ctx.domain.name) else {
-        return Ok(());
+        return Ok(blocking);
     };
     let mut by_guest: BTreeMap<String, Vec<Move>> = BTreeMap::new();
     for m in moves {
@@ -242,7 +247,9 @@ pub(super) fn apply_pending(ctx: &Stage<'_>, notes: &mut Vec<String>) -> Result<
     }
     for (guest, moves) in &by_guest {
         let outcome = match locked.ledger.guests.get(guest) {
-            Some(entry) if still_claimed(entry, moves) => apply_guest(ctx, guest, moves),
+            Some(entry) if still_claimed(entry, moves) => {
+                apply_guest(ctx, guest, moves, entry.emulator.as_ref())
+            }
             _ => Applied::Superseded,
         };
         let who = sanitize(guest);
@@ -261,12 +268,23 @@ pub(super) fn apply_pending(ctx: &Stage<'_>, notes: &mut Vec<String>) -> Result<
                 notes.push(format!(
                     "repack: moving guest '{who}' failed ({why}); its claim rolled back to where it runs"
                 ));
+                let still_runs = ctx
+                    .env
+                    .paths
+                    .libvirt_run_dir
+                    .join(format!("{guest}.xml"))
+                    .exists();
+                if still_runs && !guest.contains('/') {
+                    blocking.push(format!(
+                        "moving guest '{who}' out of the way failed ({why}), its claim rolled back to where it runs"
+                    ));
+                }
             }
         }
     }
     store(run_dir, &state, &locked)?;
     locked.save()?;
-    Ok(())
+    Ok(blocking)
 }
 
 /// Whether the ledger still holds `entry` as the moves left it.
@@ -276,19 +294,26 @@ fn still_claimed(entry: &Entry, moves: &[Move]) -> bool {
         .all(|m| entry.vcpus.get(m.vcpu as usize) == Some(&m.to))
 }
 
-/// The claim as it was before the moves.
+/// The claim as it was before the moves (emulator threads that followed the
+/// vCPUs follow them back).
 fn roll_back(entry: &mut Entry, moves: &[Move]) {
+    let with_vcpus = entry.emulator.as_ref() == Some(&entry.cpus);
     for m in moves {
         if let Some(slot) = entry.vcpus.get_mut(m.vcpu as usize) {
             *slot = m.from.clone();
         }
     }
     entry.cpus = entry.vcpus.iter().fold(CpuSet::new(), |a, s| a.union(s));
+    if with_vcpus {
+        entry.emulator = Some(entry.cpus.clone());
+    }
 }
 
 /// Applies one guest's moves to its running threads (when the hook touches
-/// threads at all, `apply_runtime`), and reads each back.
-fn apply_guest(ctx: &Stage<'_>, guest: &str, moves: &[Move]) -> Applied {
+/// threads at all, `apply_runtime`), and reads each back; its other threads
+/// (emulator, iothreads libvirt does not pin) go to `emulator`, the claim's
+/// emulator set after the moves (with `emulator: with-vcpus` it follows them).
+fn apply_guest(ctx: &Stage<'_>, guest: &str, moves: &[Move], emulator: Option<&CpuSet>) -> Applied {
     if guest.contains('/') || guest.contains('\0') {
         return Applied::Failed("not a libvirt guest name".into());
     }
@@ -333,7 +358,54 @@ fn apply_guest(ctx: &Stage<'_>, guest: &str, moves: &[Move]) -> Applied {
             Err(e) => return Applied::Failed(e.to_string()),
         }
     }
+    if let (Some(emulator), true) = (emulator, ctx.env.apply_runtime) {
+        match move_other_threads(ctx, pid, &live, emulator) {
+            Ok(()) => effective.push(format!("emulator={emulator}")),
+            Err(e) => return Applied::Failed(e),
+        }
+    }
     Applied::Done(effective)
+}
+
+/// The guest's threads that are neither vCPUs nor iothreads with their own
+/// `<iothreadpin>`, set to `emulator` and read back.
+fn move_other_threads(
+    ctx: &Stage<'_>,
+    pid: u32,
+    live: &kvmtune_core::runstate::LiveGuest,
+    emulator: &CpuSet,
+) -> std::result::Result<(), String> {
+    let threads = affinity::threads_of(&ctx.env.proc_root, pid).map_err(|e| e.to_string())?;
+    let pinned_iothreads: Vec<u32> = live
+        .iothread_tids
+        .iter()
+        .filter(|(id, _)| {
+            live.domain
+                .as_ref()
+                .is_some_and(|d| d.iothread_pins.contains_key(id))
+        })
+        .map(|(_, tid)| *tid)
+        .collect();
+    for tid in threads {
+        if live.vcpu_tids.values().any(|t| *t == tid) || pinned_iothreads.contains(&tid) {
+            continue;
+        }
+        let name = affinity::thread_name(&ctx.env.proc_root, pid, tid).unwrap_or_default();
+        if name.starts_with("CPU ") && (name.ends_with("/KVM") || name.ends_with("/TCG")) {
+            continue;
+        }
+        affinity::set_thread_affinity(tid, emulator).map_err(|e| e.to_string())?;
+        match affinity::allowed_cpus(&ctx.env.proc_root, pid, tid) {
+            Ok(cpus) if &cpus == emulator => {}
+            Ok(cpus) => {
+                return Err(format!(
+                    "thread {tid} reads back CPUs {cpus}, not {emulator}"
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -394,6 +466,7 @@ mod tests {
             &ctx,
             "s",
             &[mv("s", 0, &allowed.to_string(), &to.to_string())],
+            None,
         );
         assert_eq!(done, Applied::Done(vec![format!("vcpu0={to}")]));
         assert_eq!(
@@ -401,13 +474,13 @@ mod tests {
             to
         );
         // A CPU the machine lacks: sched_setaffinity says EINVAL, the move fails.
-        let failed = apply_guest(&ctx, "s", &[mv("s", 0, &to.to_string(), "1000")]);
+        let failed = apply_guest(&ctx, "s", &[mv("s", 0, &to.to_string(), "1000")], None);
         assert!(
             matches!(&failed, Applied::Failed(why) if why.contains("EINVAL")),
             "{failed:?}"
         );
         // A guest without a status file is gone.
-        let gone = apply_guest(&ctx, "t", &[mv("t", 0, "0", "1")]);
+        let gone = apply_guest(&ctx, "t", &[mv("t", 0, "0", "1")], None);
         assert!(
             matches!(&gone, Applied::Failed(why) if why.contains("gone")),
             "{gone:?}"

@@ -34,7 +34,16 @@ pub(super) fn started(ctx: &Stage<'_>) -> Result<Outcome> {
     };
     let mut notes = Vec::new();
     // The moves this guest's admission made, before its own pins.
-    super::moves::apply_pending(ctx, &mut notes)?;
+    let blocking = super::moves::apply_pending(ctx, &mut notes)?;
+    if !blocking.is_empty() {
+        // The moved guest still runs on CPUs this guest's claim was given: starting
+        // it there would put two guests on a dedicated CPU (or over a ratio).
+        return Ok(Outcome::refuse(format!(
+            "kvmtune: guest '{}' cannot start where it was placed: {}",
+            kvmtune_sys::logging::sanitize(&ctx.domain.name),
+            blocking.join("; ")
+        )));
+    }
     if !ctx.env.apply_runtime {
         notes.insert(0, format!("claimed cpus={}", entry.cpus));
         return Ok(Outcome::allow(notes.join("; ")));
@@ -122,6 +131,11 @@ fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Settled>, Outcome>> {
     };
     let mut running = entry.clone();
     running.state = EntryState::Running;
+    // Where the emulator threads will really be: libvirt's <emulatorpin> when it
+    // is kept, so that later admissions see those CPUs as used.
+    if let (Some(own), false) = (&ctx.domain.emulator_pin, override_emulator) {
+        running.emulator = Some(own.clone());
+    }
     locked
         .ledger
         .guests
