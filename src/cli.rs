@@ -71,6 +71,10 @@ pub enum Command {
     /// Compare an OpenStack compute node's nova.conf with the policy and this host,
     /// and print the nova.conf lines that make Nova define conforming guests.
     Nova(commands::nova::NovaArgs),
+    /// Move a running guest's memory onto its NUMA nodes once (what the hook starts
+    /// in the background at `started` for `preferred` memory).
+    #[command(hide = true)]
+    MoveMemory(commands::move_memory::MoveMemoryArgs),
 }
 
 /// Runs the parsed command line.
@@ -86,5 +90,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Host(args) => commands::host::run_host(&args),
         Command::Simulate(args) => commands::simulate::run(&args),
         Command::Nova(args) => commands::nova::run(&args),
+        Command::MoveMemory(args) => commands::move_memory::run(&args),
     }
 }

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod check;
 pub mod converge;
 pub mod host;
+pub mod move_memory;
 pub mod nova;
 pub mod plan;
 pub mod simulate;

@@ -2,8 +2,9 @@
 //! the claim is settled (the one `prepare` made, or one admitted now); then, with the
 //! lock released, the claimed placement is applied to the threads the XML does not
 //! pin (per vCPU, emulator and iothread), memory nodes are bound for the strict
-//! modes (a `cpuset.mems` write may migrate memory: slow), and every thread's
-//! affinity is read back.
+//! modes (a `cpuset.mems` write may migrate memory: slow), a detached child is
+//! started to move `preferred` memory already allocated elsewhere to the claimed
+//! nodes once (nothing bound), and every thread's affinity is read back.
 
 use std::collections::BTreeMap;
 
@@ -12,10 +13,12 @@ use anyhow::{Result, anyhow};
 use kvmtune_core::admission;
 use kvmtune_core::cpuset::CpuSet;
 use kvmtune_core::ledger::{Entry, EntryState};
+use kvmtune_core::numa_maps;
 use kvmtune_core::plan::plan;
 use kvmtune_core::policy::{EmulatorPlacement, MemoryMode};
 use kvmtune_sys::affinity;
 use kvmtune_sys::libvirt_run as runstate;
+use kvmtune_sys::page_move;
 
 use super::Outcome;
 use super::stage::{Admission, Stage, admit, locked_ledger, read_host, status_path};
@@ -303,18 +306,31 @@ fn apply(
     Ok(applied)
 }
 
-/// Memory: the strict modes through the cgroup's `cpuset.mems`; `preferred` is not
-/// enforced at runtime (the pinned vCPUs' first touch allocates on their node).
+/// Memory: the strict modes through the cgroup's `cpuset.mems`. `preferred` and
+/// `interleave` bind nothing; the memory QEMU already allocated off the claimed
+/// nodes (preallocated RAM, touched before anything was pinned) is moved there
+/// once by a detached `kvmtune move-memory`, so a large guest never holds up
+/// libvirt; later allocations follow the pinned vCPUs by first touch and may
+/// still fall back to other nodes.
 fn bind_memory(ctx: &Stage<'_>, entry: &Entry, pid: u32, notes: &mut Vec<String>) -> Result<()> {
     let mode = ctx
         .policy
         .select(&kvmtune_core::plan::guest_facts(&ctx.domain))
         .settings
         .map(|s| s.memory_mode);
-    if ctx.domain.numa_memory.is_some()
-        || !matches!(mode, Some(MemoryMode::Strict | MemoryMode::Restrictive))
-    {
+    if ctx.domain.numa_memory.is_some() {
         return Ok(());
+    }
+    match mode {
+        Some(MemoryMode::Strict | MemoryMode::Restrictive) => {}
+        // Guest NUMA cells bound by the XML's <memnode>s: libvirt placed them.
+        Some(MemoryMode::Preferred | MemoryMode::Interleave)
+            if !entry.nodes.is_empty() && ctx.domain.numa_memnodes == 0 =>
+        {
+            notes.push(move_memory(ctx, entry, pid));
+            return Ok(());
+        }
+        _ => return Ok(()),
     }
     match affinity::cpuset_cgroup(&ctx.env.host_root, pid) {
         Some(cg) => {
@@ -325,6 +341,32 @@ fn bind_memory(ctx: &Stage<'_>, entry: &Entry, pid: u32, notes: &mut Vec<String>
         None => notes.push("no cpuset cgroup found; memory nodes not enforced".into()),
     }
     Ok(())
+}
+
+/// Starts the one-time move of the guest's memory onto its nodes, if any lies
+/// elsewhere; never a reason to fail the start (the memory then stays where QEMU
+/// put it). Returns the note for the syslog line.
+fn move_memory(ctx: &Stage<'_>, entry: &Entry, pid: u32) -> String {
+    let before = match page_move::tally(&ctx.env.proc_root, pid, &entry.nodes) {
+        Ok(t) => t,
+        Err(e) => return format!("memory not moved: {e}"),
+    };
+    if before.off == 0 {
+        return numa_maps::MoveReport::starting(&before, &entry.nodes);
+    }
+    let started = std::env::current_exe()
+        .map_err(|e| e.to_string())
+        .and_then(|exe| {
+            page_move::start_in_background(&exe, &ctx.domain.name, pid, &entry.nodes)
+                .map_err(|e| e.to_string())
+        });
+    match started {
+        Ok(child) => format!(
+            "{} (kvmtune move-memory, pid {child})",
+            numa_maps::MoveReport::starting(&before, &entry.nodes)
+        ),
+        Err(e) => format!("memory not moved: {e}"),
+    }
 }
 
 #[cfg(test)]

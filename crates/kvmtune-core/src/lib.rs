@@ -15,6 +15,7 @@ pub mod host;
 pub mod host_tuning;
 pub mod ledger;
 pub mod nova;
+pub mod numa_maps;
 pub mod placement;
 pub mod plan;
 pub mod plan_model;

@@ -118,8 +118,11 @@ pub enum Enforcement {
     /// Only a changed definition can bring it (disk cache, memory backing, CPU
     /// mode, NIC driver): unmet at start = a violation.
     XmlOnly,
-    /// Not enforced at runtime, and not a violation: `preferred` (and
-    /// `interleave`) memory follows the pinned vCPUs by the kernel's first touch;
+    /// Not bound at runtime, and not a violation: for `preferred` (and
+    /// `interleave`) memory the hook has what QEMU already allocated off the
+    /// claimed nodes moved there once at `started` (a detached `kvmtune
+    /// move-memory`, `migrate_pages(2)`); later allocations follow the pinned
+    /// vCPUs by the kernel's first touch and may fall back to other nodes.
     /// `kvmtune apply` writes the `<numatune>` into the definition.
     FirstTouch,
 }
@@ -131,7 +134,7 @@ impl Enforcement {
             Enforcement::Runtime => "hook applies at start",
             Enforcement::XmlOnly => "needs kvmtune apply",
             Enforcement::FirstTouch => {
-                "not enforced at runtime: memory follows the pinned vCPUs by first touch; kvmtune apply writes it"
+                "not bound at runtime: at start the hook has memory already allocated elsewhere moved to these node(s) once, in the background; later allocations follow the pinned vCPUs by first touch and may fall back to other nodes; kvmtune apply writes it"
             }
         }
     }
@@ -144,7 +147,8 @@ impl Change {
                 Enforcement::Runtime
             }
             // Strict modes are applied through the cgroup's cpuset.mems at
-            // started; preferred memory follows the pinned vCPUs by first touch.
+            // started; preferred memory is moved there once, then follows the
+            // pinned vCPUs by first touch.
             Change::NumaMemory { mode, .. } => match mode {
                 MemoryMode::Strict | MemoryMode::Restrictive => Enforcement::Runtime,
                 _ => Enforcement::FirstTouch,

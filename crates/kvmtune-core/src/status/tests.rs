@@ -252,10 +252,10 @@ fn guests_show_placement_source_and_conformance() {
         check(runtime, "1.1").detail,
         "applied at start: vCPU→CPU 0→2 1→18; threads agree"
     );
-    // `preferred` memory is not enforced by the hook (issue 11): say what it is.
+    // `preferred` memory is moved once, not bound: say what it is.
     assert_eq!(
         check(runtime, "1.2").detail,
-        "memory from node(s) 0 where the vCPUs run, mode preferred — not enforced at runtime: memory follows the pinned vCPUs by first touch; kvmtune apply writes it"
+        "memory from node(s) 0 where the vCPUs run, mode preferred — not bound at runtime: at start the hook has memory already allocated elsewhere moved to these node(s) once, in the background; later allocations follow the pinned vCPUs by first touch and may fall back to other nodes; kvmtune apply writes it"
     );
     assert_eq!(check(runtime, "1.2").state, Conformance::Ok);
     assert_eq!(check(runtime, "3.1").state, Conformance::Differs);
