@@ -37,6 +37,26 @@ pub fn forbidden_cpus(policy: &Policy, host: &Host) -> CpuSet {
     forbidden
 }
 
+/// The claimed guests whose vCPUs sit on the IRQ CPUs ([`Policy::irq_cpus`]), with
+/// the CPUs they hold there: a breach of invariant 1 that a claim made before an
+/// IRQ was bound (or before the policy changed) can leave behind. Unpinned
+/// (floating) guests hold no claim and are not listed.
+pub fn guests_on_irq_cpus(
+    policy: &Policy,
+    host: &Host,
+    claims: &BTreeMap<String, Entry>,
+) -> Vec<(String, CpuSet)> {
+    let irq = policy.irq_cpus(host);
+    claims
+        .iter()
+        .filter(|(_, e)| !e.floating)
+        .filter_map(|(name, e)| {
+            let on = e.cpus.intersection(&irq);
+            (!on.is_empty()).then(|| (name.clone(), on))
+        })
+        .collect()
+}
+
 /// The housekeeping CPUs (`emulator: housekeeping`): the reserved and IRQ CPUs,
 /// or CPU0 when there are none and guests may not use it. Always forbidden CPUs,
 /// the host's own.
@@ -224,6 +244,47 @@ mod tests {
                 .map(|(n, c, p)| ((*n).to_string(), claim(c, *p)))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn guests_on_irq_cpus_are_the_claims_on_the_resolved_irq_cpus() {
+        let mut host = Host::synthetic(1, 1, 4, 1, 1 << 20);
+        host.irqs.push(crate::host::Irq {
+            number: 4,
+            affinity: set("3"),
+            actions: "ttyS0".into(),
+        });
+        let entry = |cpus: &str, floating: bool| Entry {
+            uuid: None,
+            vcpus: set(cpus).iter().map(CpuSet::single).collect(),
+            cpus: set(cpus),
+            nodes: CpuSet::single(0),
+            emulator: Some(set("3")),
+            memory_kib: 1024,
+            pool: Pool::Dedicated,
+            claimed_at: 0,
+            state: crate::ledger::EntryState::Running,
+            rule: "defaults".into(),
+            floating,
+        };
+        let claims: BTreeMap<String, Entry> = [
+            ("off".to_string(), entry("1-2", false)),
+            ("on".to_string(), entry("2-3", false)),
+            ("unpinned".to_string(), entry("0-3", true)),
+        ]
+        .into();
+        let mut policy = Policy::default();
+        policy.host.irq_cpus = crate::policy::IrqCpus::Auto;
+        assert_eq!(
+            guests_on_irq_cpus(&policy, &host, &claims),
+            vec![("on".to_string(), set("3"))]
+        );
+        // An emulator on an IRQ CPU (housekeeping) is not a vCPU there.
+        let mut without = claims.clone();
+        without.remove("on");
+        assert!(guests_on_irq_cpus(&policy, &host, &without).is_empty());
+        policy.host.irq_cpus = crate::policy::IrqCpus::None;
+        assert!(guests_on_irq_cpus(&policy, &host, &claims).is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The host side of TUNING-RULES.md, read and changed: NIC IRQs on the reserved CPUs
-//! and irqbalance kept off the guests' CPUs (1.3), the IO scheduler per block device
+//! The host side of TUNING-RULES.md, read and changed: the IRQ CPUs the policy
+//! resolves to and whether guests avoid them, NIC IRQs on the reserved CPUs and
+//! irqbalance kept off the guests' CPUs (1.3), the IO scheduler per block device
 //! kind (2.2), KSM off (3.1), transparent huge pages, huge pages reserved per node and
 //! hugetlbfs mounted (3.2), vhost_net loaded (4.1).
 //!
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use kvmtune_core::cpuset::CpuSet;
 use kvmtune_core::host::{Host, HostError};
 use kvmtune_core::host_tuning::{HostTuning, Ksm, Thp, page_size_kib};
+use kvmtune_core::ledger::Entry;
 use kvmtune_core::policy::{IrqCpus, Policy};
 use serde::Serialize;
 
@@ -106,16 +108,28 @@ impl Item {
 
 /// Reads the host under `root` and judges every host-side setting.
 pub fn check(root: &Path, policy: &Policy, tuning: &HostTuning) -> Result<Vec<Item>, HostError> {
+    check_with_claims(root, policy, tuning, None)
+}
+
+/// [`check`], and with the ledger's claims also whether any claimed guest's vCPUs
+/// sit on the IRQ CPUs (the `irq-cpus` item).
+pub fn check_with_claims(
+    root: &Path,
+    policy: &Policy,
+    tuning: &HostTuning,
+    claims: Option<&BTreeMap<String, Entry>>,
+) -> Result<Vec<Item>, HostError> {
     let host = crate::sysfs::read_host(root)?;
-    // The CPUs set aside for IRQs: a list as written; `auto`, the reserved CPUs
-    // plus those the host already binds IRQs to (what placement avoids too).
+    // The CPUs set aside for IRQs: the IRQ CPUs placement keeps guests off
+    // (`Policy::irq_cpus`, the one resolution), plus the reserved CPUs unless
+    // `irq_cpus` lists its own.
+    let irq_cpus = policy.irq_cpus(&host);
     let irq_target = match &policy.host.irq_cpus {
-        IrqCpus::List(set) => set.clone(),
-        IrqCpus::Auto => policy.host.reserved_cpus.union(&host.irq_bound_cpus()),
-        IrqCpus::None => policy.host.reserved_cpus.clone(),
+        IrqCpus::List(_) => irq_cpus.clone(),
+        IrqCpus::Auto | IrqCpus::None => policy.host.reserved_cpus.union(&irq_cpus),
     }
     .intersection(&host.online);
-    let mut items = Vec::new();
+    let mut items = vec![irq_cpus_item(policy, &host, &irq_cpus, claims)];
     items.extend(nic_irqs(root, &host, &irq_target, tuning));
     items.push(irqbalance(root, &host, &irq_target, tuning));
     items.push(ksm(root, tuning));
@@ -125,6 +139,78 @@ pub fn check(root: &Path, policy: &Policy, tuning: &HostTuning) -> Result<Vec<It
     items.extend(io_schedulers(root, tuning));
     items.push(vhost_net(root, tuning));
     Ok(items)
+}
+
+/// The IRQ CPUs `host.irq_cpus` resolves to on this host, which IRQs are bound
+/// there, and whether guests avoid them: placement always does (admission's
+/// invariant 1); with the ledger, also no claimed guest's vCPU is there now.
+fn irq_cpus_item(
+    policy: &Policy,
+    host: &Host,
+    irq_cpus: &CpuSet,
+    claims: Option<&BTreeMap<String, Entry>>,
+) -> Item {
+    let item = Item::new("irq-cpus", "1.3");
+    let setting = match &policy.host.irq_cpus {
+        IrqCpus::Auto => "irq_cpus: auto".to_string(),
+        IrqCpus::None => "irq_cpus: none".to_string(),
+        IrqCpus::List(l) => format!("irq_cpus: {l}"),
+    };
+    if irq_cpus.is_empty() {
+        return match policy.host.irq_cpus {
+            IrqCpus::Auto => item.values("none", "").state(
+                State::Ok,
+                format!("{setting}: no IRQ is bound to fewer than all online CPUs"),
+            ),
+            _ => item.state(State::Skipped, format!("{setting}: no CPU kept for IRQs")),
+        };
+    }
+    let bound: Vec<String> = host
+        .irqs
+        .iter()
+        .filter(|i| !host.online.is_subset(&i.affinity) && i.affinity.intersects(irq_cpus))
+        .map(|i| {
+            let name = i.actions.trim();
+            if name.is_empty() {
+                format!("IRQ {} on {}", i.number, i.affinity)
+            } else {
+                format!("IRQ {} ({name}) on {}", i.number, i.affinity)
+            }
+        })
+        .collect();
+    let mut detail = setting;
+    if !bound.is_empty() {
+        let shown: Vec<&str> = bound.iter().take(4).map(String::as_str).collect();
+        let more = bound.len().saturating_sub(shown.len());
+        let _ = write!(detail, "; bound there: {}", shown.join(", "));
+        if more > 0 {
+            let _ = write!(detail, " and {more} more");
+        }
+    }
+    detail.push_str("; guests are placed off them");
+    let current = format!("CPUs {irq_cpus}");
+    let Some(claims) = claims else {
+        return item.values(current, "").state(State::Ok, detail);
+    };
+    let on = kvmtune_core::admission::guests_on_irq_cpus(policy, host, claims);
+    if on.is_empty() {
+        detail.push_str(", and no claimed guest's vCPU is on them");
+        return item.values(current, "").state(State::Ok, detail);
+    }
+    let guests: Vec<String> = on
+        .iter()
+        .map(|(g, c)| format!("guest '{g}' on CPU {c}"))
+        .collect();
+    let _ = write!(
+        detail,
+        ", but {} (claimed before; a restart of the guest re-places it, host apply does not)",
+        guests.join(", ")
+    );
+    item.values(
+        format!("{current}, {}", guests.join(", ")),
+        format!("no guest vCPU on CPUs {irq_cpus}"),
+    )
+    .state(State::Differs, detail)
 }
 
 fn read_trim(path: &Path) -> Option<String> {

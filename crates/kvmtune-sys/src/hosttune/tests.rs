@@ -185,6 +185,7 @@ fn check_reports_every_setting_with_current_and_wanted() {
     assert_eq!(
         names,
         [
+            "irq-cpus",
             "nic-irqs eth0",
             "nic-irqs eth1",
             "irqbalance",
@@ -356,6 +357,89 @@ fn failures_are_reported_per_item() {
         err.ends_with("sys/nope: No such file or directory (os error 2)"),
         "{err}"
     );
+}
+
+#[test]
+fn irq_cpus_auto_reports_the_cpus_it_resolved_and_whether_guests_avoid_them() {
+    let dir = untuned();
+    // One IRQ bound to one CPU (as the multi-NUMA VM case irqcheck does).
+    put(dir.path(), "proc/irq/24/smp_affinity_list", "1\n");
+    let mut policy = Policy::default();
+    policy.host.irq_cpus = IrqCpus::Auto;
+    let host = crate::sysfs::read_host(dir.path()).unwrap();
+    assert_eq!(
+        policy.irq_cpus(&host),
+        CpuSet::single(1),
+        "the one resolution"
+    );
+    let items = check(dir.path(), &policy, &HostTuning::default()).unwrap();
+    let irq = item(&items, "irq-cpus");
+    assert_eq!((irq.state, irq.current.as_str()), (State::Ok, "CPUs 1"));
+    assert_eq!(
+        irq.detail,
+        "irq_cpus: auto; bound there: IRQ 24 (virtio2-input.0) on 1; guests are placed off them"
+    );
+    // NIC IRQs and irqbalance aim at the same CPUs.
+    assert_eq!(
+        item(&items, "irqbalance").wanted,
+        "IRQBALANCE_BANNED_CPULIST=0"
+    );
+    let text = render(&items);
+    assert!(
+        text.contains("ok           [1.3] irq-cpus  ") && text.contains("CPUs 1  (irq_cpus: auto;"),
+        "{text}"
+    );
+
+    // With the ledger: a claim made before the IRQ was bound sits on CPU 1.
+    let entry = |cpus: &str| Entry {
+        uuid: None,
+        vcpus: CpuSet::parse(cpus)
+            .unwrap()
+            .iter()
+            .map(CpuSet::single)
+            .collect(),
+        cpus: CpuSet::parse(cpus).unwrap(),
+        nodes: CpuSet::single(0),
+        emulator: None,
+        memory_kib: 1024,
+        pool: kvmtune_core::placement::Pool::Dedicated,
+        claimed_at: 0,
+        state: kvmtune_core::ledger::EntryState::Running,
+        rule: "defaults".into(),
+        floating: false,
+    };
+    let claims: BTreeMap<String, Entry> = [("g".to_string(), entry("0"))].into();
+    let items =
+        check_with_claims(dir.path(), &policy, &HostTuning::default(), Some(&claims)).unwrap();
+    let irq = item(&items, "irq-cpus");
+    assert_eq!(irq.state, State::Ok);
+    assert!(
+        irq.detail
+            .ends_with("guests are placed off them, and no claimed guest's vCPU is on them"),
+        "{}",
+        irq.detail
+    );
+    let claims: BTreeMap<String, Entry> = [("g".to_string(), entry("1"))].into();
+    let items =
+        check_with_claims(dir.path(), &policy, &HostTuning::default(), Some(&claims)).unwrap();
+    let irq = item(&items, "irq-cpus");
+    assert_eq!(
+        (irq.state, irq.current.as_str(), irq.wanted.as_str()),
+        (
+            State::Differs,
+            "CPUs 1, guest 'g' on CPU 1",
+            "no guest vCPU on CPUs 1"
+        )
+    );
+    assert!(irq.fix.is_none(), "host apply does not move guests");
+
+    // irq_cpus: none keeps no CPU; a list is reported as resolved (online only).
+    policy.host.irq_cpus = IrqCpus::None;
+    let items = check(dir.path(), &policy, &HostTuning::default()).unwrap();
+    assert_eq!(item(&items, "irq-cpus").state, State::Skipped);
+    policy.host.irq_cpus = IrqCpus::List(CpuSet::parse("1,7").unwrap());
+    let items = check(dir.path(), &policy, &HostTuning::default()).unwrap();
+    assert_eq!(item(&items, "irq-cpus").current, "CPUs 1");
 }
 
 #[test]
