@@ -616,6 +616,110 @@ case_restart() {
     [ "$c3" != "$before" ] || die "the new guest took CPU $c3 of the guest running across the restart"
 }
 
+# Six guests, dedicated and shared across nodes, through libvirtd stopped with
+# SIGTERM and then killed with SIGKILL, each time started again: every claim is
+# kept (the ledger's, and each vCPU thread's Cpus_allowed_list), and a dedicated
+# guest started afterwards takes no CPU any of them uses (or, with none free, is
+# refused with one line).
+# claims: "name=cpus/vcpus/pool/state" per ledger entry, sorted.
+claims() {
+    /usr/bin/python3 - "$LEDGER" <<'PY'
+import json, sys
+g = json.load(open(sys.argv[1])).get("guests", {})
+for n in sorted(g):
+    e = g[n]
+    print(f"{n}={e.get('cpus')}/{','.join(e.get('vcpus', []))}/{e.get('pool')}/{e.get('state')}")
+PY
+}
+threads_of_all() { # GUESTS...: "guest:vcpuN=list" for every vCPU thread
+    local g pid id tid
+    for g in "$@"; do
+        pid=$(qpid "$g")
+        while read -r id tid; do echo "$g:vcpu$id=$(tcpus "$pid" "$tid")"; done < <(vcpu_tids "$g")
+    done
+}
+case_restart6() {
+    local gs=() g sig pid lc0 th0 lc th used free out rc c x i st new=${P}m-dnew
+    mkdir -p /etc/kvmtune
+    cat >"$POLICY" <<POL
+version: 1
+on_violation: warn
+on_error: allow
+host:
+  reserved_cpus: none
+  irq_cpus: none
+  allow_cpu0: false
+  reserved_memory_per_node: 128M
+defaults:
+  pool: shared
+  memory_mode: preferred
+  emulator: with-vcpus
+  cpu_mode: host-model
+rules:
+  - name: dedicated
+    match:
+      name: "${P}m-d*"
+    set:
+      pool: dedicated
+POL
+    # Started in turn so each placement sees the others: 3 dedicated and 3
+    # shared guests of 1 vCPU each on the 7 CPUs that are not CPU0 (one stays
+    # free for the guest started after the restarts). Paused (`start --paused`:
+    # libvirt calls the same hooks, QEMU exists with its threads, placed and
+    # pinned), so six TCG guests do not eat the VM's CPUs.
+    for g in d1:1 s1:1 d2:1 s2:1 d3:1 s3:1; do
+        guest "${P}m-${g%%:*}" "${g#*:}" 64
+        out=$(V start --paused "${P}m-${g%%:*}" 2>&1) || die "virsh start --paused ${P}m-${g%%:*} failed: $out"
+        wait_running_vcpus "${P}m-${g%%:*}"
+        gs+=("${P}m-${g%%:*}")
+    done
+    lc0=$(claims); th0=$(threads_of_all "${gs[@]}")
+    ev "before: kernel $(echo $th0 | sed "s/$P//g")"
+    ev "before: ledger $(echo $lc0 | sed "s/$P//g")"
+    [ "$(echo "$lc0" | grep -c "^${P}m-")" = 6 ] || die "the ledger does not hold the 6 guests: $lc0"
+    for sig in TERM KILL; do
+        pid=$(cat /run/libvirtd.pid)
+        kill -"$sig" "$pid"
+        for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -0 "$pid" 2>/dev/null && die "libvirtd $pid still alive after SIG$sig"
+        rm -f /run/libvirtd.pid
+        start_libvirtd || die "libvirtd did not come back after SIG$sig"
+        for g in "${gs[@]}"; do
+            st=$(V domstate "$g" 2>&1)
+            [ "$st" = paused ] || die "$g is '$st' after SIG$sig, want paused (as started)"
+        done
+        lc=$(claims); th=$(threads_of_all "${gs[@]}")
+        ev "after SIG$sig + start: ledger $([ "$lc" = "$lc0" ] && echo unchanged || echo CHANGED), vCPU threads $([ "$th" = "$th0" ] && echo unchanged || echo CHANGED)"
+        [ "$th" = "$th0" ] || die "vCPU threads moved across SIG$sig: before $(echo $th0) after $(echo $th)"
+        [ "$lc" = "$lc0" ] || die "ledger claims changed across SIG$sig: before $(echo $lc0) after $(echo $lc)"
+    done
+    used=$(for x in $th0; do expand "${x#*=}"; done | sort -un | tr '\n' ' ')
+    free=""
+    for c in $(expand "$(cat /sys/devices/system/cpu/online)"); do
+        [ "$c" = 0 ] || in_list "$c" "$(tolist "$used")" || free+="$c "
+    done
+    guest "$new" 1 64
+    out=$(V start --paused "$new" 2>&1); rc=$?
+    if [ "$rc" = 0 ]; then
+        wait_running_vcpus "$new"
+        c=$(vcpu_union "$new")
+        ev "a new dedicated guest after both restarts: CPUs $c (used by the six: ${used% }; free: ${free:-none}); ledger: $(claims | grep -F "$new=" | sed "s/$P//")"
+        for x in $c; do
+            if in_list "$x" "$(tolist "$used")"; then
+                # Without a free CPU, warn mode confines it to the shared CPUs
+                # (dedicated_fallback: shared): never a dedicated guest's CPU.
+                [ -z "$free" ] || die "the new dedicated guest took CPU $x, used by one of the six, though ${free% } is free"
+                echo "$th0" | grep "m-d" | grep -q "=$x\$" && die "the new guest took CPU $x of a dedicated guest"
+            fi
+        done
+        [ -z "$free" ] || claims | grep -F "$new=" | grep -q '/dedicated/' || die "the new guest is not a dedicated claim: $(claims | grep -F "$new=")"
+    else
+        ev "a new dedicated guest after both restarts: refused (used by the six: ${used% }; free: ${free:-none}): $(echo "$out" | grep -o 'kvmtune:.*' | head -n 1)"
+        [ -z "$free" ] || die "the new dedicated guest was refused though CPUs ${free% } are free: $out"
+        [ "$(echo "$out" | grep -c 'kvmtune: ')" = 1 ] || die "refused without one kvmtune line: $out"
+    fi
+}
+
 # The ledger deleted under a running dedicated guest: the next start must not
 # take its CPU (the ledger is rebuilt from the running guests).
 case_ledger() {
@@ -691,7 +795,7 @@ start_libvirtd() {
     return 1
 }
 
-SYM_CASES="topo place2s place4s place2p applied ded8 span irq irqcheck status restart ledger restore badinput"
+SYM_CASES="topo place2s place4s place2p applied ded8 span irq irqcheck status restart restart6 ledger restore badinput"
 ASYM_CASES="topo place2s place4s place2p move1g span irq"
 
 run_case() { # ID TIMEOUT
