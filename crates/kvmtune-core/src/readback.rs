@@ -617,12 +617,18 @@ fn binding(applied: &Applied<'_>) -> Result<(String, CpuSet, &'static str), Stri
         Some(MemoryMode::Strict | MemoryMode::Restrictive) => {
             Err("strict memory needs a ledger claim or <numatune>; this guest has neither".into())
         }
+        // The hook's one-time move (kvmtune move-memory) binds nothing either.
         Some(MemoryMode::Preferred) => Err(format!(
-            "mode preferred, node(s) {}: nothing binds it; memory follows the pinned vCPUs by first touch, and may come from other nodes when these are full",
-            show(applied.nodes)
+            "mode preferred, node(s) {}: nothing binds it; {}memory follows the pinned vCPUs by first touch, and may come from other nodes when these are full",
+            show(applied.nodes),
+            if applied.by_hook() {
+                "what QEMU allocated elsewhere before the vCPUs were pinned was moved there once at start; later "
+            } else {
+                ""
+            }
         )),
         Some(MemoryMode::Interleave) => Err(format!(
-            "mode interleave over node(s) {}: the hook does not set it; kvmtune apply writes it into the definition",
+            "mode interleave over node(s) {}: the hook does not set it (it only moves memory allocated elsewhere before start onto these nodes, once); kvmtune apply writes it into the definition",
             show(applied.nodes)
         )),
     }
