@@ -753,6 +753,110 @@ case_restore() {
     [ "$cr" != "$cb" ] || die "restored $a shares CPU $cr with $b"
 }
 
+# The migrate door: a second libvirtd in its own mount and UTS namespace (its own
+# /etc/libvirt with another host_uuid, /run/libvirt, /var/lib/libvirt and
+# /run/kvmtune: another host's state and ledger on the same kernel), listening
+# on 127.0.0.1:16510. A dedicated guest runs there first; then a dedicated guest
+# on the same CPU here is live-migrated over: the destination's hook gets
+# `migrate begin` and must re-place it against the destination's occupancy.
+DST=/srv/kvmtune-dst
+DURI=qemu+tcp://127.0.0.1:16510/system
+VD() { timeout -k 5 ${VIRSH_TIMEOUT:-180} virsh -q -c "$DURI" "$@"; }
+# The VM's init leaves the loopback down (no network needed so far).
+loopback_up() {
+    /usr/bin/python3 - <<'PY'
+import fcntl, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+flags = struct.unpack("16sh", fcntl.ioctl(s, 0x8913, struct.pack("16sh", b"lo", 0)))[1]
+fcntl.ioctl(s, 0x8914, struct.pack("16sh", b"lo", flags | 1))
+PY
+}
+start_dst_libvirtd() {
+    local d
+    loopback_up || return 1
+    for d in etc run var-lib run-kvmtune log cache; do mkdir -p "$DST/$d"; done
+    cp -a /etc/libvirt/. "$DST/etc/"
+    rm -f "$DST/etc/qemu/"*.xml
+    cat >>"$DST/etc/libvirtd.conf" <<CONF
+host_uuid = "6b1f3c2e-0d4a-4b7e-9a51-0c8f2d6e7a10"
+listen_tls = 0
+listen_tcp = 1
+tcp_port = "16510"
+listen_addr = "127.0.0.1"
+auth_tcp = "none"
+CONF
+    echo 'cgroup_controllers = [ ]' >>"$DST/etc/qemu.conf"
+    unshare --mount --uts --propagation private /bin/bash -c "
+        hostname kvmtune-dst
+        mount --bind $DST/etc /etc/libvirt
+        mount --bind $DST/run /run/libvirt
+        mount --bind $DST/var-lib /var/lib/libvirt
+        mount --bind $DST/run-kvmtune /run/kvmtune
+        mount --bind $DST/log /var/log/libvirt
+        mount --bind $DST/cache /var/cache/libvirt
+        virtlogd -d -p $DST/virtlogd.pid
+        LIBVIRT_LOG_OUTPUTS='1:file:$OUT/libvirtd-dst.log' LIBVIRT_LOG_FILTERS='1:util.hook 3:util 3:qemu 3:rpc 3:conf 3:security 3:cgroup' libvirtd -d --listen -p $DST/libvirtd.pid
+    " || return 1
+    local i
+    for i in $(seq 300); do
+        timeout 5 virsh -q -c "$DURI" version >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    echo "dst libvirtd pid $(cat "$DST/libvirtd.pid" 2>&1) alive: $(kill -0 "$(cat "$DST/libvirtd.pid" 2>/dev/null)" 2>&1 && echo yes)"
+    echo "listening (port 16510 = 407E): $(grep -i ':407E' /proc/net/tcp | head -n 3)"
+    echo "virsh: $(timeout 10 virsh -q -c "$DURI" version 2>&1)"
+    ev "dst: pid $(cat "$DST/libvirtd.pid" 2>&1) $(kill -0 "$(cat "$DST/libvirtd.pid" 2>/dev/null)" 2>&1 && echo alive); tcp: $(grep -ic ':407E' /proc/net/tcp); virsh: $(timeout 10 virsh -q -c "$DURI" version 2>&1 | tr '\n' ' ' | cut -c1-200); tail: $(grep -v debug "$OUT/libvirtd-dst.log" | tail -n 2 | tr '\n' ' ' | cut -c1-200)"
+    return 1
+}
+stop_dst_libvirtd() {
+    local f
+    for f in "$DST/libvirtd.pid" "$DST/virtlogd.pid"; do
+        [ -s "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null
+    done
+}
+case_migrate() {
+    local a=${P}mga b=${P}mgb ca cb cm out rc dl
+    policy dedicated preferred
+    mkdir -p /run/kvmtune
+    start_dst_libvirtd || die "the destination libvirtd did not start: $(tail -n 5 "$OUT/libvirtd-dst.log" 2>/dev/null | tr '\n' ' ')"
+    ev "destination libvirtd: $(VD sysinfo 2>/dev/null | grep -c . ) sysinfo lines; hostname $(VD hostname 2>&1); capabilities uuid $(VD capabilities 2>/dev/null | sed -n 's/.*<uuid>\(.*\)<\/uuid>.*/\1/p' | head -n 1)"
+    # b runs on the destination first, with a dedicated CPU.
+    guest "$b" 1 64
+    V undefine "$b" >/dev/null
+    VD define "$OUT/$CASE.1.64.xml" >/dev/null || die "define $b on the destination failed"
+    out=$(VD start "$b" 2>&1) || die "start $b on the destination failed: $out"
+    cb=$(vcpu_union_pid "$(cat "$DST/run/qemu/$b.pid")" "$DST/run/qemu/$b.xml")
+    # a runs here; the policy's first choice is the same CPU (both hosts empty).
+    guest "$a" 1 64
+    start "$a"; wait_running_vcpus "$a"
+    ca=$(vcpu_union "$a")
+    ev "destination: $b on CPU $cb (ledger $DST/run-kvmtune); source: $a on CPU $ca"
+    out=$(V migrate --live --persistent --undefinesource "$a" "$DURI" --migrateuri tcp://127.0.0.1 2>&1); rc=$?
+    ev "virsh migrate rc=$rc: $(echo "$out" | tr '\n' ' ' | cut -c1-300)"
+    dl=$(grep -F "guest=$a " "$OUT/syslog.log" | grep -F 'stage=migrate-begin' | tail -n 1)
+    ev "destination hook: ${dl:-no migrate-begin line}"
+    [ "$rc" = 0 ] || { stop_dst_libvirtd; die "virsh migrate failed: $out"; }
+    cm=$(vcpu_union_pid "$(cat "$DST/run/qemu/$a.pid")" "$DST/run/qemu/$a.xml")
+    ev "after migration: $a on CPU $cm at the destination (ledger: $(tr -d ' \n' <"$DST/run-kvmtune/ledger.json" | cut -c1-200))"
+    VD destroy "$a" >/dev/null 2>&1; VD destroy "$b" >/dev/null 2>&1
+    VD undefine "$a" >/dev/null 2>&1; VD undefine "$b" >/dev/null 2>&1
+    stop_dst_libvirtd
+    [ -n "$dl" ] || die "the destination's hook got no migrate begin"
+    [ -n "$cm" ] || die "no vCPU affinity read for $a at the destination"
+    [ "$cm" != "$cb" ] || die "migrated $a shares CPU $cm with $b at the destination"
+    ev "source ledger after migration: $(claims | sed "s/$P//g" | tr '\n' ' ')"
+    claims | grep -q "^$a=" && die "the source ledger still holds $a after it migrated away"
+    return 0
+}
+# vcpu_union_pid PID STATUSFILE: the CPUs of the vCPU threads a status file lists.
+vcpu_union_pid() {
+    local pid=$1 id tid all=""
+    while read -r id tid; do
+        [ -n "$tid" ] && all+=" $(expand "$(tcpus "$pid" "$tid")")"
+    done < <(sed -n "s/.*<vcpu id='\([0-9]*\)' pid='\([0-9]*\)'.*/\1 \2/p" "$2")
+    echo $all | tr ' ' '\n' | sort -un | tr '\n' ' ' | sed 's/ $//'
+}
+
 # Bad input: a broken policy, a guest name with quotes and <&>, a status file
 # replaced by a FIFO: guests start with one clear line, libvirtd never hangs.
 case_badinput() {
@@ -795,7 +899,7 @@ start_libvirtd() {
     return 1
 }
 
-SYM_CASES="topo place2s place4s place2p applied ded8 span irq irqcheck status restart restart6 ledger restore badinput"
+SYM_CASES="topo place2s place4s place2p applied ded8 span irq irqcheck status restart restart6 ledger restore migrate badinput"
 ASYM_CASES="topo place2s place4s place2p move1g span irq"
 
 run_case() { # ID TIMEOUT
