@@ -13,6 +13,7 @@
 //! follow `on_error` (default allow), panics are caught, every wait is bounded, and
 //! it never calls libvirt (libvirtd waits for the hook: that would deadlock).
 
+mod context;
 mod moves;
 mod prepare;
 mod reconnect;

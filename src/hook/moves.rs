@@ -28,7 +28,7 @@ use kvmtune_sys::ledger_store::{LOCK_TIMEOUT, Locked};
 use kvmtune_sys::libvirt_run as runstate;
 use kvmtune_sys::logging::sanitize;
 
-use super::stage::Stage;
+use super::context::Stage;
 
 /// The file next to the ledger.
 const STATE_FILE: &str = kvmtune_sys::ledger_store::REPACK_FILE;

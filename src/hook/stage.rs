@@ -8,7 +8,6 @@ use anyhow::{Context, Result, anyhow};
 
 use kvmtune_core::admission::{self, Candidate};
 use kvmtune_core::cpuset::CpuSet;
-use kvmtune_core::domain::Domain;
 use kvmtune_core::host::Host;
 use kvmtune_core::ledger::{Entry, EntryState};
 use kvmtune_core::placement::{Claim, Occupancy, Pool};
@@ -19,15 +18,8 @@ use kvmtune_sys::affinity;
 use kvmtune_sys::ledger_store::{self as ledger, LOCK_TIMEOUT, Locked};
 use kvmtune_sys::libvirt_run as runstate;
 use kvmtune_sys::logging::sanitize;
-use kvmtune_sys::roots::Roots;
 
-/// Everything a stage needs, loaded once.
-pub(super) struct Stage<'a> {
-    pub(super) env: &'a Roots,
-    pub(super) policy: Policy,
-    pub(super) xml: &'a str,
-    pub(super) domain: Domain,
-}
+pub(super) use super::context::Stage;
 
 /// Takes the ledger lock, reconciles it with libvirt's status files, and recovers
 /// the claim of every running guest the ledger lacks from what runs (see
