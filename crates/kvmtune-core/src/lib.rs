@@ -21,6 +21,7 @@ pub mod plan;
 pub mod plan_model;
 pub mod policy;
 pub mod readback;
+pub mod rebalance;
 pub mod recovery;
 pub mod repack;
 pub mod rewrite;
