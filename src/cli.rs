@@ -26,6 +26,7 @@ Examples:
   kvmtune apply --dry-run --all             what apply would change in every definition
   kvmtune apply web01                       conform web01's definition (backup kept)
   kvmtune status                            what runs where, and does it conform
+  kvmtune rebalance                         which moves would compact the running guests
 
 Exit codes: 0 ok, 1 findings (violations, differences, refusal), 2 usage or policy
 error, 3 bad input (domain XML, host), 4 libvirt error.";
@@ -65,6 +66,9 @@ pub enum Command {
     /// Check or apply the host-side tuning: NIC IRQs, irqbalance, KSM, transparent
     /// huge pages, huge pages, hugetlbfs, IO schedulers, vhost_net.
     Host(commands::host::HostArgs),
+    /// Compact the running guests after churn: restore SMT pairing, free whole
+    /// cores, pull spread guests into their memory's node (--dry-run, or --apply).
+    Rebalance(commands::rebalance::RebalanceArgs),
     /// Replay a workload of guest arrivals and departures on a host and report the
     /// placement quality (kvmtune or a baseline strategy).
     Simulate(commands::simulate::SimulateArgs),
@@ -88,6 +92,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Revert(args) => commands::apply::run_revert(&args),
         Command::Status(args) => commands::status::run_status(&args),
         Command::Host(args) => commands::host::run_host(&args),
+        Command::Rebalance(args) => commands::rebalance::run(&args),
         Command::Simulate(args) => commands::simulate::run(&args),
         Command::Nova(args) => commands::nova::run(&args),
         Command::MoveMemory(args) => commands::move_memory::run(&args),

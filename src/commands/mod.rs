@@ -8,5 +8,6 @@ pub mod host;
 pub mod move_memory;
 pub mod nova;
 pub mod plan;
+pub mod rebalance;
 pub mod simulate;
 pub mod status;

@@ -14,7 +14,7 @@
 //! it never calls libvirt (libvirtd waits for the hook: that would deadlock).
 
 mod context;
-mod moves;
+pub(crate) mod moves;
 mod prepare;
 mod reconnect;
 mod release;

@@ -21,12 +21,13 @@ use kvmtune_core::host::Host;
 use kvmtune_core::ledger::{Entry, EntryState};
 use kvmtune_core::placement::{Claim, Occupancy, Pool, eligible_cpus};
 use kvmtune_core::plan::Plan;
-use kvmtune_core::policy::{EmulatorPlacement, Settings};
+use kvmtune_core::policy::{EmulatorPlacement, Policy, Settings};
 use kvmtune_core::repack::{Admitted, Movable, Move, breaches};
 use kvmtune_sys::affinity;
 use kvmtune_sys::ledger_store::{LOCK_TIMEOUT, Locked};
 use kvmtune_sys::libvirt_run as runstate;
 use kvmtune_sys::logging::sanitize;
+use kvmtune_sys::roots::Roots;
 
 use super::context::Stage;
 
@@ -66,43 +67,61 @@ fn store(run_dir: &Path, state: &RepackState, _held: &Locked) -> Result<()> {
 }
 
 /// The settings the policy gave a guest by the rule that placed it.
-fn settings_of<'p>(ctx: &'p Stage<'_>, rule: &str) -> &'p Settings {
-    ctx.policy
+fn settings_of<'p>(policy: &'p Policy, rule: &str) -> &'p Settings {
+    policy
         .rules
         .iter()
         .find(|r| r.name == rule)
-        .map_or(&ctx.policy.defaults, |r| &r.settings)
+        .map_or(&policy.defaults, |r| &r.settings)
 }
 
-/// The running guests repacking may move, with what their moves respect: shared
-/// claims kvmtune made itself (recorded movable at that claim), running.
+/// The running guests repacking may move at this guest's admission, with what
+/// their moves respect (see [`movable_guests`]).
 pub(super) fn movable(ctx: &Stage<'_>, locked: &Locked, host: &Host) -> BTreeMap<String, Movable> {
-    if !ctx.policy.host.repack {
+    movable_guests(
+        &ctx.policy,
+        &ctx.env.paths.run_dir,
+        &locked.ledger.guests,
+        host,
+        Some(&ctx.domain.name),
+    )
+}
+
+/// The running guests that may move, with what their moves respect: shared
+/// claims kvmtune made itself (recorded movable at that claim), running, not
+/// `except`; none when the policy turns repacking off. The one definition the
+/// hook's repacking and `kvmtune rebalance` share.
+pub(crate) fn movable_guests(
+    policy: &Policy,
+    run_dir: &Path,
+    ledger: &BTreeMap<String, Entry>,
+    host: &Host,
+    except: Option<&str>,
+) -> BTreeMap<String, Movable> {
+    if !policy.host.repack {
         return BTreeMap::new();
     }
-    let state = load(&ctx.env.paths.run_dir);
-    let irq = ctx.policy.irq_cpus(host);
-    locked
-        .ledger
-        .guests
+    let state = load(run_dir);
+    let irq = policy.irq_cpus(host);
+    ledger
         .iter()
         .filter(|(name, e)| {
-            **name != ctx.domain.name
+            Some(name.as_str()) != except
                 && e.pool == Pool::Shared
                 && e.state == EntryState::Running
                 && !e.floating
                 && state.movable.get(*name) == Some(&e.claimed_at)
         })
         .map(|(name, e)| {
-            let settings = settings_of(ctx, &e.rule);
+            let settings = settings_of(policy, &e.rule);
             let mut eligible = eligible_cpus(
                 host,
-                &ctx.policy.host.reserved_cpus,
+                &policy.host.reserved_cpus,
                 &irq,
-                ctx.policy.host.allow_cpu0,
+                policy.host.allow_cpu0,
                 settings.nodes.as_ref(),
             );
-            if let Some(set) = ctx.policy.host.pool_cpus(Pool::Shared) {
+            if let Some(set) = policy.host.pool_cpus(Pool::Shared) {
                 eligible = eligible.intersection(set);
             }
             (
@@ -116,6 +135,20 @@ pub(super) fn movable(ctx: &Stage<'_>, locked: &Locked, host: &Host) -> BTreeMap
             )
         })
         .collect()
+}
+
+/// The guests with moves still to apply at another guest's `started`: a
+/// rebalancing leaves them alone (their ledger claim is ahead of their threads).
+pub(crate) fn pending_guests(run_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = load(run_dir)
+        .pending
+        .into_values()
+        .flatten()
+        .map(|m| m.guest)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The placement invariant on a plan's repacking: the new claim `entry` and
@@ -212,7 +245,7 @@ pub(super) fn record(
 
 /// How one guest's moves went.
 #[derive(Debug, PartialEq)]
-enum Applied {
+pub(crate) enum Applied {
     /// Every move applied (and read back where threads are touched).
     Done(Vec<String>),
     /// A move failed: the guest's claim goes back to where it ran.
@@ -248,7 +281,7 @@ pub(super) fn apply_pending(ctx: &Stage<'_>, notes: &mut Vec<String>) -> Result<
     for (guest, moves) in &by_guest {
         let outcome = match locked.ledger.guests.get(guest) {
             Some(entry) if still_claimed(entry, moves) => {
-                apply_guest(ctx, guest, moves, entry.emulator.as_ref())
+                apply_guest(ctx.env, guest, moves, entry.emulator.as_ref())
             }
             _ => Applied::Superseded,
         };
@@ -313,11 +346,16 @@ fn roll_back(entry: &mut Entry, moves: &[Move]) {
 /// threads at all, `apply_runtime`), and reads each back; its other threads
 /// (emulator, iothreads libvirt does not pin) go to `emulator`, the claim's
 /// emulator set after the moves (with `emulator: with-vcpus` it follows them).
-fn apply_guest(ctx: &Stage<'_>, guest: &str, moves: &[Move], emulator: Option<&CpuSet>) -> Applied {
+pub(crate) fn apply_guest(
+    env: &Roots,
+    guest: &str,
+    moves: &[Move],
+    emulator: Option<&CpuSet>,
+) -> Applied {
     if guest.contains('/') || guest.contains('\0') {
         return Applied::Failed("not a libvirt guest name".into());
     }
-    let path = ctx.env.paths.libvirt_run_dir.join(format!("{guest}.xml"));
+    let path = env.paths.libvirt_run_dir.join(format!("{guest}.xml"));
     let live = match runstate::read_status(&path) {
         Ok(live) => live,
         Err(e) => return Applied::Failed(format!("guest gone: {e}")),
@@ -330,7 +368,7 @@ fn apply_guest(ctx: &Stage<'_>, guest: &str, moves: &[Move], emulator: Option<&C
         let Some(tid) = live.vcpu_tids.get(&m.vcpu).copied() else {
             return Applied::Failed(format!("vCPU {} has no thread id", m.vcpu));
         };
-        if !ctx.env.apply_runtime {
+        if !env.apply_runtime {
             effective.push(format!(
                 "vcpu{}={} (not applied: runtime off)",
                 m.vcpu, m.to
@@ -338,7 +376,7 @@ fn apply_guest(ctx: &Stage<'_>, guest: &str, moves: &[Move], emulator: Option<&C
             continue;
         }
         // The cgroup first: the kernel refuses an affinity outside it.
-        if let Some(cg) = affinity::cpuset_cgroup(&ctx.env.host_root, pid) {
+        if let Some(cg) = affinity::cpuset_cgroup(&env.host_root, pid) {
             let dir = affinity::guest_cgroup_dir(&cg.dir).join(format!("vcpu{}", m.vcpu));
             if let Err(e) = affinity::set_cgroup_cpus(&dir, &m.to) {
                 return Applied::Failed(e.to_string());
@@ -347,7 +385,7 @@ fn apply_guest(ctx: &Stage<'_>, guest: &str, moves: &[Move], emulator: Option<&C
         if let Err(e) = affinity::set_thread_affinity(tid, &m.to) {
             return Applied::Failed(e.to_string());
         }
-        match affinity::allowed_cpus(&ctx.env.proc_root, pid, tid) {
+        match affinity::allowed_cpus(&env.proc_root, pid, tid) {
             Ok(cpus) if cpus == m.to => effective.push(format!("vcpu{}={cpus}", m.vcpu)),
             Ok(cpus) => {
                 return Applied::Failed(format!(
@@ -358,8 +396,8 @@ fn apply_guest(ctx: &Stage<'_>, guest: &str, moves: &[Move], emulator: Option<&C
             Err(e) => return Applied::Failed(e.to_string()),
         }
     }
-    if let (Some(emulator), true) = (emulator, ctx.env.apply_runtime) {
-        match move_other_threads(ctx, pid, &live, emulator) {
+    if let (Some(emulator), true) = (emulator, env.apply_runtime) {
+        match move_other_threads(env, pid, &live, emulator) {
             Ok(()) => effective.push(format!("emulator={emulator}")),
             Err(e) => return Applied::Failed(e),
         }
@@ -370,12 +408,12 @@ fn apply_guest(ctx: &Stage<'_>, guest: &str, moves: &[Move], emulator: Option<&C
 /// The guest's threads that are neither vCPUs nor iothreads with their own
 /// `<iothreadpin>`, set to `emulator` and read back.
 fn move_other_threads(
-    ctx: &Stage<'_>,
+    env: &Roots,
     pid: u32,
     live: &kvmtune_core::runstate::LiveGuest,
     emulator: &CpuSet,
 ) -> std::result::Result<(), String> {
-    let threads = affinity::threads_of(&ctx.env.proc_root, pid).map_err(|e| e.to_string())?;
+    let threads = affinity::threads_of(&env.proc_root, pid).map_err(|e| e.to_string())?;
     let pinned_iothreads: Vec<u32> = live
         .iothread_tids
         .iter()
@@ -390,12 +428,12 @@ fn move_other_threads(
         if live.vcpu_tids.values().any(|t| *t == tid) || pinned_iothreads.contains(&tid) {
             continue;
         }
-        let name = affinity::thread_name(&ctx.env.proc_root, pid, tid).unwrap_or_default();
+        let name = affinity::thread_name(&env.proc_root, pid, tid).unwrap_or_default();
         if name.starts_with("CPU ") && (name.ends_with("/KVM") || name.ends_with("/TCG")) {
             continue;
         }
         affinity::set_thread_affinity(tid, emulator).map_err(|e| e.to_string())?;
-        match affinity::allowed_cpus(&ctx.env.proc_root, pid, tid) {
+        match affinity::allowed_cpus(&env.proc_root, pid, tid) {
             Ok(cpus) if &cpus == emulator => {}
             Ok(cpus) => {
                 return Err(format!(
@@ -463,7 +501,7 @@ mod tests {
         let cpu = allowed.first().unwrap();
         let to = set(&cpu.to_string());
         let done = apply_guest(
-            &ctx,
+            ctx.env,
             "s",
             &[mv("s", 0, &allowed.to_string(), &to.to_string())],
             None,
@@ -474,13 +512,13 @@ mod tests {
             to
         );
         // A CPU the machine lacks: sched_setaffinity says EINVAL, the move fails.
-        let failed = apply_guest(&ctx, "s", &[mv("s", 0, &to.to_string(), "1000")], None);
+        let failed = apply_guest(ctx.env, "s", &[mv("s", 0, &to.to_string(), "1000")], None);
         assert!(
             matches!(&failed, Applied::Failed(why) if why.contains("EINVAL")),
             "{failed:?}"
         );
         // A guest without a status file is gone.
-        let gone = apply_guest(&ctx, "t", &[mv("t", 0, "0", "1")], None);
+        let gone = apply_guest(ctx.env, "t", &[mv("t", 0, "0", "1")], None);
         assert!(
             matches!(&gone, Applied::Failed(why) if why.contains("gone")),
             "{gone:?}"

@@ -193,9 +193,10 @@ impl Work<'_> {
     /// The guests that may move: shared, named movable, every vCPU on one CPU.
     fn may_move(&self, name: &str) -> bool {
         self.movable.contains_key(name)
-            && self.claims.get(name).is_some_and(|c| {
-                c.pool == Pool::Shared && c.vcpus.iter().all(|s| s.len() == 1)
-            })
+            && self
+                .claims
+                .get(name)
+                .is_some_and(|c| c.pool == Pool::Shared && c.vcpus.iter().all(|s| s.len() == 1))
     }
 
     /// Whether vCPU `vcpu` of `name` may go to `to` with `extra` vCPUs already
@@ -406,9 +407,9 @@ impl Work<'_> {
                 let vcpus: Vec<(String, usize)> =
                     usable.iter().flat_map(|c| self.on_cpu(c)).collect();
                 let breaks_pair = vcpus.iter().any(|(n, _)| {
-                    self.claims.get(n).is_some_and(|c| {
-                        is_paired(self.host, c) && c.cpus().is_subset(&core.cpus)
-                    })
+                    self.claims
+                        .get(n)
+                        .is_some_and(|c| is_paired(self.host, c) && c.cpus().is_subset(&core.cpus))
                 });
                 if !vcpus.is_empty()
                     && !breaks_pair
@@ -458,7 +459,7 @@ impl Work<'_> {
                 let why = if self.load_of(best) + extra_at(best) <= EPS {
                     "onto the idle thread of a core already in use"
                 } else {
-                    "onto a CPU already shared, the least loaded"
+                    "onto a CPU already in use, the least loaded"
                 };
                 *extra.entry(best).or_insert(0.0) += 1.0;
                 planned.push((

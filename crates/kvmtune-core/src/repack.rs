@@ -135,9 +135,38 @@ pub fn breaches(
     .into_iter()
     .map(|b| (admitted.guest.to_string(), b))
     .collect();
-    for (name, claim) in &repacked.claims {
-        let emulator = repacked
-            .emulators
+    out.extend(moved_breaches(
+        &repacked.claims,
+        &repacked.emulators,
+        &after,
+        movable,
+        &ledger,
+        forbidden,
+    ));
+    out
+}
+
+/// The placement invariant on moved guests: every moved guest's new claim
+/// (`claims`, with its new emulator CPUs from `emulators`) against everyone in
+/// `after` (the occupancy with the moves made). `ledger` gives the other guests'
+/// emulator CPUs. Shared by repacking at admission and `kvmtune rebalance`.
+pub fn moved_breaches(
+    claims: &BTreeMap<String, Claim>,
+    emulators: &BTreeMap<String, CpuSet>,
+    after: &Occupancy,
+    movable: &BTreeMap<String, Movable>,
+    ledger: &BTreeMap<String, Entry>,
+    forbidden: &CpuSet,
+) -> Vec<(String, Breach)> {
+    let mut ledger = ledger.clone();
+    for (name, emulator) in emulators {
+        if let Some(entry) = ledger.get_mut(name) {
+            entry.emulator = Some(emulator.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for (name, claim) in claims {
+        let emulator = emulators
             .get(name)
             .or_else(|| ledger.get(name).and_then(|e| e.emulator.as_ref()));
         let breaches = check(
@@ -149,7 +178,7 @@ pub fn breaches(
                     .get(name)
                     .is_some_and(|m| m.emulator_on_housekeeping),
             },
-            &after,
+            after,
             &ledger,
             forbidden,
         );

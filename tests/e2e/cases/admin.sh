@@ -297,3 +297,89 @@ print(len(samples), "samples")
 PY
     note "status --format prometheus: $(grep -vc '^#' "$prom") samples parsed by prometheus_client"
 }
+
+# The policy of case_rebal: shared guests on CPUs 0-1 (allow_cpu0: the CI
+# machine has no other CPU pair), at most RATIO vCPUs per CPU.
+rebal_policy() { # RATIO
+    cat >"$POLICY.tmp" <<EOP
+version: 1
+on_violation: warn
+on_error: allow
+host:
+  reserved_cpus: none
+  irq_cpus: none
+  allow_cpu0: true
+defaults:
+  emulator: with-vcpus
+  disk_cache: none
+  cpu_mode: host-model
+  cpu_allocation_ratio: $1
+EOP
+    mv "$POLICY.tmp" "$POLICY"
+}
+
+# kvmtune rebalance on a real libvirtd (issue 12 item 2): two 1-vCPU shared
+# guests started at cpu_allocation_ratio 1 land on CPUs 0 and 1; the admin raises
+# the ratio to 2; the dry run proposes one move and changes nothing; --apply
+# moves one guest's vCPU (and its emulator threads, which ran with it) onto the
+# other's CPU, as the kernel shows, the ledger records it, status agrees, and a
+# second rebalance finds nothing to move.
+case_rebal() {
+    local a=${E2E_PREFIX}rb-a b=${E2E_PREFIX}rb-b out rc moved stay from to pid tid
+    rebal_policy 1
+    define_guest "$a" --vcpus 1
+    define_guest "$b" --vcpus 1
+    start_guest "$a"
+    start_guest "$b"
+    wait_ledger_matches_running 10 || die "ledger does not match virsh list"
+    local ca cb
+    ca=$(ledger_query get "$a" cpus)
+    cb=$(ledger_query get "$b" cpus)
+    [ "$ca" != "$cb" ] || die "at ratio 1 both guests got CPU $ca"
+    expect_affinity "$a" "$ca" "$ca"
+    expect_affinity "$b" "$cb" "$cb"
+    note "ratio 1: $a on CPU $ca, $b on CPU $cb (kernel)"
+
+    rebal_policy 2
+    rc=0
+    out=$(kt rebalance --max-load 2 2>&1) || rc=$?
+    printf '%s\n' "$out" | sed 's/^/    /'
+    [ "$rc" = 1 ] || die "rebalance --dry-run with moves to propose exited $rc, want 1"
+    printf '%s\n' "$out" | grep -q "dry run: nothing changed" || die "the dry run does not say it changed nothing"
+    [ "$(ledger_query get "$a" cpus)" = "$ca" ] && [ "$(ledger_query get "$b" cpus)" = "$cb" ] ||
+        die "the dry run changed the ledger"
+    expect_affinity "$a" "$ca" "$ca"
+    expect_affinity "$b" "$cb" "$cb"
+    rc=0
+    kt rebalance >/dev/null 2>&1 || rc=$?
+    [ "$rc" = 0 ] || die "rebalance without --max-load raised contention (exit $rc)"
+    note "dry run: one move proposed, nothing changed; without --max-load nothing is proposed"
+
+    out=$(kt rebalance --apply --max-load 2 2>&1) || die "rebalance --apply failed: $out"
+    printf '%s\n' "$out" | sed 's/^/    /'
+    moved=$(printf '%s\n' "$out" | sed -n "s/^moved '\([^']*\)'.*/\1/p")
+    [ -n "$moved" ] || die "rebalance --apply moved no guest"
+    if [ "$moved" = "$a" ]; then stay=$b from=$ca to=$cb; else stay=$a from=$cb to=$ca; fi
+    # The kernel's view: every thread of the moved guest on the other CPU.
+    expect_affinity "$moved" "$to" "$to"
+    expect_affinity "$stay" "$to" "$to"
+    pid=$(qemu_pid "$moved")
+    while read -r _ tid; do
+        note "$moved vCPU thread $tid: Cpus_allowed_list $(thread_cpus "$pid" "$tid") (was $from)"
+    done < <(vcpu_tids "$moved")
+    [ "$(ledger_query get "$moved" cpus)" = "$to" ] || die "the ledger does not record $moved on CPU $to"
+    kt status --json >"$E2E_WORK/rebal-status.json" || die "status --json failed"
+    "$PY" - "$E2E_WORK/rebal-status.json" "$moved" "$to" <<'PY' || die "status after rebalance"
+import json, sys
+s = json.load(open(sys.argv[1]))
+g = next(x for x in s["guests"] if x["name"] == sys.argv[2])
+assert g["vcpu_cpus"] == [sys.argv[3]], g["vcpu_cpus"]
+assert g["ledger"]["agrees"], g["ledger"]
+drifted = [r for r in g["readback"] if r["state"] == "drifted"]
+assert not drifted, drifted
+PY
+    note "after --apply: $moved moved CPU $from -> $to (kernel, ledger and status agree, nothing drifted)"
+    out=$(kt rebalance --max-load 2 2>&1) || die "a second rebalance still proposes moves: $out"
+    printf '%s\n' "$out" | grep -q "nothing to move" || die "a second rebalance: $out"
+    note "a second rebalance: nothing to move"
+}

@@ -98,7 +98,11 @@ fn a_partly_used_core_is_emptied_onto_the_idle_thread_of_a_busy_core() {
     assert_eq!(done.after.idle_cores, done.before.idle_cores + 1);
     // No CPU got a second vCPU: the move went onto an idle SMT thread.
     assert_eq!(done.after.max_load, 1.0);
-    assert!(done.moves[0].reason.contains("idle thread"), "{}", done.moves[0]);
+    assert!(
+        done.moves[0].reason.contains("idle thread"),
+        "{}",
+        done.moves[0]
+    );
 }
 
 #[test]
@@ -191,7 +195,11 @@ fn a_spread_guest_is_pulled_into_the_node_that_holds_its_memory_only_when_told_s
     assert_eq!(pulled.before.local, 0);
     assert_eq!(pulled.after.local, 1, "{:?}", pulled.moves);
     assert!(pulled.claims["s"].cpus().is_subset(&host.nodes[&1].cpus));
-    assert!(pulled.moves[0].reason.contains("node 1"), "{}", pulled.moves[0]);
+    assert!(
+        pulled.moves[0].reason.contains("node 1"),
+        "{}",
+        pulled.moves[0]
+    );
     // The pass pairs it afterwards: both vCPUs on one core of node 1.
     assert_eq!(pulled.after.paired, 1);
     // A home outside its memory binding is never a destination.
