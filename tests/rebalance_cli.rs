@@ -19,7 +19,7 @@ const HOST: &str = "tests/data/hosts/intel-core-i5-m560-laptop-1s2c2t";
 const POLICY: &str = "version: 1\nhost:\n  reserved_cpus: none\n  irq_cpus: none\n";
 
 struct Fixture {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     env: Roots,
     /// Processes standing for the guests' QEMU (their main thread is vCPU 0).
     qemu: Vec<Child>,
@@ -53,7 +53,7 @@ fn fixture() -> Fixture {
         apply_runtime: false,
     };
     Fixture {
-        dir,
+        _dir: dir,
         env,
         qemu: Vec::new(),
     }

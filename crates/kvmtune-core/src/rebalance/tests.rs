@@ -277,7 +277,7 @@ fn on_random_hosts_no_move_breaks_a_rule_and_the_score_never_worsens() {
                         .iter()
                         .copied()
                         .filter(|c| !chosen.contains(c))
-                        .filter(|c| pool == Pool::Shared || load.get(c).is_none())
+                        .filter(|c| pool == Pool::Shared || !load.contains_key(c))
                         .collect();
                     if free.is_empty() {
                         break;
