@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use kvmtune_core::placement::{Occupancy, Pool, Request, ThreadPolicy, eligible_cpus, place};
 use kvmtune_core::policy::Policy;
+use kvmtune_core::rebalance::{Options, rebalance};
 use kvmtune_core::repack::{Movable, repack};
 use kvmtune_core::simulate::{Simulator, Strategy};
 
@@ -162,8 +163,51 @@ fn main() {
             repacked,
         ));
     }
+    // kvmtune rebalance on the same host: as it is (least-loaded: nothing worth
+    // moving without raising contention), and after churn (every third guest
+    // gone), with the CLI's default bound of 32 moves.
+    let forbidden = kvmtune_core::cpuset::CpuSet::single(0);
+    let mut churned = full.clone();
+    churned.guests.retain(|name, _| {
+        name.trim_start_matches('s')
+            .parse::<u32>()
+            .is_ok_and(|i| i % 3 != 0)
+    });
+    let home = BTreeMap::new();
+    let options = Options {
+        max_moves: 32,
+        max_load: None,
+    };
+    for (what, occ) in [("as placed", &full), ("after churn (1/3 gone)", &churned)] {
+        let done = rebalance(&busy, occ, &movable, &forbidden, &home, options);
+        let mut t = f64::INFINITY;
+        for _ in 0..5 {
+            baseline = baseline.min(time_per_iter(50, || {
+                black_box(black_box(&full).clone());
+            }));
+            t = t.min(time_per_iter(5, || {
+                black_box(rebalance(
+                    &busy,
+                    black_box(occ),
+                    &movable,
+                    &forbidden,
+                    &home,
+                    options,
+                ));
+            }));
+        }
+        rows.push((
+            format!(
+                "rebalance() {what} ({} moves, idle cores {} -> {})",
+                done.moves.len(),
+                done.before.idle_cores,
+                done.after.idle_cores
+            ),
+            t,
+        ));
+    }
     println!("  baseline (clone the occupancy), fastest of 30 rounds: {baseline:9.1} µs");
     for (what, t) in rows {
-        println!("  {what:<45}: {t:9.1} µs ({:.1}× baseline)", t / baseline);
+        println!("  {what:<60}: {t:9.1} µs ({:.1}× baseline)", t / baseline);
     }
 }

@@ -935,6 +935,86 @@ EOF
     ev "status: $(echo "$out" | grep -F -e "$ded:" -e "${moved%% *}:" | tr -s ' ' | tr '\n' ' ' | cut -c1-300)"
 }
 
+# kvmtune rebalance pulls a spread guest into the node that holds its memory
+# (issue 12 item 2): at cpu_allocation_ratio 1, fillers pinned by rules to nodes
+# 1-3 leave one free CPU per node, so a 2-vCPU shared guest spans two nodes; its
+# memory is moved onto one of them (kvmtune move-memory); the filler of that node
+# goes; the dry run proposes pulling the guest's other vCPU into that node, and
+# --apply moves it while the guest runs: both vCPU threads then run in that
+# node (Cpus_allowed_list), its memory is still there (numa_maps), and the ledger
+# and status agree.
+case_rebalance() {
+    local s=${P}rbs n f g pid nodes home other cpus out mem
+    local -A filler=()
+    cat >"$POLICY" <<EOF
+version: 1
+on_violation: warn
+on_error: allow
+host:
+  reserved_cpus: none
+  irq_cpus: none
+  allow_cpu0: false
+  reserved_memory_per_node: 128M
+defaults:
+  pool: shared
+  memory_mode: preferred
+  cpu_mode: host-model
+  cpu_allocation_ratio: 1
+rules:
+EOF
+    for n in $(online_nodes); do
+        [ "$n" != 0 ] || continue
+        printf "  - name: fill%s\n    match: {name: '%srbf%s'}\n    set: {nodes: '%s'}\n" "$n" "$P" "$n" "$n" >>"$POLICY"
+    done
+    for n in $(online_nodes); do
+        [ "$n" != 0 ] || continue
+        f=${P}rbf$n; filler[$n]=$f
+        guest "$f" 1 64; start "$f"; wait_running_vcpus "$f"
+        [ "$(nodes_of "$(tolist "$(vcpu_union "$f")")")" = "$n" ] || die "$f is not in node $n: $(VL)"
+    done
+    guest "$s" 2 64; start "$s"; wait_running_vcpus "$s"
+    cpus=$(vcpu_union "$s")
+    nodes=$(nodes_of "$(tolist "$cpus")")
+    ev "$s vCPUs on CPUs $(echo $cpus) -> nodes $nodes (every node had one free CPU)"
+    set -- $nodes
+    [ $# = 2 ] || die "$s spans nodes '$nodes', want two"
+    home=$1; other=$2
+    [ "$home" != 0 ] || { home=$2; other=$1; }
+    pid=$(qpid "$s")
+    out=$(kvmtune move-memory --guest "$s" --pid "$pid" --nodes "$home" 2>&1) || die "move-memory failed: $out"
+    mem=$(mem_on_node "$pid" 60 "$home")
+    ev "memory moved onto node $home: ${mem}% of the guest RAM there ($(mem_by_node "$pid" 60))"
+    awk -v m="$mem" 'BEGIN { exit !(m >= 90) }' || die "only ${mem}% of $s's RAM on node $home after move-memory"
+    V destroy "${filler[$home]}" >/dev/null || die "virsh destroy ${filler[$home]} failed"
+    sleep 1
+    out=$(kvmtune rebalance 2>&1); rc=$?
+    echo "$out" >"$OUT/rebalance-dry.txt"
+    [ "$rc" = 1 ] || die "rebalance (dry run) exited $rc, want 1 (moves proposed): $out"
+    echo "$out" | grep -q "pulls the guest into node $home" || die "the dry run does not pull $s into node $home: $out"
+    [ "$(vcpu_union "$s")" = "$cpus" ] || die "the dry run moved $s: $(VL)"
+    ev "dry run: $(echo "$out" | grep -F "guest '$s'" | head -n 1 | tr -s ' ')"
+    out=$(kvmtune rebalance --apply 2>&1) || die "rebalance --apply failed: $out"
+    echo "$out" >"$OUT/rebalance-apply.txt"
+    cpus=$(vcpu_union "$s")
+    nodes=$(nodes_of "$(tolist "$cpus")")
+    ev "after --apply: $s vCPUs on CPUs $(echo $cpus) -> node $nodes; other threads: $(emulator_lists "$s")"
+    [ "$nodes" = "$home" ] || die "$s still spans nodes '$nodes' after rebalance --apply: $out"
+    for c in $cpus; do [ "$c" != 0 ] || die "$s on CPU0"; done
+    mem=$(mem_on_node "$pid" 60 "$home")
+    awk -v m="$mem" 'BEGIN { exit !(m >= 90) }' || die "after the move only ${mem}% of $s's RAM on node $home"
+    ev "memory still on node $home: ${mem}%"
+    for g in $s; do
+        pid=$(qpid "$g")
+        while read -r id tid; do
+            l=$(tcpus "$pid" "$tid")
+            kvmtune status 2>&1 | grep -F "$g:v$id" | grep -Eq "(^|[^0-9])$l [^0-9]*$g:v$id" ||
+                die "status does not show $g:v$id on CPU $l"
+        done < <(vcpu_tids "$g")
+    done
+    out=$(kvmtune rebalance 2>&1) || die "a second rebalance proposes moves: $out"
+    ev "status shows $s where the kernel runs it; a second rebalance: nothing to move"
+}
+
 # Bad input: a broken policy, a guest name with quotes and <&>, a status file
 # replaced by a FIFO: guests start with one clear line, libvirtd never hangs.
 case_badinput() {
@@ -977,7 +1057,7 @@ start_libvirtd() {
     return 1
 }
 
-SYM_CASES="topo place2s place4s place2p applied ded8 span irq irqcheck status restart restart6 ledger restore migrate repack badinput"
+SYM_CASES="topo place2s place4s place2p applied ded8 span irq irqcheck status restart restart6 ledger restore migrate repack rebalance badinput"
 ASYM_CASES="topo place2s place4s place2p move1g span irq"
 
 run_case() { # ID TIMEOUT
