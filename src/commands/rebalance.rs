@@ -19,8 +19,9 @@ use crate::exit::{self, fail};
 use crate::hook::moves::{self, Applied};
 use crate::inputs::{self as cli, Sources};
 use kvmtune_core::admission::forbidden_cpus;
+use kvmtune_core::cpuset::CpuSet;
 use kvmtune_core::host::Host;
-use kvmtune_core::ledger::Ledger;
+use kvmtune_core::ledger::{Entry, Ledger};
 use kvmtune_core::numa_maps::Mapping;
 use kvmtune_core::policy::Policy;
 use kvmtune_core::rebalance::{Options, Rebalanced, Score, rebalance};
@@ -58,8 +59,9 @@ the ledger lock, the ledger updated with each guest's new claim; a guest whose
 move fails goes back where it ran.
 
 Exit codes: 0 nothing to move, or every move applied; 1 moves proposed (dry
-run), or a move failed (that guest put back); 2 usage or policy error; 3 the host
-or the ledger cannot be read.";
+run), or a move failed (that guest put back), or the moves would break the
+placement invariant (nothing moved); 2 usage or policy error; 3 the host or the
+ledger cannot be read or written (after --apply: every moved guest put back).";
 
 #[derive(Debug, Args)]
 #[command(after_help = REBALANCE_HELP)]
@@ -272,13 +274,35 @@ pub fn run(args: &RebalanceArgs) -> Result<ExitCode> {
         by_guest.entry(&m.guest).or_default().push(m.clone());
     }
     let mut outcomes = Vec::new();
+    let mut moved: Vec<(String, Entry, Vec<Move>)> = Vec::new();
     for (guest, guest_moves) in by_guest {
+        let before = locked.ledger.guests.get(guest).cloned();
         let outcome = apply_one(&snapshot.env, &mut locked, &done, guest, &guest_moves);
+        if let (Some(before), "moved") = (before, outcome.result) {
+            moved.push((guest.to_string(), before, guest_moves));
+        }
         outcomes.push(outcome);
     }
-    locked
-        .save()
-        .map_err(|e| fail(exit::INPUT, format!("{}: {e}", run_dir.display())))?;
+    if let Err(e) = locked.save() {
+        // The threads moved but the ledger cannot say so: put them back, so
+        // that what runs is what the ledger on disk holds.
+        let mut notes = Vec::new();
+        for (guest, before, guest_moves) in &moved {
+            let emulator = done.emulators.contains_key(guest).then_some(before);
+            if let Err(why) = put_back(&snapshot.env, guest, before, guest_moves, emulator) {
+                notes.push(format!("guest '{}': {why}", sanitize(guest)));
+            }
+        }
+        let tail = if notes.is_empty() {
+            "every moved guest put back where it ran".to_string()
+        } else {
+            format!("putting back failed for {}", notes.join(", "))
+        };
+        return Err(fail(
+            exit::INPUT,
+            format!("{}: {e}; {tail}", run_dir.display()),
+        ));
+    }
     drop(locked);
     let failed = outcomes.iter().any(|o| o.result == "failed");
     print(args, &done, &movable, outcomes, false)?;
@@ -307,7 +331,7 @@ fn apply_one(
             detail: "no longer in the ledger: nothing moved".into(),
         };
     };
-    let old_emulator = entry.emulator.clone();
+    let before = entry.clone();
     let new_emulator = done.emulators.get(guest).cloned();
     match moves::apply_guest(env, guest, guest_moves, new_emulator.as_ref()) {
         Applied::Done(effective) => {
@@ -330,21 +354,12 @@ fn apply_one(
             detail: "its claim changed meanwhile: nothing moved".into(),
         },
         Applied::Failed(why) => {
-            // Put back what may have moved before the failure.
-            let back: Vec<Move> = guest_moves
-                .iter()
-                .map(|m| Move {
-                    guest: m.guest.clone(),
-                    vcpu: m.vcpu,
-                    from: m.to.clone(),
-                    to: m.from.clone(),
-                    reason: "put back after a failed move".into(),
-                })
-                .collect();
-            let restored = match moves::apply_guest(env, guest, &back, old_emulator.as_ref()) {
-                Applied::Done(_) => "put back where it ran".to_string(),
-                Applied::Failed(e) => format!("putting it back failed too ({e})"),
-                Applied::Superseded => "put back where it ran".to_string(),
+            // Put back what may have moved before the failure: every vCPU of
+            // the moves onto its CPUs in the ledger (which still holds them).
+            let emulator = new_emulator.is_some().then_some(&before);
+            let restored = match put_back(env, guest, &before, guest_moves, emulator) {
+                Ok(()) => "put back where it ran".to_string(),
+                Err(e) => format!("putting it back failed too ({e})"),
             };
             Outcome {
                 guest: who,
@@ -352,6 +367,43 @@ fn apply_one(
                 detail: format!("{why}; {restored}; its claim unchanged"),
             }
         }
+    }
+}
+
+/// Puts the vCPUs `guest_moves` touched back on their CPUs in `before` (the
+/// guest's ledger entry before the moves), and its other threads on `before`'s
+/// emulator CPUs when `emulator` says they had followed the vCPUs.
+fn put_back(
+    env: &Roots,
+    guest: &str,
+    before: &Entry,
+    guest_moves: &[Move],
+    emulator: Option<&Entry>,
+) -> std::result::Result<(), String> {
+    let mut vcpus: Vec<u32> = guest_moves.iter().map(|m| m.vcpu).collect();
+    vcpus.sort_unstable();
+    vcpus.dedup();
+    let back: Vec<Move> = vcpus
+        .into_iter()
+        .filter_map(|v| {
+            let to = before.vcpus.get(v as usize)?.clone();
+            Some(Move {
+                guest: guest.to_string(),
+                vcpu: v,
+                from: CpuSet::new(),
+                to,
+                reason: "put back after a failed move".into(),
+            })
+        })
+        .collect();
+    match moves::apply_guest(
+        env,
+        guest,
+        &back,
+        emulator.and_then(|e| e.emulator.as_ref()),
+    ) {
+        Applied::Failed(e) => Err(e),
+        Applied::Done(_) | Applied::Superseded => Ok(()),
     }
 }
 
@@ -469,6 +521,81 @@ mod tests {
             Some(1)
         );
         assert_eq!(home_node(&[]), None);
+    }
+
+    /// A real thread of this test process stands for a guest's vCPU thread that
+    /// a failed rebalancing had already moved: put_back sets it back to the CPU
+    /// the ledger entry holds, whatever the moves said.
+    #[test]
+    fn put_back_restores_the_ledgers_cpus_on_a_real_thread() {
+        use kvmtune_core::placement::Pool;
+        use kvmtune_sys::affinity;
+        let dir = tempfile::tempdir().unwrap();
+        let libvirt = dir.path().join("libvirt");
+        std::fs::create_dir_all(&libvirt).unwrap();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            tid_tx
+                .send(u32::try_from(nix::unistd::gettid().as_raw()).unwrap())
+                .unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        let pid = std::process::id();
+        let proc_root = Path::new("/proc");
+        let allowed = affinity::allowed_cpus(proc_root, pid, tid).unwrap();
+        let cpus: Vec<u32> = allowed.iter().collect();
+        assert!(cpus.len() >= 2, "this test needs 2 CPUs, has {allowed}");
+        let (home, away) = (cpus[0], cpus[cpus.len() - 1]);
+        let xml = "<domain type='kvm'>\n  <name>s</name>\n  <memory unit='MiB'>256</memory>\n  <vcpu placement='static'>1</vcpu>\n  <os><type arch='x86_64'>hvm</type></os>\n  <devices/>\n</domain>\n";
+        std::fs::write(
+            libvirt.join("s.xml"),
+            format!("<domstatus state='running' pid='{pid}'>\n  <vcpus>\n    <vcpu id='0' pid='{tid}'/>\n  </vcpus>\n{xml}</domstatus>\n"),
+        )
+        .unwrap();
+        let env = Roots {
+            policy: dir.path().join("policy.yaml"),
+            host_root: dir.path().to_path_buf(),
+            proc_root: PathBuf::from("/proc"),
+            paths: kvmtune_sys::ledger_store::Paths {
+                run_dir: dir.path().join("run"),
+                libvirt_run_dir: libvirt,
+            },
+            syslog_socket: dir.path().join("no-syslog"),
+            allow_insecure_policy: true,
+            apply_runtime: true,
+        };
+        affinity::set_thread_affinity(tid, &CpuSet::single(away)).unwrap();
+        let before = Entry {
+            uuid: None,
+            cpus: CpuSet::single(home),
+            nodes: CpuSet::single(0),
+            vcpus: vec![CpuSet::single(home)],
+            emulator: None,
+            memory_kib: 1024,
+            pool: Pool::Shared,
+            claimed_at: 1,
+            state: kvmtune_core::ledger::EntryState::Running,
+            rule: "defaults".into(),
+            floating: false,
+        };
+        // The moves as planned: home -> away, then (failed) away -> a CPU that
+        // does not exist; the thread is on `away`.
+        let planned = [Move {
+            guest: "s".into(),
+            vcpu: 0,
+            from: CpuSet::single(away),
+            to: CpuSet::single(1000),
+            reason: "test".into(),
+        }];
+        put_back(&env, "s", &before, &planned, None).unwrap();
+        assert_eq!(
+            affinity::allowed_cpus(proc_root, pid, tid).unwrap(),
+            CpuSet::single(home)
+        );
+        done_tx.send(()).unwrap();
+        worker.join().unwrap();
     }
 
     #[test]

@@ -7,13 +7,15 @@
 //! 1. **Home node**: a shared guest spread over several nodes whose resident
 //!    memory lies (almost) all in one of them (the caller reads `numa_maps`) has
 //!    its other vCPUs pulled into that node. The only cross-node move kvmtune
-//!    makes, and only here: the memory is already there, so no page moves.
+//!    makes, and only here: the memory is already there, so no page moves. It
+//!    prefers busy cores but takes an idle one when it must: locality (rule 1.2)
+//!    outranks a whole core, so this pass alone may leave a core partly used.
 //! 2. **SMT pairing**: a 2-vCPU guest whose vCPUs sit on different cores gets one
 //!    vCPU moved onto the idle SMT sibling of the other's CPU (never onto a
 //!    sibling another vCPU uses: pairing is not worth added contention).
 //! 3. **Whole cores**: a busy core whose vCPUs all may move is emptied onto other
 //!    busy cores of its node, so it stays whole for dedicated guests; a move never
-//!    makes an idle core busy, so fragmentation never grows.
+//!    makes an idle core busy, so passes 2 and 3 never add fragmentation.
 //!
 //! What a move respects is what repacking respects: only [`Movable`] guests in the
 //! shared pool; the guest's eligible CPUs, never a dedicated or forbidden CPU; its
@@ -400,12 +402,10 @@ impl Work<'_> {
             }
             let mut candidates: Vec<(usize, usize)> = Vec::new();
             for (index, core) in self.host.cores.iter().enumerate() {
-                let usable = core
-                    .cpus
-                    .intersection(&self.host.online)
-                    .difference(self.forbidden);
+                // Every vCPU on the core, also on a thread that became forbidden
+                // or offline: emptying the core moves them all.
                 let vcpus: Vec<(String, usize)> =
-                    usable.iter().flat_map(|c| self.on_cpu(c)).collect();
+                    core.cpus.iter().flat_map(|c| self.on_cpu(c)).collect();
                 let breaks_pair = vcpus.iter().any(|(n, _)| {
                     self.claims
                         .get(n)
@@ -501,7 +501,6 @@ pub fn rebalance(
                 .iter()
                 .map(|c| load.get(&c).copied().unwrap_or(0.0))
                 .fold(0.0, f64::max)
-                .ceil()
                 .max(1.0);
             (node.id, options.max_load.map_or(most, f64::from))
         })
@@ -529,9 +528,10 @@ pub fn rebalance(
         forbidden,
         memory_home,
     );
+    let moves = merged(work.moves);
     let mut claims = BTreeMap::new();
     let mut emulators = BTreeMap::new();
-    for m in &work.moves {
+    for m in &moves {
         let (Some(old), Some(new)) = (occupancy.guests.get(&m.guest), work.claims.get(&m.guest))
         else {
             continue;
@@ -550,10 +550,31 @@ pub fn rebalance(
     Rebalanced {
         before,
         after,
-        moves: work.moves,
+        moves,
         claims,
         emulators,
     }
+}
+
+/// One move per vCPU: a vCPU the passes moved twice (pass 3 may move one a pass
+/// before moved) goes from where it ran to where it ends, with the last reason;
+/// one that ends where it ran does not move.
+fn merged(moves: Vec<Move>) -> Vec<Move> {
+    let mut out: Vec<Move> = Vec::new();
+    for m in moves {
+        match out
+            .iter_mut()
+            .find(|o| o.guest == m.guest && o.vcpu == m.vcpu)
+        {
+            Some(first) => {
+                first.to = m.to;
+                first.reason = m.reason;
+            }
+            None => out.push(m),
+        }
+    }
+    out.retain(|m| m.from != m.to);
+    out
 }
 
 #[cfg(test)]

@@ -972,7 +972,9 @@ EOF
         guest "$f" 1 64; start "$f"; wait_running_vcpus "$f"
         [ "$(nodes_of "$(tolist "$(vcpu_union "$f")")")" = "$n" ] || die "$f is not in node $n: $(VL)"
     done
-    guest "$s" 2 64; start "$s"; wait_running_vcpus "$s"
+    # immediate: QEMU allocates all of its RAM at start, so no page is first
+    # touched later on the node of the vCPU that is away from home.
+    guest "$s" 2 64 immediate; start "$s"; wait_running_vcpus "$s"
     cpus=$(vcpu_union "$s")
     nodes=$(nodes_of "$(tolist "$cpus")")
     ev "$s vCPUs on CPUs $(echo $cpus) -> nodes $nodes (every node had one free CPU)"
