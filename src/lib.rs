@@ -9,3 +9,5 @@ pub mod exit;
 pub mod hook;
 pub mod inputs;
 pub mod output;
+#[cfg(test)]
+mod test_support;

@@ -530,42 +530,13 @@ mod tests {
     fn put_back_restores_the_ledgers_cpus_on_a_real_thread() {
         use kvmtune_core::placement::Pool;
         use kvmtune_sys::affinity;
-        let dir = tempfile::tempdir().unwrap();
-        let libvirt = dir.path().join("libvirt");
-        std::fs::create_dir_all(&libvirt).unwrap();
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let worker = std::thread::spawn(move || {
-            tid_tx
-                .send(u32::try_from(nix::unistd::gettid().as_raw()).unwrap())
-                .unwrap();
-            let _ = done_rx.recv();
-        });
-        let tid = tid_rx.recv().unwrap();
-        let pid = std::process::id();
+        let guest = crate::test_support::ThreadGuest::start();
+        let (env, pid, tid) = (&guest.env, guest.pid, guest.tid);
         let proc_root = Path::new("/proc");
         let allowed = affinity::allowed_cpus(proc_root, pid, tid).unwrap();
         let cpus: Vec<u32> = allowed.iter().collect();
         assert!(cpus.len() >= 2, "this test needs 2 CPUs, has {allowed}");
         let (home, away) = (cpus[0], cpus[cpus.len() - 1]);
-        let xml = "<domain type='kvm'>\n  <name>s</name>\n  <memory unit='MiB'>256</memory>\n  <vcpu placement='static'>1</vcpu>\n  <os><type arch='x86_64'>hvm</type></os>\n  <devices/>\n</domain>\n";
-        std::fs::write(
-            libvirt.join("s.xml"),
-            format!("<domstatus state='running' pid='{pid}'>\n  <vcpus>\n    <vcpu id='0' pid='{tid}'/>\n  </vcpus>\n{xml}</domstatus>\n"),
-        )
-        .unwrap();
-        let env = Roots {
-            policy: dir.path().join("policy.yaml"),
-            host_root: dir.path().to_path_buf(),
-            proc_root: PathBuf::from("/proc"),
-            paths: kvmtune_sys::ledger_store::Paths {
-                run_dir: dir.path().join("run"),
-                libvirt_run_dir: libvirt,
-            },
-            syslog_socket: dir.path().join("no-syslog"),
-            allow_insecure_policy: true,
-            apply_runtime: true,
-        };
         affinity::set_thread_affinity(tid, &CpuSet::single(away)).unwrap();
         let before = Entry {
             uuid: None,
@@ -589,13 +560,11 @@ mod tests {
             to: CpuSet::single(1000),
             reason: "test".into(),
         }];
-        put_back(&env, "s", &before, &planned, None).unwrap();
+        put_back(env, "s", &before, &planned, None).unwrap();
         assert_eq!(
             affinity::allowed_cpus(proc_root, pid, tid).unwrap(),
             CpuSet::single(home)
         );
-        done_tx.send(()).unwrap();
-        worker.join().unwrap();
     }
 
     #[test]

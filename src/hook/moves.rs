@@ -450,52 +450,21 @@ fn move_other_threads(
 mod tests {
     use kvmtune_core::domain::Domain;
     use kvmtune_core::policy::Policy;
-    use kvmtune_sys::ledger_store::Paths;
-    use kvmtune_sys::roots::Roots;
 
     use super::*;
+    use crate::test_support::{GUEST_XML, ThreadGuest};
 
     /// A real thread of this test process stands for a guest's vCPU thread: the
     /// move is made with sched_setaffinity and read back from /proc.
     #[test]
     fn a_move_is_applied_to_a_real_thread_and_read_back_and_einval_fails_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let libvirt = dir.path().join("libvirt");
-        std::fs::create_dir_all(&libvirt).unwrap();
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let worker = std::thread::spawn(move || {
-            tid_tx
-                .send(u32::try_from(nix::unistd::gettid().as_raw()).unwrap())
-                .unwrap();
-            let _ = done_rx.recv();
-        });
-        let tid = tid_rx.recv().unwrap();
-        let pid = std::process::id();
-        let xml = "<domain type='kvm'>\n  <name>s</name>\n  <memory unit='MiB'>256</memory>\n  <vcpu placement='static'>1</vcpu>\n  <os><type arch='x86_64'>hvm</type></os>\n  <devices/>\n</domain>\n";
-        std::fs::write(
-            libvirt.join("s.xml"),
-            format!("<domstatus state='running' pid='{pid}'>\n  <vcpus>\n    <vcpu id='0' pid='{tid}'/>\n  </vcpus>\n{xml}</domstatus>\n"),
-        )
-        .unwrap();
-        let roots = Roots {
-            policy: dir.path().join("policy.yaml"),
-            // No cgroup under this root: only the thread's affinity is set.
-            host_root: dir.path().to_path_buf(),
-            proc_root: PathBuf::from("/proc"),
-            paths: Paths {
-                run_dir: dir.path().join("run"),
-                libvirt_run_dir: libvirt,
-            },
-            syslog_socket: dir.path().join("no-syslog"),
-            allow_insecure_policy: true,
-            apply_runtime: true,
-        };
+        let guest = ThreadGuest::start();
+        let (pid, tid) = (guest.pid, guest.tid);
         let ctx = Stage {
-            env: &roots,
+            env: &guest.env,
             policy: Policy::shipped(),
-            xml,
-            domain: Domain::parse(xml).unwrap(),
+            xml: GUEST_XML,
+            domain: Domain::parse(GUEST_XML).unwrap(),
         };
         let allowed = affinity::allowed_cpus(Path::new("/proc"), pid, tid).unwrap();
         let cpu = allowed.first().unwrap();
@@ -523,8 +492,6 @@ mod tests {
             matches!(&gone, Applied::Failed(why) if why.contains("gone")),
             "{gone:?}"
         );
-        done_tx.send(()).unwrap();
-        worker.join().unwrap();
     }
 
     fn set(list: &str) -> CpuSet {
