@@ -181,3 +181,38 @@ fn repack_off_refuses_as_before() {
     assert_eq!(out.exit, 1, "{}", out.summary);
     assert!(out.stderr.contains("cannot be placed"), "{}", out.stderr);
 }
+
+/// A shared guest whose definition pins it (as `kvmtune apply` or `converge`
+/// write, or Nova): under `existing_pins: keep` (the default) its pins are its
+/// placement and it never moves, so a dedicated guest that needs its CPU is
+/// refused; under `existing_pins: override` kvmtune places it at start like any
+/// other guest, and it may move.
+#[test]
+fn a_guest_pinned_by_its_definition_moves_only_under_existing_pins_override() {
+    let pinned = |name: &str, cpu: u32| {
+        guest(name, 1).replace(
+            "  <os>",
+            &format!("  <cputune>\n    <vcpupin vcpu='0' cpuset='{cpu}'/>\n  </cputune>\n  <os>"),
+        )
+    };
+    for (extra, admitted) in [("", false), ("defaults:\n  existing_pins: override\n", true)] {
+        let f = fixture(&format!("{POLICY}{extra}"));
+        for (name, cpu) in [("s1", 1), ("s2", 2)] {
+            let xml = pinned(name, cpu);
+            assert_eq!(hook(&f, name, "prepare", "begin", &xml).exit, 0);
+            mark_running(&f, name, &xml, true);
+            assert_eq!(hook(&f, name, "started", "begin", &xml).exit, 0);
+        }
+        let l = ledger(&f);
+        let used = l.guests["s1"].cpus.union(&l.guests["s2"].cpus);
+        assert_eq!(used.len(), 2, "{extra:?}: {:?}", l.guests);
+        let out = hook(&f, "ded", "prepare", "begin", &guest("ded", 2));
+        if admitted {
+            assert_eq!(out.exit, 0, "{extra:?}: {}", out.stderr);
+            assert!(out.summary.contains("repack: guest '"), "{}", out.summary);
+        } else {
+            assert_eq!(out.exit, 1, "{extra:?}: {}", out.summary);
+            assert!(out.stderr.contains("cannot be placed"), "{}", out.stderr);
+        }
+    }
+}
