@@ -195,7 +195,10 @@ fn a_guest_pinned_by_its_definition_moves_only_under_existing_pins_override() {
             &format!("  <cputune>\n    <vcpupin vcpu='0' cpuset='{cpu}'/>\n  </cputune>\n  <os>"),
         )
     };
-    for (extra, admitted) in [("", false), ("defaults:\n  existing_pins: override\n", true)] {
+    for (extra, admitted) in [
+        ("", false),
+        ("defaults:\n  existing_pins: override\n", true),
+    ] {
         let f = fixture(&format!("{POLICY}{extra}"));
         for (name, cpu) in [("s1", 1), ("s2", 2)] {
             let xml = pinned(name, cpu);

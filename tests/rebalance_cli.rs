@@ -196,3 +196,21 @@ fn a_move_the_kernel_refuses_puts_the_guest_back_and_keeps_its_claim() {
 fn affinity(pid: u32) -> CpuSet {
     kvmtune_sys::affinity::allowed_cpus(std::path::Path::new("/proc"), pid, pid).unwrap()
 }
+
+#[test]
+fn no_ledger_is_nothing_to_move_and_a_corrupt_one_is_one_line_exit_3() {
+    let f = fixture();
+    let out = rebalance(&f, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("nothing to move"), "{}", text(&out));
+    std::fs::create_dir_all(&f.env.paths.run_dir).unwrap();
+    std::fs::write(f.env.paths.run_dir.join("ledger.json"), "{not json").unwrap();
+    let out = rebalance(&f, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        err.starts_with("kvmtune: ") && err.contains("ledger.json") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+}

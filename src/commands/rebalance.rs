@@ -240,23 +240,38 @@ impl Snapshot {
     }
 }
 
+/// The ledger for a dry run, read without the lock: none yet is an empty one
+/// (kvmtune placed nothing); one that cannot be opened (not root) or parsed is
+/// an error, never "nothing to move".
+fn read_ledger(run_dir: &Path) -> Result<Ledger> {
+    let path = run_dir.join("ledger.json");
+    match std::fs::File::open(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ledger::default()),
+        Err(e) => {
+            return Err(fail(
+                exit::INPUT,
+                format!("{}: {e}; nothing to rebalance", path.display()),
+            ));
+        }
+        Ok(_) => {}
+    }
+    ledger::read_unlocked(run_dir).ok_or_else(|| {
+        fail(
+            exit::INPUT,
+            format!(
+                "{}: unreadable (the next hook call recovers it); nothing to rebalance",
+                path.display()
+            ),
+        )
+    })
+}
+
 /// `kvmtune rebalance`.
 pub fn run(args: &RebalanceArgs) -> Result<ExitCode> {
     let snapshot = Snapshot::read(args)?;
     let run_dir = snapshot.env.paths.run_dir.clone();
     if !args.apply {
-        let ledger = match std::fs::symlink_metadata(run_dir.join("ledger.json")) {
-            Err(_) => Ledger::default(),
-            Ok(_) => ledger::read_unlocked(&run_dir).ok_or_else(|| {
-                fail(
-                    exit::INPUT,
-                    format!(
-                        "{}: unreadable (the next hook call recovers it); nothing to rebalance",
-                        run_dir.join("ledger.json").display()
-                    ),
-                )
-            })?,
-        };
+        let ledger = read_ledger(&run_dir)?;
         let (done, movable) = snapshot.plan(&ledger, args)?;
         print(args, &done, &movable, Vec::new(), true)?;
         let code = if done.moves.is_empty() {
