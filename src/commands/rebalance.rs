@@ -273,7 +273,14 @@ pub fn run(args: &RebalanceArgs) -> Result<ExitCode> {
     if !args.apply {
         let ledger = read_ledger(&run_dir)?;
         let (done, movable) = snapshot.plan(&ledger, args)?;
-        print(args, &done, &movable, Vec::new(), true)?;
+        print(
+            args,
+            &done,
+            &movable,
+            Vec::new(),
+            true,
+            snapshot.policy.host.repack,
+        )?;
         let code = if done.moves.is_empty() {
             exit::OK
         } else {
@@ -320,7 +327,14 @@ pub fn run(args: &RebalanceArgs) -> Result<ExitCode> {
     }
     drop(locked);
     let failed = outcomes.iter().any(|o| o.result == "failed");
-    print(args, &done, &movable, outcomes, false)?;
+    print(
+        args,
+        &done,
+        &movable,
+        outcomes,
+        false,
+        snapshot.policy.host.repack,
+    )?;
     Ok(ExitCode::from(if failed {
         exit::FINDINGS
     } else {
@@ -436,6 +450,7 @@ fn print(
     movable: &[String],
     applied: Vec<Outcome>,
     dry_run: bool,
+    repack_on: bool,
 ) -> Result<()> {
     if args.json {
         let report = Report {
@@ -451,7 +466,9 @@ fn print(
     }
     let (b, a) = (&done.before, &done.after);
     let mut out = String::new();
-    let names = if movable.is_empty() {
+    let names = if movable.is_empty() && !repack_on {
+        "none (the policy's host.repack is false)".to_string()
+    } else if movable.is_empty() {
         "none".to_string()
     } else {
         movable
