@@ -41,13 +41,14 @@ pub const JSON_SCHEMA_VERSION: u32 = 1;
 
 const REBALANCE_HELP: &str = "\
 Moves only guests kvmtune placed in the shared pool itself and that run (never a
-dedicated guest, never one whose own XML pins it, never one with moves pending
-at another guest's start); never onto CPU0, a reserved, an IRQ or a dedicated CPU;
-each vCPU within its NUMA node, except to pull a spread guest into the node that
-holds at least 90% of its memory (numa_maps), which moves no page. Three passes,
-at most --max-moves moves: home node, SMT pairing (onto an idle sibling), whole
-cores (a busy core emptied onto other busy cores of its node, never making an
-idle core busy). No CPU gets more vCPUs than the most loaded CPU of its node
+dedicated guest, never one whose own XML pins it under existing_pins: keep, never
+one with moves pending at another guest's start); never onto CPU0, a reserved, an
+IRQ or a dedicated CPU; each vCPU within its NUMA node, except to pull a spread
+guest into the node that holds at least 90% of its memory (numa_maps), which
+moves no page. Three passes, at most --max-moves moves: home node (locality
+first: it may take an idle core), SMT pairing (onto an idle sibling), whole cores
+(a busy core emptied onto other busy cores of its node, never making an idle core
+busy). No CPU gets more vCPUs than the most loaded CPU of its node
 already has, unless --max-load says how far (and never past the guest's
 cpu_allocation_ratio). Turned off with the policy's host.repack: false.
 
