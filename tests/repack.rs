@@ -186,39 +186,10 @@ fn a_guest_larger_than_a_node_spans_nodes_and_every_vcpu_moves_within_its_own() 
 // ---------------------------------------------------------------------------
 // The simulator's claims, both pool layouts, every fixture workload.
 
-use kvmtune_core::simulate::{Event, Report, Simulator, Strategy, Workload, simulate};
+use kvmtune_core::simulate::{Event, Report, Simulator, Strategy, simulate};
 
-fn data(sub: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(sub)
-}
-
-/// Every fixture host, by name.
-fn fixture_hosts() -> Vec<(String, Host)> {
-    let mut names: Vec<String> = std::fs::read_dir(data("hosts"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|n| {
-            let host = kvmtune_sys::sysfs::read_host(&data("hosts").join(&n))
-                .unwrap_or_else(|e| panic!("{n}: {e}"));
-            (n, host)
-        })
-        .collect()
-}
-
-const WORKLOADS: [&str; 4] = ["many-small", "mixed", "churn", "fill"];
-
-fn workload(name: &str) -> Workload {
-    kvmtune::commands::simulate::load_workload(&data("workloads").join(format!("{name}.yaml")))
-        .unwrap_or_else(|e| panic!("{e}"))
-}
+mod sim_support;
+use sim_support::{WORKLOADS, fixture_hosts, workload};
 
 /// The two layouts of docs/placement.md: one pool (the shipped policy), and the
 /// pools split by the stated rule: the first third (rounded up) of each node's

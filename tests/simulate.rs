@@ -15,36 +15,8 @@ use kvmtune_core::simulate::{
 
 const GIB: u64 = 1024 * 1024;
 
-fn data(sub: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(sub)
-}
-
-fn fixture_hosts() -> Vec<(String, Host)> {
-    let mut names: Vec<String> = std::fs::read_dir(data("hosts"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|n| {
-            let host = kvmtune_sys::sysfs::read_host(&data("hosts").join(&n))
-                .unwrap_or_else(|e| panic!("{n}: {e}"));
-            (n, host)
-        })
-        .collect()
-}
-
-const WORKLOADS: [&str; 4] = ["many-small", "mixed", "churn", "fill"];
-
-fn workload(name: &str) -> Workload {
-    kvmtune::commands::simulate::load_workload(&data("workloads").join(format!("{name}.yaml")))
-        .unwrap_or_else(|e| panic!("{e}"))
-}
+mod sim_support;
+use sim_support::{WORKLOADS, data, fixture_hosts, workload};
 
 fn parse(text: &str) -> Result<Workload, String> {
     Workload::parse(text, "w.yaml").map_err(|e| e.to_string())
