@@ -45,6 +45,15 @@ pub fn read_host(root: &Path) -> Result<Host> {
         .map_err(|e| fail(exit::INPUT, format!("host {}: {e}", root.display())))
 }
 
+/// Where the admin commands that read running guests (`status`, `rebalance`)
+/// read their `/proc`: `KVMTUNE_PROC_ROOT` when set, else `--host-root`'s
+/// (unlike the hook, they follow `--host-root`, so a fixture tree brings its own).
+pub fn proc_root(host_root: &Path) -> PathBuf {
+    std::env::var_os("KVMTUNE_PROC_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| host_root.join("proc"))
+}
+
 /// Reads domain XML from a file or `-` (stdin), checked to be a domain.
 pub fn read_domain_text(path: &Path) -> Result<String> {
     let mut bytes = Vec::new();

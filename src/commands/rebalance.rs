@@ -114,20 +114,6 @@ struct Report<'a> {
     applied: Vec<Outcome>,
 }
 
-/// Where `kvmtune rebalance` reads the running guests' /proc: the hook's
-/// (`KVMTUNE_PROC_ROOT`), else `--host-root`'s, as `status` does.
-fn proc_root(env: &Roots, host_root: &Path) -> PathBuf {
-    std::env::var_os("KVMTUNE_PROC_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            if host_root == Path::new("/") {
-                env.proc_root.clone()
-            } else {
-                host_root.join("proc")
-            }
-        })
-}
-
 /// The node holding at least [`HOME_SHARE`] of the guest's resident RAM: the
 /// anonymous mappings the size of a RAM block (the guest's memory, or one NUMA
 /// cell of it: at least half of `memory_bytes / cells`, at most `memory_bytes`
@@ -173,7 +159,7 @@ impl Snapshot {
         let policy = cli::load_policy(args.sources.policy.as_deref())?;
         let host = cli::read_host(&args.sources.host_root)?;
         let env = Roots::from_process_env();
-        let proc_root = proc_root(&env, &args.sources.host_root);
+        let proc_root = cli::proc_root(&args.sources.host_root);
         let live = runstate::running(&env.paths.libvirt_run_dir);
         Ok(Snapshot {
             policy,

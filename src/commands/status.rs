@@ -156,10 +156,7 @@ pub fn run_status(args: &StatusArgs) -> Result<ExitCode> {
     let policy = cli::load_policy(args.sources.policy.as_deref())?;
     let host = cli::read_host(&args.sources.host_root)?;
     let env = kvmtune_sys::roots::Roots::from_process_env();
-    // Unlike the hook, status follows --host-root to its /proc unless told otherwise.
-    let proc_root = std::env::var_os("KVMTUNE_PROC_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| args.sources.host_root.join("proc"));
+    let proc_root = cli::proc_root(&args.sources.host_root);
     let live = runstate::running(&env.paths.libvirt_run_dir);
     let inputs = Inputs {
         policy: &policy,
