@@ -182,39 +182,73 @@ fn repack_off_refuses_as_before() {
     assert!(out.stderr.contains("cannot be placed"), "{}", out.stderr);
 }
 
-/// A shared guest whose definition pins it (as `kvmtune apply` or `converge`
-/// write, or Nova): under `existing_pins: keep` (the default) its pins are its
-/// placement and it never moves, so a dedicated guest that needs its CPU is
-/// refused; under `existing_pins: override` kvmtune places it at start like any
-/// other guest, and it may move.
+/// A shared guest whose definition pins it: under `existing_pins: keep` (the
+/// default) the admin's (or Nova's) pins are its placement and it never moves,
+/// so a dedicated guest that needs its CPU is refused; pins that `kvmtune
+/// apply` / `converge` wrote carry kvmtune's pins mark and stay kvmtune's to
+/// move, unless someone changed them since; under `existing_pins: override`
+/// kvmtune places every guest at start, and any may move.
 #[test]
-fn a_guest_pinned_by_its_definition_moves_only_under_existing_pins_override() {
-    let pinned = |name: &str, cpu: u32| {
-        guest(name, 1).replace(
-            "  <os>",
-            &format!("  <cputune>\n    <vcpupin vcpu='0' cpuset='{cpu}'/>\n  </cputune>\n  <os>"),
-        )
+fn a_guest_pinned_by_its_definition_moves_only_when_the_pins_are_kvmtunes_or_overridden() {
+    let pinned = |name: &str, cpu: u32, mark: Option<u32>| {
+        let metadata = mark.map_or(String::new(), |m| {
+            format!(
+                "  <metadata>\n    <p:pins xmlns:p='{}'>0:{m}</p:pins>\n  </metadata>\n",
+                kvmtune_core::pins_mark::NAMESPACE
+            )
+        });
+        guest(name, 1)
+            .replace("  <memory", &format!("{metadata}  <memory"))
+            .replace(
+                "  <os>",
+                &format!(
+                    "  <cputune>\n    <vcpupin vcpu='0' cpuset='{cpu}'/>\n  </cputune>\n  <os>"
+                ),
+            )
     };
-    for (extra, admitted) in [
-        ("", false),
-        ("defaults:\n  existing_pins: override\n", true),
+    let keep = "";
+    let override_ = "defaults:\n  existing_pins: override\n";
+    for (what, extra, mark_of, admitted) in [
+        ("the admin's pins", keep, None, false),
+        ("kvmtune's pins (marked)", keep, Some(0), true),
+        (
+            "pins changed after kvmtune marked them",
+            keep,
+            Some(3),
+            false,
+        ),
+        ("the admin's pins, override", override_, None, true),
     ] {
         let f = fixture(&format!("{POLICY}{extra}"));
         for (name, cpu) in [("s1", 1), ("s2", 2)] {
-            let xml = pinned(name, cpu);
+            // mark_of: Some(0) marks the pin as written, Some(n) marks CPU n.
+            let mark = mark_of.map(|m| if m == 0 { cpu } else { m });
+            let xml = pinned(name, cpu, mark);
+            assert_eq!(
+                kvmtune_core::domain::Domain::parse(&xml)
+                    .unwrap()
+                    .pins_by_kvmtune(),
+                mark == Some(cpu),
+                "{what}"
+            );
             assert_eq!(hook(&f, name, "prepare", "begin", &xml).exit, 0);
             mark_running(&f, name, &xml, true);
             assert_eq!(hook(&f, name, "started", "begin", &xml).exit, 0);
         }
         let l = ledger(&f);
         let used = l.guests["s1"].cpus.union(&l.guests["s2"].cpus);
-        assert_eq!(used.len(), 2, "{extra:?}: {:?}", l.guests);
+        assert_eq!(used.len(), 2, "{what}: {:?}", l.guests);
+        if extra == keep {
+            // Kept, or (kvmtune's) preferred while free: where the definition says.
+            assert_eq!(l.guests["s1"].cpus, CpuSet::parse("1").unwrap(), "{what}");
+            assert_eq!(l.guests["s2"].cpus, CpuSet::parse("2").unwrap(), "{what}");
+        }
         let out = hook(&f, "ded", "prepare", "begin", &guest("ded", 2));
         if admitted {
-            assert_eq!(out.exit, 0, "{extra:?}: {}", out.stderr);
+            assert_eq!(out.exit, 0, "{what}: {}", out.stderr);
             assert!(out.summary.contains("repack: guest '"), "{}", out.summary);
         } else {
-            assert_eq!(out.exit, 1, "{extra:?}: {}", out.summary);
+            assert_eq!(out.exit, 1, "{what}: {}", out.summary);
             assert!(out.stderr.contains("cannot be placed"), "{}", out.stderr);
         }
     }

@@ -610,3 +610,90 @@ fn memfree_is_a_note_and_memtotal_minus_committed_decides() {
     let why = placed.placement.unwrap().why;
     assert!(why.contains("memory also comes from other nodes"), "{why}");
 }
+
+/// The default flow writes kvmtune's placement into the definition (`apply`,
+/// `converge`): those pins carry kvmtune's pins mark, so at the next start they
+/// are no hand-made pins to keep (`existing_pins: keep`) but kvmtune's own
+/// placement: preferred while free (nothing to rewrite), re-placed when another
+/// guest holds them, movable; once the admin changes one, they are the admin's.
+#[test]
+fn pins_kvmtune_wrote_stay_kvmtunes_until_someone_changes_them() {
+    let h = host("intel-xeon-silver4108-2s8c2t-2node");
+    let p = policy(BASE);
+    let fresh = guest("web", 2, 1024)
+        .replace("</name>", "</name>\n  <metadata>\n    <k:rule xmlns:k='http://kvmtune.org/xmlns/kvmtune/1.0'>x</k:rule>\n  </metadata>");
+    let first = plan_for(&p, &h, &Occupancy::default(), &fresh);
+    assert!(
+        first
+            .edits
+            .iter()
+            .any(|e| matches!(e.change, Change::PinsMark { .. })),
+        "{}",
+        first.explain()
+    );
+    let written = kvmtune_core::rewrite::apply(&fresh, &first.changes()).unwrap();
+    assert!(
+        written.contains("<k:rule"),
+        "the admin's metadata stays:\n{written}"
+    );
+    let d = Domain::parse(&written).unwrap();
+    assert!(d.pins_explicitly() && d.pins_by_kvmtune() && d.emulator_pin_by_kvmtune());
+    assert_eq!(d.kvmtune_rule.as_deref(), Some("x"));
+    let cpus = first.placement.as_ref().unwrap().cpus.clone();
+
+    // Next start, CPUs free: the same CPUs, nothing to change, not kept.
+    let again = plan_for(&p, &h, &Occupancy::default(), &written);
+    assert!(!again.kept_existing_pins, "{}", again.explain());
+    assert!(again.edits.is_empty(), "{}", again.explain());
+    assert_eq!(again.placement.as_ref().unwrap().cpus, cpus);
+
+    // Another guest holds them dedicated meanwhile: placed elsewhere, and the
+    // new pins are marked again.
+    let mut held = Occupancy::default();
+    held.guests.insert(
+        "nfv".into(),
+        Claim {
+            vcpus: cpus.iter().map(|c| CpuSet::from_iter([c])).collect(),
+            nodes: CpuSet::parse("0").unwrap(),
+            memory_kib: 1 << 20,
+            pool: Pool::Dedicated,
+        },
+    );
+    let moved = plan_for(&p, &h, &held, &written);
+    let now = moved.placement.as_ref().unwrap().cpus.clone();
+    assert!(!now.intersects(&cpus), "{}", moved.explain());
+    let marks: Vec<_> = moved
+        .edits
+        .iter()
+        .filter_map(|e| match &e.change {
+            Change::PinsMark { mark } => Some(mark.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(marks.len(), 1, "{}", moved.explain());
+    let marked: CpuSet = marks[0]
+        .vcpus
+        .values()
+        .fold(CpuSet::new(), |a, s| a.union(s));
+    assert_eq!(marked, now);
+
+    // The admin pins vCPU 0 elsewhere: the guest's own pins now, kept.
+    let other = h.online.difference(&cpus).iter().nth(3).unwrap();
+    let vcpu0 = first.placement.as_ref().unwrap().vcpus[0].clone();
+    let edited = written.replacen(
+        &format!("<vcpupin vcpu='0' cpuset='{vcpu0}'/>"),
+        &format!("<vcpupin vcpu='0' cpuset='{other}'/>"),
+        1,
+    );
+    assert_ne!(edited, written);
+    let kept = plan_for(&p, &h, &Occupancy::default(), &edited);
+    assert!(kept.kept_existing_pins, "{}", kept.explain());
+    assert!(
+        !kept
+            .edits
+            .iter()
+            .any(|e| matches!(e.change, Change::VcpuPins { .. })),
+        "{}",
+        kept.explain()
+    );
+}

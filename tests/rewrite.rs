@@ -1310,3 +1310,64 @@ fn truncated_and_mangled_input_never_panics() {
         }
     }
 }
+
+fn pins_mark(text: &str) -> Change {
+    Change::PinsMark {
+        mark: kvmtune_core::pins_mark::Mark::parse(text).unwrap(),
+    }
+}
+
+#[test]
+fn pins_mark_creates_metadata_where_libvirt_writes_it() {
+    check(
+        "<domain type='kvm'>
+  <name>g</name>
+  <uuid>u</uuid>
+  <memory unit='KiB'>1048576</memory>
+  <vcpu placement='static'>2</vcpu>
+</domain>
+",
+        &[pins_mark("0:4 1:5 emulator:4-5")],
+        "<domain type='kvm'>
+  <name>g</name>
+  <uuid>u</uuid>
+  <metadata>
+    <kvmtune-pins:pins xmlns:kvmtune-pins='http://kvmtune.org/xmlns/pins/1.0'>0:4 1:5 emulator:4-5</kvmtune-pins:pins>
+  </metadata>
+  <memory unit='KiB'>1048576</memory>
+  <vcpu placement='static'>2</vcpu>
+</domain>
+",
+    );
+}
+
+#[test]
+fn pins_mark_is_appended_to_foreign_metadata_and_replaced_in_place() {
+    let before = "<domain type='kvm'>
+  <name>g</name>
+  <metadata>
+    <nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\"><nova:name>x</nova:name></nova:instance>
+  </metadata>
+  <vcpu>1</vcpu>
+</domain>
+";
+    let marked = "<domain type='kvm'>
+  <name>g</name>
+  <metadata>
+    <nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\"><nova:name>x</nova:name></nova:instance>
+    <kvmtune-pins:pins xmlns:kvmtune-pins='http://kvmtune.org/xmlns/pins/1.0'>0:3</kvmtune-pins:pins>
+  </metadata>
+  <vcpu>1</vcpu>
+</domain>
+";
+    check(before, &[pins_mark("0:3")], marked);
+    // Another prefix, other text: replaced, the rest byte-identical.
+    let other = marked.replace(
+        "<kvmtune-pins:pins xmlns:kvmtune-pins='http://kvmtune.org/xmlns/pins/1.0'>0:3</kvmtune-pins:pins>",
+        "<p:pins xmlns:p=\"http://kvmtune.org/xmlns/pins/1.0\">0:1</p:pins>",
+    );
+    check(&other, &[pins_mark("0:3")], marked);
+    // The same mark in other words: no byte changes.
+    let same = other.replace(">0:1<", "> 0:3 <");
+    assert_eq!(apply(&same, &[pins_mark("0:3")]).unwrap(), same);
+}

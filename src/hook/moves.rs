@@ -405,8 +405,10 @@ pub(crate) fn apply_guest(
     Applied::Done(effective)
 }
 
-/// The guest's threads that are neither vCPUs nor iothreads with their own
-/// `<iothreadpin>`, set to `emulator` and read back.
+/// The guest's threads that are neither vCPUs nor iothreads with the admin's
+/// own `<iothreadpin>`, set to `emulator` and read back; libvirt's emulator (and
+/// kvmtune-pinned iothread) cgroups first, or the kernel refuses CPUs outside
+/// the `<emulatorpin>` libvirt applied.
 fn move_other_threads(
     env: &Roots,
     pid: u32,
@@ -414,14 +416,24 @@ fn move_other_threads(
     emulator: &CpuSet,
 ) -> std::result::Result<(), String> {
     let threads = affinity::threads_of(&env.proc_root, pid).map_err(|e| e.to_string())?;
+    let admins_pin = |id: &u32| {
+        live.domain
+            .as_ref()
+            .is_some_and(|d| d.iothread_pins.contains_key(id) && !d.iothread_pin_by_kvmtune(*id))
+    };
+    if let Some(cg) = affinity::cpuset_cgroup(&env.host_root, pid) {
+        let dir = affinity::guest_cgroup_dir(&cg.dir);
+        let iothreads = live.iothread_tids.keys().filter(|id| !admins_pin(id));
+        for leaf in std::iter::once("emulator".to_string())
+            .chain(iothreads.map(|id| format!("iothread{id}")))
+        {
+            affinity::set_cgroup_cpus(&dir.join(leaf), emulator).map_err(|e| e.to_string())?;
+        }
+    }
     let pinned_iothreads: Vec<u32> = live
         .iothread_tids
         .iter()
-        .filter(|(id, _)| {
-            live.domain
-                .as_ref()
-                .is_some_and(|d| d.iothread_pins.contains_key(id))
-        })
+        .filter(|(id, _)| admins_pin(id))
         .map(|(_, tid)| *tid)
         .collect();
     for tid in threads {

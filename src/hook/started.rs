@@ -121,14 +121,15 @@ fn settle_claim(ctx: &Stage<'_>) -> Result<Result<Option<Settled>, Outcome>> {
             }
         }
     };
-    // The XML's own emulator pin is kept unless it breaks the invariant (a
+    // The XML's own emulator pin is kept unless kvmtune wrote it (pins mark: the
+    // claim is where kvmtune places the guest now) or it breaks the invariant (a
     // confined guest whose copied <emulatorpin> sits on another guest's
     // dedicated CPU): then the claim's set replaces it.
     let override_emulator = match (&ctx.domain.emulator_pin, &entry.emulator) {
         (Some(own), Some(claimed)) if own != claimed => {
             let mut as_pinned = entry.clone();
             as_pinned.emulator = Some(own.clone());
-            !holds_up(&as_pinned)
+            ctx.domain.emulator_pin_by_kvmtune() || !holds_up(&as_pinned)
         }
         _ => false,
     };
@@ -268,8 +269,17 @@ fn apply(
     }
     if let Some(emulator) = &entry.emulator {
         for (id, tid) in &threads.iothreads {
-            if domain.iothread_pins.contains_key(id) {
-                continue;
+            match domain.iothread_pins.get(id) {
+                // The admin's pin, applied by libvirt.
+                Some(_) if !domain.iothread_pin_by_kvmtune(*id) => continue,
+                // kvmtune's earlier pin: the claim wins (the cgroup first).
+                Some(own) if own != emulator => {
+                    if let Some(cg) = affinity::cpuset_cgroup(&ctx.env.host_root, pid) {
+                        let dir = affinity::guest_cgroup_dir(&cg.dir).join(format!("iothread{id}"));
+                        affinity::set_cgroup_cpus(&dir, emulator)?;
+                    }
+                }
+                _ => {}
             }
             pin(*tid, emulator)?;
         }
@@ -318,7 +328,9 @@ fn bind_memory(ctx: &Stage<'_>, entry: &Entry, pid: u32, notes: &mut Vec<String>
         .select(&kvmtune_core::plan::guest_facts(&ctx.domain))
         .settings
         .map(|s| s.memory_mode);
-    if ctx.domain.numa_memory.is_some() {
+    // The admin's <numatune> stands; one kvmtune wrote with its pins (pins mark)
+    // follows the claim, which may have moved off the definition's CPUs.
+    if ctx.domain.numa_memory.is_some() && !ctx.domain.pins_by_kvmtune() {
         return Ok(());
     }
     match mode {

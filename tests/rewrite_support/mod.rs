@@ -16,6 +16,7 @@ pub fn allowed_tags(change: &Change) -> &'static [&'static str] {
         Change::VcpuPins { .. } => &["vcpu", "cputune", "vcpupin"],
         Change::EmulatorPin { .. } => &["cputune", "emulatorpin"],
         Change::IothreadPins { .. } => &["cputune", "iothreadpin"],
+        Change::PinsMark { .. } => &["metadata", PINS_MARK],
         Change::NumaMemory { .. } => &["numatune", "memory"],
         Change::DiskDriver { .. } => &["disk", "driver"],
         Change::NoSharePages => &["memoryBacking", "nosharepages"],
@@ -25,6 +26,9 @@ pub fn allowed_tags(change: &Change) -> &'static [&'static str] {
         Change::GuestNuma { .. } => &["cpu", "numa", "cell", "numatune", "memnode"],
     }
 }
+
+/// The pins mark kvmtune writes with its pins (`kvmtune_core::pins_mark`).
+pub const PINS_MARK: &str = kvmtune_core::pins_mark::QUALIFIED;
 
 /// The element names opened or closed on a line (`<x`, `</x`).
 fn tags(line: &str) -> BTreeSet<String> {
@@ -71,7 +75,9 @@ pub const EDITED: &[&str] = &[
 ];
 
 /// Everything outside edited elements in document order (whitespace-only text
-/// left out: new elements bring their own indentation).
+/// left out: new elements bring their own indentation). The pins mark is an
+/// edited element, and `<metadata>` (which the mark may create) is listed by
+/// its other children only.
 pub fn untouched_outline(xml: &str) -> Vec<String> {
     let d = roxmltree::Document::parse(xml).unwrap();
     let mut out = Vec::new();
@@ -90,6 +96,18 @@ pub fn untouched_outline(xml: &str) -> Vec<String> {
             })
         {
             skip_until = node.range().end;
+            continue;
+        }
+        if node.is_element()
+            && node.tag_name().namespace() == Some(kvmtune_core::pins_mark::NAMESPACE)
+        {
+            skip_until = node.range().end;
+            continue;
+        }
+        if node.is_element()
+            && node.tag_name().name() == "metadata"
+            && node.parent_element() == Some(d.root_element())
+        {
             continue;
         }
         if node.is_element() {

@@ -52,7 +52,7 @@ const ASPECTS: [(&str, &str); 8] = [
 
 fn aspect_of(change: &Change) -> usize {
     match change {
-        Change::VcpuPins { .. } => 0,
+        Change::VcpuPins { .. } | Change::PinsMark { .. } => 0,
         Change::NumaMemory { .. } | Change::GuestNuma { .. } => 1,
         Change::EmulatorPin { .. } | Change::IothreadPins { .. } => 2,
         Change::DiskDriver { .. } => 3,
@@ -103,6 +103,8 @@ pub fn checks(p: &Plan, readback: &[Readback], entry: Option<&Entry>) -> Vec<Che
     for edit in &p.edits {
         let i = aspect_of(&edit.change);
         let state = match edit.change.enforcement() {
+            // Bookkeeping, not a tuning: nothing differs without it.
+            Enforcement::Record => continue,
             Enforcement::Runtime if applied => Conformance::RuntimeEnforced,
             // Not a violation, and not enforced: say what it is.
             Enforcement::FirstTouch => {

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use roxmltree::{Document, Node, ParsingOptions};
 
 use crate::cpuset::{CpuListError, CpuSet};
+use crate::pins_mark::{self, Mark};
 use crate::policy::{METADATA_NAMESPACE, NOVA_NAMESPACE};
 
 /// Largest domain XML accepted (libvirt's own limit for an XML document is 10 MiB
@@ -146,6 +147,9 @@ pub struct Domain {
     /// `<nova:instance>` (or any element in Nova's namespace) in `<metadata>`: Nova
     /// manages this guest and owns its definition.
     pub nova_managed: bool,
+    /// The pins mark in `<metadata>` ([`crate::pins_mark`]): the pins kvmtune
+    /// itself wrote into this definition, if it did.
+    pub pins_mark: Option<Mark>,
 }
 
 impl Domain {
@@ -239,6 +243,9 @@ impl Domain {
                 m.descendants()
                     .any(|n| n.is_element() && n.tag_name().namespace() == Some(NOVA_NAMESPACE))
             }),
+            pins_mark: metadata
+                .and_then(|m| metadata_element(m, pins_mark::NAMESPACE, pins_mark::ELEMENT))
+                .and_then(|n| Mark::parse(&text_of(n))),
             name,
         })
     }
@@ -249,6 +256,33 @@ impl Domain {
         self.vcpu_cpuset.is_some()
             || (0..self.vcpus_max).all(|v| self.vcpu_pins.contains_key(&v))
                 && !self.vcpu_pins.is_empty()
+    }
+
+    /// Whether the vCPU pins are the ones kvmtune wrote (they equal the pins
+    /// mark): then they are kvmtune's placement, not the admin's, and
+    /// `existing_pins: keep` does not hold the guest on them.
+    pub fn pins_by_kvmtune(&self) -> bool {
+        self.pins_explicitly()
+            && self.pins_mark.as_ref().is_some_and(|mark| {
+                mark.vcpus == self.vcpu_pins && mark.vcpus.len() == self.vcpus_max as usize
+            })
+    }
+
+    /// Whether the `<emulatorpin>` is the one kvmtune wrote (pins mark).
+    pub fn emulator_pin_by_kvmtune(&self) -> bool {
+        self.emulator_pin.is_some()
+            && self
+                .pins_mark
+                .as_ref()
+                .is_some_and(|mark| mark.emulator == self.emulator_pin)
+    }
+
+    /// Whether iothread `id`'s `<iothreadpin>` is the one kvmtune wrote (pins mark).
+    pub fn iothread_pin_by_kvmtune(&self, id: u32) -> bool {
+        match (self.iothread_pins.get(&id), &self.pins_mark) {
+            (Some(pin), Some(mark)) => mark.iothreads.get(&id) == Some(pin),
+            _ => false,
+        }
     }
 
     /// The host CPUs the XML lets vCPU `vcpu` run on, if it says.

@@ -16,6 +16,7 @@ pub mod host_tuning;
 pub mod ledger;
 pub mod nova;
 pub mod numa_maps;
+pub mod pins_mark;
 pub mod placement;
 pub mod plan;
 pub mod plan_model;

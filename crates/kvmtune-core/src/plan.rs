@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use crate::cpuset::CpuSet;
 use crate::domain::Domain;
 use crate::host::Host;
+use crate::pins_mark::Mark;
 use crate::placement::{
     Level, NoRoom, Occupancy, Placement, Pool, Request, eligible_cpus, nodes_of, place,
 };
@@ -114,8 +115,13 @@ impl Planner<'_> {
             return;
         }
         let sets = self.cpu_sets();
-        let kept =
-            self.domain.pins_explicitly() && self.settings.existing_pins == ExistingPins::Keep;
+        let kept = self.domain.pins_explicitly() && self.keeps_own_pins();
+        if self.domain.pins_by_kvmtune() && self.settings.existing_pins == ExistingPins::Keep {
+            self.note(
+                "1.3",
+                "the definition's vCPU pins are the ones kvmtune wrote (pins mark in <metadata>): kvmtune places this guest, preferring those CPUs, and may move it; change the pins to make them the guest's own".into(),
+            );
+        }
         let placement = if kept {
             self.kept_placement(&sets.forbidden)
         } else {
@@ -129,6 +135,7 @@ impl Planner<'_> {
         }
         let emulator = self.emulator_cpus(&placement, &sets, occupancy);
         self.emulator_edits(&emulator);
+        self.pins_mark(&placement, &emulator);
         self.plan.emulator_cpus = Some(emulator);
         // Memory binding (1.2).
         self.numatune(&placement);
@@ -152,6 +159,12 @@ impl Planner<'_> {
             eligible,
             housekeeping: crate::admission::housekeeping_cpus(self.policy, self.host),
         }
+    }
+
+    /// Whether the guest's own pins are kept (`existing_pins: keep`): never the
+    /// pins kvmtune itself wrote ([`Domain::pins_by_kvmtune`]).
+    fn keeps_own_pins(&self) -> bool {
+        self.settings.existing_pins == ExistingPins::Keep && !self.domain.pins_by_kvmtune()
     }
 
     /// The guest's own explicit pinning, kept (`existing_pins: keep`).
@@ -247,7 +260,10 @@ impl Planner<'_> {
                 claim.vcpus.clone(),
                 "kept where the running guest already is".into(),
             )),
-            None => self.place_node_local_first(&others, &request),
+            None => match self.where_kvmtune_pinned_it(&others, &request) {
+                Some(p) => Ok(p),
+                None => self.place_node_local_first(&others, &request),
+            },
         };
         match fresh {
             Ok(p) => Some(p),
@@ -256,6 +272,40 @@ impl Planner<'_> {
                 None => self.fall_back(why, request, &others, eligible),
             },
         }
+    }
+
+    /// The definition's pins when kvmtune wrote them and the placement engine
+    /// would still admit the guest there, on exactly those CPUs (eligible, memory
+    /// and ratio room, no one else's dedicated CPU): a restart lands where the
+    /// definition says, so it keeps telling the truth. None: place afresh.
+    fn where_kvmtune_pinned_it(&self, others: &Occupancy, request: &Request) -> Option<Placement> {
+        if !self.domain.pins_by_kvmtune() {
+            return None;
+        }
+        let marked = self.domain.pinned_cpus();
+        if !marked.is_subset(&request.eligible) {
+            return None;
+        }
+        // Memory must fit the nodes there outright: a guest whose memory
+        // needed other nodes than its CPUs' is placed afresh (as it was then).
+        let there = Request {
+            eligible: marked.clone(),
+            memory_strict: true,
+            ..request.clone()
+        };
+        let placed = place(self.host, others, &there)
+            .ok()
+            .filter(|p| p.cpus == marked)?;
+        // The engine's nodes (memory may need more nodes than the CPUs'), the
+        // definition's vCPU order.
+        Some(Placement {
+            vcpus: (0..self.domain.vcpus_max)
+                .map(|v| self.domain.pinned_cpus_of(v).cloned().unwrap_or_default())
+                .collect(),
+            why: "kept where kvmtune placed it before (the definition's pins, marked as kvmtune's)"
+                .into(),
+            ..placed
+        })
     }
 
     /// No room as the host is: room made by moving running shared guests' vCPUs
@@ -418,7 +468,8 @@ impl Planner<'_> {
     /// The emulator pin and the iothread pins the XML lacks.
     fn emulator_edits(&mut self, emulator: &CpuSet) {
         let keep_own = self.settings.existing_pins == ExistingPins::Keep;
-        if !(keep_own && self.domain.emulator_pin.is_some())
+        let keep_emulator = keep_own && !self.domain.emulator_pin_by_kvmtune();
+        if !(keep_emulator && self.domain.emulator_pin.is_some())
             && self.domain.emulator_pin.as_ref() != Some(emulator)
         {
             self.edit(
@@ -437,7 +488,11 @@ impl Planner<'_> {
                 .domain
                 .iothread_ids
                 .iter()
-                .filter(|id| !(keep_own && self.domain.iothread_pins.contains_key(id)))
+                .filter(|id| {
+                    !(keep_own
+                        && self.domain.iothread_pins.contains_key(id)
+                        && !self.domain.iothread_pin_by_kvmtune(**id))
+                })
                 .filter(|id| self.domain.iothread_pins.get(id) != Some(emulator))
                 .map(|id| IothreadPin {
                     iothread: *id,
@@ -452,6 +507,50 @@ impl Planner<'_> {
                 );
             }
         }
+    }
+
+    /// The pins mark ([`crate::pins_mark`]) the conformed definition carries:
+    /// every pin it has that is kvmtune's, written now or marked before (the
+    /// admin's own pins, kept, are left out). No edit when the definition's
+    /// mark already says so, or when no pin is kvmtune's.
+    fn pins_mark(&mut self, placement: &Placement, emulator: &CpuSet) {
+        let mut written_vcpus = false;
+        let mut written_emulator = false;
+        let mut written_iothreads = Vec::new();
+        for edit in &self.plan.edits {
+            match &edit.change {
+                Change::VcpuPins { .. } => written_vcpus = true,
+                Change::EmulatorPin { .. } => written_emulator = true,
+                Change::IothreadPins { pins } => {
+                    written_iothreads.extend(pins.iter().map(|p| (p.iothread, p.cpuset.clone())));
+                }
+                _ => {}
+            }
+        }
+        let domain = self.domain;
+        let mut mark = Mark::default();
+        if written_vcpus || domain.pins_by_kvmtune() {
+            mark.vcpus = (0..).zip(placement.vcpus.iter().cloned()).collect();
+        }
+        if written_emulator {
+            mark.emulator = Some(emulator.clone());
+        } else if domain.emulator_pin_by_kvmtune() {
+            mark.emulator = domain.emulator_pin.clone();
+        }
+        for (id, pin) in &domain.iothread_pins {
+            if domain.iothread_pin_by_kvmtune(*id) {
+                mark.iothreads.insert(*id, pin.clone());
+            }
+        }
+        mark.iothreads.extend(written_iothreads);
+        if mark.is_empty() || domain.pins_mark.as_ref() == Some(&mark) {
+            return;
+        }
+        self.edit(
+            "1.3",
+            Change::PinsMark { mark },
+            "record these pins as kvmtune's in <metadata> (kvmtune-pins), so that kvmtune keeps placing and may move the guest under existing_pins: keep".into(),
+        );
     }
 
     /// Places on CPUs that a NUMA node lists first; the CPUs no node lists

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::cpuset::CpuSet;
 use crate::domain::Domain;
 use crate::host::Host;
+use crate::pins_mark::Mark;
 use crate::placement::{Placement, Pool};
 use crate::policy::{DiskCache, DiskIo, MemoryMode, Policy, Settings};
 
@@ -21,6 +22,9 @@ pub enum Change {
     VcpuPins { cpuset: CpuSet, pins: Vec<VcpuPin> },
     /// `<cputune><emulatorpin cpuset='...'/>`.
     EmulatorPin { cpuset: CpuSet },
+    /// The pins mark in `<metadata>` ([`crate::pins_mark`]): which of the
+    /// definition's pins are kvmtune's placement rather than the admin's.
+    PinsMark { mark: Mark },
     /// `<cputune><iothreadpin iothread='N' cpuset='...'/>` per iothread.
     IothreadPins { pins: Vec<IothreadPin> },
     /// `<numatune><memory mode='...' nodeset='...'/>` (created or replaced; other
@@ -125,6 +129,9 @@ pub enum Enforcement {
     /// vCPUs by the kernel's first touch and may fall back to other nodes.
     /// `kvmtune apply` writes the `<numatune>` into the definition.
     FirstTouch,
+    /// kvmtune's own bookkeeping in `<metadata>` (the pins mark): nothing to
+    /// enforce, no violation; `kvmtune apply` writes it with the pins.
+    Record,
 }
 
 impl Enforcement {
@@ -133,6 +140,7 @@ impl Enforcement {
         match self {
             Enforcement::Runtime => "hook applies at start",
             Enforcement::XmlOnly => "needs kvmtune apply",
+            Enforcement::Record => "kvmtune's own record, written with the pins by kvmtune apply",
             Enforcement::FirstTouch => {
                 "not bound at runtime: at start the hook has memory already allocated elsewhere moved to these node(s) once, in the background; later allocations follow the pinned vCPUs by first touch and may fall back to other nodes; kvmtune apply writes it"
             }
@@ -160,6 +168,7 @@ impl Change {
             | Change::CpuHostModel
             // The guest sees NUMA nodes: a guest ABI change.
             | Change::GuestNuma { .. } => Enforcement::XmlOnly,
+            Change::PinsMark { .. } => Enforcement::Record,
         }
     }
 
@@ -173,6 +182,7 @@ impl Change {
                 | Change::IothreadPins { .. }
                 | Change::NumaMemory { .. }
                 | Change::DiskDriver { .. }
+                | Change::PinsMark { .. }
         )
     }
 }

@@ -13,8 +13,8 @@
 //! parsed again before it is returned.
 //!
 //! Only elements in no namespace (libvirt's own vocabulary) are looked at or
-//! edited; `<metadata>` content and other foreign-namespace elements are never
-//! touched. Indexes of disks and interfaces count `devices/disk` and
+//! edited, plus kvmtune's own pins mark ([`crate::pins_mark`]); other
+//! `<metadata>` content and foreign-namespace elements are never touched. Indexes of disks and interfaces count `devices/disk` and
 //! `devices/interface` in document order.
 //!
 //! # Preserved byte for byte
@@ -58,6 +58,9 @@
 //!   created as `<vcpu placement='static' cpuset='…'>1</vcpu>` (libvirt's default
 //!   count). Every existing `<vcpupin>` whose vCPU is not in the plan is removed.
 //! - `IothreadPins`: sets or adds the listed iothreads' pins, keeps the others.
+//! - `PinsMark`: replaces kvmtune's pins mark in `<metadata>`, or appends it
+//!   (`<metadata>` created where libvirt writes it); the mark is the one
+//!   element there kvmtune writes.
 //! - `NumaMemory`: `placement='auto'` is removed from `<memory>`; `mode: off`
 //!   leaves the XML alone.
 //! - `DiskDriver` / `InterfaceDriver`: `target` guards against XML that is not
@@ -99,6 +102,7 @@ use roxmltree::{Document, Node};
 
 use self::splice::{Anchor, Editor, Elem, anchor_in, attribute, child, children};
 use crate::cpuset::CpuSet;
+use crate::pins_mark::{self, Mark};
 use crate::plan_model::{Change, GuestCell};
 use crate::policy::MemoryMode;
 use crate::rules::{cpu_mode, disk_cache, hugepages, nosharepages, vhost_multiqueue};
@@ -158,6 +162,7 @@ enum Scope {
     DomainChild,
     Vcpu,
     Cputune,
+    Metadata,
     Numatune,
     MemoryBacking,
     Cpu,
@@ -182,6 +187,7 @@ fn scopes(root: Node<'_, '_>, change: &Change) -> Vec<Scope> {
         Change::EmulatorPin { .. } | Change::IothreadPins { .. } => {
             container("cputune", Scope::Cputune)
         }
+        Change::PinsMark { .. } => container("metadata", Scope::Metadata),
         Change::NumaMemory { .. } => container("numatune", Scope::Numatune),
         Change::NoSharePages | Change::HugePages { .. } => {
             container("memoryBacking", Scope::MemoryBacking)
@@ -230,6 +236,7 @@ fn apply_change(
                 pins.iter().map(|p| (p.iothread, &p.cpuset)).collect();
             sync_pins(ed, root, IOTHREADPIN, &pins)?;
         }
+        Change::PinsMark { mark } => mark_pins(ed, root, mark),
         Change::NumaMemory { mode, nodeset } => numa_memory(ed, root, *mode, nodeset)?,
         Change::DiskDriver {
             index,
@@ -320,6 +327,48 @@ fn vcpu_pins(
         }
     }
     sync_pins(ed, root, VCPUPIN, pins)
+}
+
+/// Writes `mark` as the pins mark in `<metadata>` ([`crate::pins_mark`]): an
+/// existing mark is replaced unless it already reads the same; a missing one is
+/// appended to `<metadata>` (created where libvirt writes it). Nothing else in
+/// `<metadata>` is touched.
+fn mark_pins(ed: &mut Editor<'_>, root: Node<'_, '_>, mark: &Mark) {
+    let metadata = child(root, "metadata");
+    let existing = metadata.and_then(|m| {
+        m.children().find(|n| {
+            n.is_element()
+                && n.tag_name().namespace() == Some(pins_mark::NAMESPACE)
+                && n.tag_name().name() == pins_mark::ELEMENT
+        })
+    });
+    let old = existing.and_then(|n| Mark::parse(&crate::domain::text_of(n)));
+    if old.as_ref() == Some(mark) {
+        return;
+    }
+    let elem = Elem::new(pins_mark::QUALIFIED)
+        .attr(pins_mark::XMLNS, pins_mark::NAMESPACE)
+        .text(mark.format());
+    match (metadata, existing) {
+        (_, Some(node)) => ed.replace(
+            node.range(),
+            format!(
+                "<{q} {x}='{ns}'>{text}</{q}>",
+                q = pins_mark::QUALIFIED,
+                x = pins_mark::XMLNS,
+                ns = pins_mark::NAMESPACE,
+                text = mark.format(),
+            ),
+        ),
+        (Some(metadata), None) => ed.insert(
+            anchor_in(metadata, &[], pins_mark::ELEMENT, |_| false),
+            &[elem],
+        ),
+        (None, None) => ed.insert(
+            anchor_in(root, order::DOMAIN, "metadata", |_| false),
+            &[Elem::new("metadata").children([elem])],
+        ),
+    }
 }
 
 /// Makes the `kind` pins in `<cputune>` match `pins`: existing ones are updated
