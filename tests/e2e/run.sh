@@ -55,6 +55,7 @@ CASES=(
     "revert|90|no|revert restores the exact previous definition; revert --list; bad names refused"
     "status|120|no|status lists the running test guests on the CPUs libvirt reports; plain when piped"
     "repack|150|yes|repacking: a dedicated guest with no free CPU is admitted by moving a running shared guest's vCPU onto the other CPU; kernel, ledger and status agree"
+    "repackc|240|yes|repacking after apply: definitions pinned by kvmtune (pins mark kept by libvirt) restart where they say and still move under existing_pins: keep"
     "rebal|150|yes|rebalance: dry run proposes, changes nothing; --apply moves a shared vCPU onto the other CPU (kernel, ledger, status agree)"
     "inv1|90|yes|dedicated guest with no room: refused with one line, never unpinned or on the dedicated CPU"
     "inv2|90|yes|ledger deleted under a running dedicated guest: rebuilt from what runs; the next dedicated start does not get its CPU"

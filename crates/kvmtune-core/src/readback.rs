@@ -466,8 +466,11 @@ fn iothreads(applied: &Applied<'_>, observed: &Observed) -> Option<Readback> {
     let mut drifts = Vec::new();
     let (mut verified, mut loose, mut unread) = (Vec::new(), Vec::new(), Vec::new());
     for id in ids {
+        // The XML's pin, unless kvmtune wrote it (pins mark) and the hook
+        // applied its claim over it.
         let pin = applied
             .domain
+            .filter(|d| claim.is_none() || !d.iothread_pin_by_kvmtune(id))
             .and_then(|d| d.iothread_pins.get(&id))
             .cloned();
         let Some(want) = pin.or_else(|| claim.clone()) else {

@@ -497,13 +497,17 @@ pub fn vcpu_count(guest: &LiveGuest) -> u32 {
 
 /// Where a running guest's placement comes from and what it is: (source, CPUs of
 /// each vCPU, memory nodes, emulator CPUs). The live XML's explicit pins, else
-/// the ledger claim the hook applied, else nothing.
+/// the ledger claim the hook applied, else nothing. Pins kvmtune wrote itself
+/// (pins mark) are no source while the guest has a claim: the hook applied the
+/// claim over them, and repacking or rebalance may have moved it since (libvirt's
+/// live XML still says where the definition put it).
 fn placement_of(
     domain: Option<&crate::domain::Domain>,
     entry: Option<&crate::ledger::Entry>,
     host: &Host,
 ) -> (Source, Vec<CpuSet>, CpuSet, Option<CpuSet>) {
-    let xml_pins = domain.filter(|d| d.pins_explicitly());
+    let claimed = entry.is_some();
+    let xml_pins = domain.filter(|d| d.pins_explicitly() && !(claimed && d.pins_by_kvmtune()));
     if let Some(d) = xml_pins {
         let pinned = d.pinned_cpus();
         let per_vcpu: Vec<CpuSet> = (0..d.vcpus_max)
@@ -525,6 +529,7 @@ fn placement_of(
             e.vcpus.clone(),
             e.nodes.clone(),
             domain
+                .filter(|d| !d.emulator_pin_by_kvmtune())
                 .and_then(|d| d.emulator_pin.clone())
                 .or_else(|| e.emulator.clone()),
         )

@@ -442,3 +442,82 @@ for g in (a, b, d):
 PY
     note "status shows all three where the kernel runs them, nothing drifted"
 }
+
+# Repacking in the shipped flow (issue 12): kvmtune apply (what converge runs)
+# writes the guests' placement into their definitions, marked as kvmtune's
+# (kvmtune-pins in <metadata>, which libvirt must keep); after a cold boot the
+# guests are pinned by their definitions, on those CPUs; under the default
+# existing_pins: keep a dedicated guest with no free CPU is still admitted by
+# moving one of them: their pins are kvmtune's to move, emulator threads too
+# (libvirt applied kvmtune's <emulatorpin> through the emulator cgroup).
+case_repackc() {
+    local a=${E2E_PREFIX}rc-a b=${E2E_PREFIX}rc-b d=${E2E_PREFIX}rc-ded cd other g pid t l out x
+    rebal_policy 1
+    grep -q existing_pins "$POLICY" && die "the policy must leave existing_pins at its default (keep)"
+    define_guest "$a" --vcpus 1
+    define_guest "$b" --vcpus 1
+    define_guest "$d" --vcpus 1
+    start_guest "$a"
+    start_guest "$b"
+    out=$(kt apply --yes "$a" "$b" </dev/null 2>&1) || die "kvmtune apply --yes failed: ${out:0:600}"
+    for g in "$a" "$b"; do
+        x="$E2E_WORK/repackc-$g.xml"
+        inactive_xml "$g" "$x"
+        grep -q "<vcpupin vcpu='0' cpuset='$(ledger_query get "$g" cpus)'/>" "$x" ||
+            die "$g: the definition does not pin vCPU 0 where it runs: $(grep -m3 'vcpupin\|cpuset' "$x" | tr -s ' ')"
+        l=$(grep -o "<[a-z-]*:pins [^>]*>[^<]*<" "$x") ||
+            die "$g: libvirt did not keep kvmtune's pins mark: $(sed -n '/<metadata/,/<\/metadata/p' "$x" | tr -s ' \n' ' ')"
+        note "$g definition after apply: ${l:0:200}"
+    done
+    for g in "$a" "$b"; do V destroy "$g" >/dev/null || die "virsh destroy $g failed"; done
+    wait_not_in_ledger "$a" 10 || die "$a still claimed after destroy"
+    wait_not_in_ledger "$b" 10 || die "$b still claimed after destroy"
+    for g in "$a" "$b"; do
+        start_guest "$g"
+        x="$E2E_WORK/repackc-$g.xml"
+        grep -q "<vcpupin vcpu='0' cpuset='$(ledger_query get "$g" cpus)'/>" "$x" ||
+            die "$g restarted on $(ledger_query get "$g" cpus), not where its definition pins it"
+        expect_affinity "$g" "$(ledger_query get "$g" cpus)" "$(ledger_query get "$g" cpus)"
+    done
+    [ "$(ledger_query get "$a" cpus)" != "$(ledger_query get "$b" cpus)" ] ||
+        die "at ratio 1 both shared guests got one CPU"
+    note "after a cold boot both run where their definitions pin them"
+    rebal_policy 2
+    cat >>"$POLICY" <<EOP
+rules:
+  - name: nfv
+    match: {name: '${E2E_PREFIX}rc-ded'}
+    set: {pool: dedicated, dedicated_fallback: refuse}
+EOP
+    start_guest "$d"
+    cd=$(ledger_query get "$d" cpus)
+    [ "$(ledger_query get "$d" pool)" = dedicated ] || die "$d is not dedicated: $(ledger_query get "$d" pool)"
+    case $cd in 0) other=1 ;; 1) other=0 ;; *) die "$d got CPUs $cd, want one CPU" ;; esac
+    l=$(grep -h "guest=$d" "$E2E_WORK/syslog.log" | grep -m1 "repack: guest '") ||
+        die "no 'repack: guest' line for $d in syslog"
+    note "syslog: ${l:0:300}"
+    expect_affinity "$d" "$cd" "$cd"
+    for g in "$a" "$b"; do
+        expect_affinity "$g" "$other" "$other"
+        pid=$(qemu_pid "$g")
+        for t in /proc/"$pid"/task/*; do
+            l=$(thread_cpus "$pid" "${t##*/}")
+            [ "$l" = "$other" ] || die "$g thread ${t##*/} may run on $l, the dedicated CPU is $cd"
+        done
+    done
+    note "dedicated $d alone on CPU $cd; the definition-pinned shared guests (every thread) on CPU $other"
+    kt status --json >"$E2E_WORK/repackc-status.json" || die "status --json failed"
+    "$PY" - "$E2E_WORK/repackc-status.json" "$d" "$cd" "$a" "$b" "$other" <<'PY' || die "status after repacking definition-pinned guests"
+import json, sys
+s = json.load(open(sys.argv[1]))
+by = {g["name"]: g for g in s["guests"]}
+d, cd, a, b, other = sys.argv[2:]
+assert by[d]["vcpu_cpus"] == [cd], by[d]["vcpu_cpus"]
+for g in (a, b):
+    assert by[g]["vcpu_cpus"] == [other], (g, by[g]["vcpu_cpus"], by[g]["source"])
+for g in (a, b, d):
+    assert by[g]["ledger"]["agrees"], (g, by[g]["ledger"])
+    assert not [r for r in by[g]["readback"] if r["state"] == "drifted"], (g, by[g]["readback"])
+PY
+    note "status shows the moved guests where the kernel runs them (not their definitions' pins), nothing drifted"
+}

@@ -354,6 +354,37 @@ fn an_emulator_thread_elsewhere_makes_rule_1_3_differ() {
     );
 }
 
+/// Pins kvmtune wrote into the definition (pins mark) are where the guest
+/// started, not where it runs once repacking or rebalance moved it: the claim
+/// is the placement, and the threads are checked against it.
+#[test]
+fn kvmtunes_own_xml_pins_give_way_to_the_claim_that_moved_the_guest() {
+    let mut w = world();
+    let mark = format!(
+        "<metadata><p:pins xmlns:p='{}'>0:1 1:17 emulator:1,17</p:pins></metadata>",
+        crate::pins_mark::NAMESPACE
+    );
+    let xml = status_xml("pinned", 100, 2, &[(0, "1"), (1, "17")], "")
+        .replace("<memory unit", &format!("{mark}<memory unit"))
+        .replace("</cputune>", "<emulatorpin cpuset='1,17'/></cputune>");
+    w.live.insert("pinned".into(), parse_status(&xml).unwrap());
+    let mut moved = entry(&["5", "21"], "0", EntryState::Running, 10);
+    moved.emulator = Some(set("5,21"));
+    w.ledger.guests.insert("pinned".into(), moved);
+    w.threads
+        .insert("pinned".into(), vec![Some(set("5")), Some(set("21"))]);
+    let s = build_world(&w);
+    let g = &s.guests[0];
+    assert_eq!(g.source, Source::Ledger);
+    assert_eq!(g.vcpu_cpus, vec![set("5"), set("21")]);
+    assert!(g.ledger.agrees, "{}", g.ledger.detail);
+    assert_eq!(g.emulator, Some(set("5,21")));
+    // Without a claim the XML pins are all there is.
+    w.ledger.guests.remove("pinned");
+    let s = build_world(&w);
+    assert_eq!(s.guests[0].source, Source::Xml);
+}
+
 #[test]
 fn ledger_pins_that_differ_from_the_live_xml_disagree() {
     let mut w = world();
