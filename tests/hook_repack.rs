@@ -243,10 +243,36 @@ fn a_guest_pinned_by_its_definition_moves_only_when_the_pins_are_kvmtunes_or_ove
             assert_eq!(l.guests["s1"].cpus, CpuSet::parse("1").unwrap(), "{what}");
             assert_eq!(l.guests["s2"].cpus, CpuSet::parse("2").unwrap(), "{what}");
         }
-        let out = hook(&f, "ded", "prepare", "begin", &guest("ded", 2));
+        let queue = kvmtune_sys::converge_queue::Queue::under(&f.env.paths.run_dir);
+        let queued =
+            || -> Vec<String> { queue.list().unwrap().into_iter().map(|q| q.guest).collect() };
+        let before = queued();
+        let ded = guest("ded", 2);
+        let out = hook(&f, "ded", "prepare", "begin", &ded);
         if admitted {
             assert_eq!(out.exit, 0, "{what}: {}", out.stderr);
             assert!(out.summary.contains("repack: guest '"), "{}", out.summary);
+            // Once the move is made, a definition whose pins kvmtune wrote is
+            // queued for kvmtune converge (they say where it ran before).
+            mark_running(&f, "ded", &ded, true);
+            let out = hook(&f, "ded", "started", "begin", &ded);
+            assert_eq!(out.exit, 0, "{what}: {}", out.stderr);
+            let moved: Vec<String> = ["s1", "s2"]
+                .into_iter()
+                .filter(|g| out.summary.contains(&format!("moved guest '{g}'")))
+                .map(String::from)
+                .collect();
+            assert_eq!(moved.len(), 1, "{what}: {}", out.summary);
+            let newly: Vec<String> = queued()
+                .into_iter()
+                .filter(|g| !before.contains(g))
+                .collect();
+            let want = if mark_of.is_some() {
+                moved.clone()
+            } else {
+                Vec::new()
+            };
+            assert_eq!(newly, want, "{what}: {}", out.summary);
         } else {
             assert_eq!(out.exit, 1, "{what}: {}", out.summary);
             assert!(out.stderr.contains("cannot be placed"), "{}", out.stderr);

@@ -340,16 +340,20 @@ pub fn apply_reporting<R: Runner>(
             Err(_) => {}
         }
     }
+    // A running guest counts where it runs (its claim), not where its
+    // definition pinned it at start: repacking or rebalance may have moved it,
+    // and the claim knows its pool (1:1 pins read as dedicated).
     let mut occupancy = running.clone();
-    occupancy.guests.extend(
-        batch::pinned_by_definitions(
-            definitions
-                .iter()
-                .filter(|(name, _)| !targets.contains(name))
-                .map(|(name, xml)| (name.as_str(), &xml[..])),
-        )
-        .guests,
-    );
+    for (name, claim) in batch::pinned_by_definitions(
+        definitions
+            .iter()
+            .filter(|(name, _)| !targets.contains(name))
+            .map(|(name, xml)| (name.as_str(), &xml[..])),
+    )
+    .guests
+    {
+        occupancy.guests.entry(name).or_insert(claim);
+    }
 
     // Plan every target; any failure stops everything before anything is defined.
     let batch: Vec<(String, Vec<u8>)> = targets

@@ -45,7 +45,8 @@ pub const JSON_SCHEMA_VERSION: u32 = 1;
 
 const REBALANCE_HELP: &str = "\
 Moves only guests kvmtune placed in the shared pool itself and that run (never a
-dedicated guest, never one whose own XML pins it under existing_pins: keep, never
+dedicated guest, never one whose own XML pins it under existing_pins: keep (pins
+kvmtune apply/converge wrote are recorded as kvmtune's and do not count), never
 one with moves pending at another guest's start); never onto CPU0, a reserved, an
 IRQ or a dedicated CPU; each vCPU within its NUMA node, except to pull a spread
 guest into the node that holds at least 80% of its RAM (numa_maps), which
@@ -307,6 +308,7 @@ pub fn run(args: &RebalanceArgs) -> Result<ExitCode> {
         by_guest.entry(&m.guest).or_default().push(m.clone());
     }
     let mut outcomes = Vec::new();
+    let mut names = Vec::new();
     let mut moved: Vec<(String, Entry, Vec<Move>)> = Vec::new();
     for (guest, guest_moves) in by_guest {
         let before = locked.ledger.guests.get(guest).cloned();
@@ -314,6 +316,7 @@ pub fn run(args: &RebalanceArgs) -> Result<ExitCode> {
         if let (Some(before), "moved") = (before, outcome.result) {
             moved.push((guest.to_string(), before, guest_moves));
         }
+        names.push(guest.to_string());
         outcomes.push(outcome);
     }
     if let Err(e) = locked.save() {
@@ -337,6 +340,17 @@ pub fn run(args: &RebalanceArgs) -> Result<ExitCode> {
         ));
     }
     drop(locked);
+    // The definitions whose pins kvmtune wrote now say where the moved guests
+    // ran: queued for kvmtune converge (the path unit runs it), once the ledger
+    // says where they run.
+    for (o, guest) in outcomes.iter_mut().zip(&names) {
+        if o.result != "moved" {
+            continue;
+        }
+        if let Some(note) = moves::queue_moved_definition(&snapshot.env, &snapshot.policy, guest) {
+            o.detail = format!("{}; {note}", o.detail);
+        }
+    }
     let failed = outcomes.iter().any(|o| o.result == "failed");
     print(
         args,

@@ -287,10 +287,13 @@ pub(super) fn apply_pending(ctx: &Stage<'_>, notes: &mut Vec<String>) -> Result<
         };
         let who = sanitize(guest);
         match outcome {
-            Applied::Done(effective) => notes.push(format!(
-                "repack: moved guest '{who}': {}",
-                effective.join(" ")
-            )),
+            Applied::Done(effective) => {
+                notes.push(format!(
+                    "repack: moved guest '{who}': {}",
+                    effective.join(" ")
+                ));
+                notes.extend(queue_moved_definition(ctx.env, &ctx.policy, guest));
+            }
             Applied::Superseded => notes.push(format!(
                 "repack: guest '{who}' no longer holds the moved claim: nothing moved"
             )),
@@ -340,6 +343,29 @@ fn roll_back(entry: &mut Entry, moves: &[Move]) {
     if with_vcpus {
         entry.emulator = Some(entry.cpus.clone());
     }
+}
+
+/// After `guest` moved: queues its definition for `kvmtune converge` when the
+/// pins kvmtune wrote there now say where it ran before
+/// ([`kvmtune_core::converge::after_move`]). A file write, never a libvirt call;
+/// returns the note to log, if any.
+pub(crate) fn queue_moved_definition(env: &Roots, policy: &Policy, guest: &str) -> Option<String> {
+    use kvmtune_core::converge::{Decision, Entry, after_move};
+    let path = env.paths.libvirt_run_dir.join(format!("{guest}.xml"));
+    let domain = runstate::read_status(&path).ok()?.domain?;
+    if after_move(policy, &domain) != Decision::Queue {
+        return None;
+    }
+    let entry = Entry {
+        uuid: domain.uuid.clone(),
+        queued_at: kvmtune_sys::converge_queue::now_utc_secs(),
+    };
+    let queue = kvmtune_sys::converge_queue::Queue::under(&env.paths.run_dir);
+    let who = sanitize(guest);
+    Some(match queue.enqueue(guest, &entry) {
+        Ok(()) => format!("converge: guest '{who}' queued (its definition's pins follow the move)"),
+        Err(e) => format!("converge: could not queue guest '{who}': {e}"),
+    })
 }
 
 /// Applies one guest's moves to its running threads (when the hook touches

@@ -50,6 +50,27 @@ pub fn still_wanted(policy: &Policy, domain: &Domain) -> Decision {
     }
 }
 
+/// What becomes of a running guest that repacking or `kvmtune rebalance` just
+/// moved (`domain`: its live XML): when its definition carries pins kvmtune
+/// wrote (pins mark), they now say where it ran before, so under
+/// `converge: after-start` it is queued and `kvmtune converge` writes where it
+/// runs now; a guest its definition does not pin (or pins itself) has nothing
+/// stale.
+pub fn after_move(policy: &Policy, domain: &Domain) -> Decision {
+    if domain.nova_managed {
+        return Decision::Nova;
+    }
+    match policy.select(&guest_facts(domain)).settings {
+        Some(s) if s.converge == Converge::AfterStart => {}
+        _ => return Decision::Off,
+    }
+    if domain.pins_by_kvmtune() {
+        Decision::Queue
+    } else {
+        Decision::Conforms
+    }
+}
+
 /// One queue entry: the guest's UUID when queued and when (seconds since 1970).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -130,6 +151,39 @@ mod tests {
         let policy = Policy::parse(WARN, Path::new("p.yaml")).unwrap();
         assert_eq!(still_wanted(&policy, &d), Decision::Nova);
         assert!(!domain("", "none").nova_managed);
+    }
+
+    /// A moved guest's definition is queued only when its pins are kvmtune's:
+    /// they then say where it ran before the move.
+    #[test]
+    fn a_moved_guest_is_queued_when_its_definition_holds_kvmtunes_pins() {
+        let policy = Policy::parse(WARN, Path::new("p.yaml")).unwrap();
+        let pins = "<cputune><vcpupin vcpu='0' cpuset='1'/></cputune>";
+        let mark = |text: &str| {
+            format!(
+                "<metadata><p:pins xmlns:p='{}'>{text}</p:pins></metadata>",
+                crate::pins_mark::NAMESPACE
+            )
+        };
+        let marked = domain(&format!("{}{pins}", mark("0:1")), "none");
+        assert_eq!(after_move(&policy, &marked), Decision::Queue);
+        // The admin's pins (no mark, or a mark that no longer matches), or none.
+        for other in [
+            pins.to_string(),
+            format!("{}{pins}", mark("0:2")),
+            String::new(),
+        ] {
+            assert_eq!(
+                after_move(&policy, &domain(&other, "none")),
+                Decision::Conforms,
+                "{other}"
+            );
+        }
+        let off = format!(
+            "{WARN}rules:\n  - name: r\n    match: {{name: g}}\n    set: {{converge: off}}\n"
+        );
+        let off = Policy::parse(&off, Path::new("p.yaml")).unwrap();
+        assert_eq!(after_move(&off, &marked), Decision::Off);
     }
 
     #[test]

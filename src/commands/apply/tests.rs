@@ -9,6 +9,7 @@ use std::path::Path;
 use super::*;
 use kvmtune_core::cpuset::CpuSet;
 use kvmtune_core::host::Host;
+use kvmtune_core::placement::{Claim, Pool};
 use kvmtune_core::policy::Policy;
 use kvmtune_sys::command::{Output, RunError, Runner};
 use kvmtune_sys::virsh::DEFAULT_URI;
@@ -123,14 +124,25 @@ impl Setup {
         dry_run: bool,
         consent: Consent<'_>,
     ) -> (Result<u8>, String) {
+        self.apply_among(&Occupancy::default(), guests, dry_run, consent)
+    }
+
+    /// `apply` with these running guests' claims.
+    fn apply_among(
+        &self,
+        running: &Occupancy,
+        guests: Option<&[String]>,
+        dry_run: bool,
+        consent: Consent<'_>,
+    ) -> (Result<u8>, String) {
         let mut out = Vec::new();
         let request = ApplyRequest { guests, dry_run };
-        let (virsh, backups, running) = (self.virsh(), self.backups(), Occupancy::default());
+        let (virsh, backups) = (self.virsh(), self.backups());
         let ctx = Context {
             virsh: &virsh,
             policy: &self.policy,
             host: &self.host,
-            running: &running,
+            running,
             backups: &backups,
         };
         let r = apply(&ctx, &request, consent, &mut out);
@@ -581,4 +593,46 @@ fn revert_of_an_undefined_guest_defines_it_again() {
             .unwrap()
             .contains("(the guest was not defined)")
     );
+}
+
+/// A running guest counts by its claim, not by the pins of its definition: a
+/// definition pinned 1:1 reads as dedicated, but the claim says the guest is
+/// shared there (kvmtune wrote those pins for a shared guest), so another shared
+/// guest may join it instead of being refused.
+#[test]
+fn running_guests_count_by_their_claim_not_their_definitions_pins() {
+    let s = Setup::new(&[("target", "none"), ("shared", "none")]);
+    let pinned = s.definition("shared").replace(
+        "<os>",
+        "<cputune><vcpupin vcpu='0' cpuset='1'/><vcpupin vcpu='1' cpuset='5'/></cputune>\n  <os>",
+    );
+    s.fake
+        .0
+        .borrow_mut()
+        .definitions
+        .insert("shared".into(), pinned.into_bytes());
+    let claim = |cpus: &[u32], pool| Claim {
+        vcpus: cpus.iter().map(|c| CpuSet::from_iter([*c])).collect(),
+        nodes: CpuSet::parse("0").unwrap(),
+        memory_kib: 65536,
+        pool,
+    };
+    let mut running = Occupancy::default();
+    running
+        .guests
+        .insert("shared".into(), claim(&[1, 5], Pool::Shared));
+    // Every other CPU but CPU0 is some dedicated guest's.
+    running
+        .guests
+        .insert("d1".into(), claim(&[2, 6], Pool::Dedicated));
+    running
+        .guests
+        .insert("d2".into(), claim(&[3, 7], Pool::Dedicated));
+    running
+        .guests
+        .insert("d3".into(), claim(&[4], Pool::Dedicated));
+    let (r, out) = s.apply_among(&running, Some(&names(&["target"])), false, Consent::Given);
+    assert_eq!(r.unwrap(), exit::OK, "{out}");
+    let target = Domain::parse(&s.definition("target")).unwrap();
+    assert_eq!(target.pinned_cpus(), CpuSet::parse("1,5").unwrap(), "{out}");
 }

@@ -520,4 +520,18 @@ for g in (a, b, d):
     assert not [r for r in by[g]["readback"] if r["state"] == "drifted"], (g, by[g]["readback"])
 PY
     note "status shows the moved guests where the kernel runs them (not their definitions' pins), nothing drifted"
+    # The moved guest's definition still pins it where it ran: queued, and
+    # kvmtune converge (the path unit runs it; here by hand) writes where it runs.
+    out=$(kt converge --list 2>&1) || die "converge --list failed: $out"
+    note "queue after the move: $(echo "$out" | tr -s ' \n' ' ' | cut -c1-200)"
+    out=$(kt converge 2>&1) || die "kvmtune converge failed: ${out:0:600}"
+    for g in "$a" "$b"; do
+        x="$E2E_WORK/repackc-$g-after.xml"
+        inactive_xml "$g" "$x"
+        grep -q "<vcpupin vcpu='0' cpuset='$other'/>" "$x" ||
+            die "$g: after converge the definition pins $(grep -o "<vcpupin[^>]*>" "$x"), it runs on $other"
+        grep -q ">0:$other emulator:$other<" "$x" ||
+            die "$g: the pins mark does not follow: $(grep -o "<[a-z-]*:pins [^>]*>[^<]*<" "$x")"
+    done
+    note "after kvmtune converge both definitions pin CPU $other, marked as kvmtune's"
 }
