@@ -449,9 +449,15 @@ fn move_other_threads(
     };
     if let Some(cg) = affinity::cpuset_cgroup(&env.host_root, pid) {
         let dir = affinity::guest_cgroup_dir(&cg.dir);
-        let iothreads = live.iothread_tids.keys().filter(|id| !admins_pin(id));
+        let pinned = live.domain.iter().flat_map(|d| d.iothread_pins.keys());
+        let iothreads: std::collections::BTreeSet<&u32> = live
+            .iothread_tids
+            .keys()
+            .chain(pinned)
+            .filter(|id| !admins_pin(id))
+            .collect();
         for leaf in std::iter::once("emulator".to_string())
-            .chain(iothreads.map(|id| format!("iothread{id}")))
+            .chain(iothreads.into_iter().map(|id| format!("iothread{id}")))
         {
             affinity::set_cgroup_cpus(&dir.join(leaf), emulator).map_err(|e| e.to_string())?;
         }
@@ -468,6 +474,14 @@ fn move_other_threads(
         }
         let name = affinity::thread_name(&env.proc_root, pid, tid).unwrap_or_default();
         if name.starts_with("CPU ") && (name.ends_with("/KVM") || name.ends_with("/TCG")) {
+            continue;
+        }
+        // An iothread the status file does not list, known by QEMU's name for it.
+        if let Some(id) = name
+            .strip_prefix("IO iothread")
+            .and_then(|n| n.parse::<u32>().ok())
+            && admins_pin(&id)
+        {
             continue;
         }
         affinity::set_thread_affinity(tid, emulator).map_err(|e| e.to_string())?;

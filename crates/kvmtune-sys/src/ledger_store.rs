@@ -23,6 +23,22 @@ const LOCK_FILE: &str = "ledger.lock";
 /// How long a hook waits for the ledger lock before giving up (then `on_error`).
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a waiter for the ledger lock sleeps before its next try: 1 ms,
+/// doubling to at most 32 ms, plus up to half that again (from the pid and the
+/// clock), so that a burst of waiters neither spins (hundreds of processes
+/// polling every few ms starve the one holding the lock on a small host) nor
+/// retries in lockstep.
+fn retry_pause(attempt: u32) -> Duration {
+    let base_us = 1000u64 << attempt.min(5);
+    let noise = u64::from(std::process::id())
+        ^ u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos()),
+        );
+    Duration::from_micros(base_us + noise % (base_us / 2 + 1))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error(
@@ -100,15 +116,18 @@ impl Locked {
             .map_err(io(&lock_path))?;
         let started = Instant::now();
         let mut file = file;
+        let mut attempt: u32 = 0;
         let lock = loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => break lock,
                 Err((f, nix::errno::Errno::EWOULDBLOCK)) | Err((f, nix::errno::Errno::EINTR)) => {
-                    if started.elapsed() >= timeout {
+                    let waited = started.elapsed();
+                    if waited >= timeout {
                         return Err(LedgerError::LockTimeout(lock_path, timeout));
                     }
                     file = f;
-                    std::thread::sleep(Duration::from_millis(5));
+                    std::thread::sleep(retry_pause(attempt).min(timeout - waited));
+                    attempt = attempt.saturating_add(1);
                 }
                 Err((_, errno)) => {
                     return Err(LedgerError::Io {
