@@ -345,6 +345,7 @@ pub fn apply_reporting<R: Runner>(
     // and the claim knows its pool (1:1 pins read as dedicated).
     let mut occupancy = running.clone();
     for (name, claim) in batch::pinned_by_definitions(
+        policy,
         definitions
             .iter()
             .filter(|(name, _)| !targets.contains(name))

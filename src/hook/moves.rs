@@ -449,14 +449,22 @@ fn move_other_threads(
     };
     if let Some(cg) = affinity::cpuset_cgroup(&env.host_root, pid) {
         let dir = affinity::guest_cgroup_dir(&cg.dir);
-        let pinned = live.domain.iter().flat_map(|d| d.iothread_pins.keys());
+        // The admin's <emulatorpin> stays: a move that needs other CPUs then
+        // fails on the affinity and is rolled back.
+        let admins_emulator = live
+            .domain
+            .as_ref()
+            .is_some_and(|d| d.emulator_pin.is_some() && !d.emulator_pin_by_kvmtune());
+        let known = live.domain.iter().flat_map(|d| d.iothread_ids.iter());
         let iothreads: std::collections::BTreeSet<&u32> = live
             .iothread_tids
             .keys()
-            .chain(pinned)
+            .chain(known)
             .filter(|id| !admins_pin(id))
             .collect();
-        for leaf in std::iter::once("emulator".to_string())
+        let emulator_leaf = (!admins_emulator).then(|| "emulator".to_string());
+        for leaf in emulator_leaf
+            .into_iter()
             .chain(iothreads.into_iter().map(|id| format!("iothread{id}")))
         {
             affinity::set_cgroup_cpus(&dir.join(leaf), emulator).map_err(|e| e.to_string())?;

@@ -288,9 +288,11 @@ fn apply(
             {
                 let dir = affinity::guest_cgroup_dir(&cg.dir).join("emulator");
                 affinity::set_cgroup_cpus(&dir, emulator)?;
-                notes.push(format!(
-                    "the XML's <emulatorpin> breaks the placement invariant: emulator threads on {emulator}"
-                ));
+                notes.push(if domain.emulator_pin_by_kvmtune() {
+                    format!("emulator threads on {emulator}, where the claim puts them (the XML's <emulatorpin> is kvmtune's earlier placement)")
+                } else {
+                    format!("the XML's <emulatorpin> breaks the placement invariant: emulator threads on {emulator}")
+                });
             }
             for tid in &threads.others {
                 pin(*tid, emulator)?;
@@ -330,7 +332,9 @@ fn bind_memory(ctx: &Stage<'_>, entry: &Entry, pid: u32, notes: &mut Vec<String>
         .map(|s| s.memory_mode);
     // The admin's <numatune> stands; one kvmtune wrote with its pins (pins mark)
     // follows the claim, which may have moved off the definition's CPUs.
-    if ctx.domain.numa_memory.is_some() && !ctx.domain.pins_by_kvmtune() {
+    // Guest cells bound by <memnode>s are the guest's own either way.
+    let kvmtunes = ctx.domain.pins_by_kvmtune() && ctx.domain.numa_memnodes == 0;
+    if ctx.domain.numa_memory.is_some() && !kvmtunes {
         return Ok(());
     }
     match mode {

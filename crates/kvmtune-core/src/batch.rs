@@ -49,8 +49,11 @@ pub enum BatchError {
 
 /// The occupancy of guests outside the batch, from their persistent definitions:
 /// a guest that pins itself will run there, so the batch avoids it. Definitions
-/// that do not parse do not count.
+/// that do not parse do not count. The pool is read from the pins (1:1 pins are
+/// Nova's dedicated policy), except for pins kvmtune wrote (pins mark): a shared
+/// guest kvmtune pinned one CPU per vCPU is still shared, as `policy` says.
 pub fn pinned_by_definitions<'a>(
+    policy: &Policy,
     definitions: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Occupancy {
     let others: BTreeMap<String, LiveGuest> = definitions
@@ -71,7 +74,18 @@ pub fn pinned_by_definitions<'a>(
             ))
         })
         .collect();
-    pinned_by_others(&others, &Occupancy::default())
+    let mut occupancy = pinned_by_others(&others, &Occupancy::default());
+    for (name, claim) in &mut occupancy.guests {
+        let Some(domain) = others.get(name).and_then(|g| g.domain.as_ref()) else {
+            continue;
+        };
+        if domain.pins_by_kvmtune()
+            && let Some(settings) = policy.select(&crate::plan::guest_facts(domain)).settings
+        {
+            claim.pool = settings.pool;
+        }
+    }
+    occupancy
 }
 
 /// Plans every `(name, definition)` in order against `occupancy`, adding each
@@ -202,12 +216,31 @@ mod tests {
     fn other_guests_count_with_their_persistent_pins() {
         let pinned = b"<domain><name>p</name><memory unit='KiB'>1024</memory><vcpu cpuset='2-3'>2</vcpu></domain>".to_vec();
         let loose = guest_xml("l");
-        let occupancy = pinned_by_definitions([
-            ("p", &pinned[..]),
-            ("l", &loose[..]),
-            ("junk", &b"not xml"[..]),
-        ]);
-        assert_eq!(occupancy.guests.keys().collect::<Vec<_>>(), ["p"]);
+        // 1:1 pins kvmtune wrote for a shared guest (pins mark): still shared.
+        let marked = format!(
+            "<domain><name>m</name><metadata><k:pins xmlns:k='{}'>0:4 1:5</k:pins></metadata><memory unit='KiB'>1024</memory><vcpu>2</vcpu><cputune><vcpupin vcpu='0' cpuset='4'/><vcpupin vcpu='1' cpuset='5'/></cputune></domain>",
+            crate::pins_mark::NAMESPACE
+        );
+        let by_hand = marked
+            .replace("<name>m</name>", "<name>h</name>")
+            .replace("0:4 1:5", "0:6 1:5");
+        let policy = Policy::default();
+        let occupancy = pinned_by_definitions(
+            &policy,
+            [
+                ("p", &pinned[..]),
+                ("l", &loose[..]),
+                ("junk", &b"not xml"[..]),
+                ("m", marked.as_bytes()),
+                ("h", by_hand.as_bytes()),
+            ],
+        );
+        assert_eq!(occupancy.guests.keys().collect::<Vec<_>>(), ["h", "m", "p"]);
         assert_eq!(occupancy.guests["p"].cpus(), CpuSet::parse("2-3").unwrap());
+        assert_eq!(occupancy.guests["m"].pool, crate::placement::Pool::Shared);
+        assert_eq!(
+            occupancy.guests["h"].pool,
+            crate::placement::Pool::Dedicated
+        );
     }
 }

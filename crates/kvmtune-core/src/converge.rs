@@ -21,7 +21,9 @@ pub enum Decision {
     Nova,
 }
 
-/// What the hook does with a guest it lets start (`plan` is its plan at prepare).
+/// What the hook does with a guest it lets start (`plan` is its plan at prepare):
+/// queued when it violates XML-level rules, or when kvmtune's own pins in its
+/// definition no longer say where it runs.
 pub fn decide(policy: &Policy, domain: &Domain, plan: &Plan) -> Decision {
     if domain.nova_managed {
         return Decision::Nova;
@@ -32,10 +34,22 @@ pub fn decide(policy: &Policy, domain: &Domain, plan: &Plan) -> Decision {
     if settings.converge == Converge::Off || !plan.enabled {
         return Decision::Off;
     }
-    if plan.violations.is_empty() {
+    if plan.violations.is_empty() && !replaced(domain, plan) {
         return Decision::Conforms;
     }
     Decision::Queue
+}
+
+/// Whether the guest's definition holds kvmtune's pins (pins mark) and the plan
+/// places it elsewhere (those CPUs were taken): the definition would then say
+/// where it no longer runs, so it is queued as a guest that moved is.
+fn replaced(domain: &Domain, plan: &Plan) -> bool {
+    domain.pins_by_kvmtune()
+        && plan.placement.as_ref().is_some_and(|p| {
+            (0u32..)
+                .zip(&p.vcpus)
+                .any(|(v, cpus)| domain.vcpu_pins.get(&v) != Some(cpus))
+        })
 }
 
 /// Whether the current definition of a queued guest may still be converged
@@ -184,6 +198,45 @@ mod tests {
         );
         let off = Policy::parse(&off, Path::new("p.yaml")).unwrap();
         assert_eq!(after_move(&off, &marked), Decision::Off);
+    }
+
+    /// A guest whose kvmtune-written pins were taken meanwhile starts elsewhere:
+    /// its definition is queued so that converge writes where it runs.
+    #[test]
+    fn a_guest_started_away_from_kvmtunes_pins_is_queued() {
+        let policy = Policy::parse(WARN, Path::new("p.yaml")).unwrap();
+        let host = Host::synthetic(1, 1, 2, 2, 1 << 22);
+        let marked = domain(
+            &format!(
+                "<metadata><p:pins xmlns:p='{}'>0:1</p:pins></metadata><cputune><vcpupin vcpu='0' cpuset='1'/></cputune>",
+                crate::pins_mark::NAMESPACE
+            ),
+            "none",
+        );
+        let free = crate::plan::plan(&policy, &host, &Occupancy::default(), &marked).unwrap();
+        assert_eq!(
+            decide(&policy, &marked, &free),
+            Decision::Conforms,
+            "{}",
+            free.explain()
+        );
+        let mut taken = Occupancy::default();
+        taken.guests.insert(
+            "nfv".into(),
+            crate::placement::Claim {
+                vcpus: vec![crate::CpuSet::single(1)],
+                nodes: crate::CpuSet::single(0),
+                memory_kib: 1 << 10,
+                pool: crate::placement::Pool::Dedicated,
+            },
+        );
+        let elsewhere = crate::plan::plan(&policy, &host, &taken, &marked).unwrap();
+        assert!(
+            !elsewhere.placement.as_ref().unwrap().cpus.contains(1),
+            "{}",
+            elsewhere.explain()
+        );
+        assert_eq!(decide(&policy, &marked, &elsewhere), Decision::Queue);
     }
 
     #[test]

@@ -244,7 +244,7 @@ impl Domain {
                     .any(|n| n.is_element() && n.tag_name().namespace() == Some(NOVA_NAMESPACE))
             }),
             pins_mark: metadata
-                .and_then(|m| metadata_element(m, pins_mark::NAMESPACE, pins_mark::ELEMENT))
+                .and_then(pins_mark::element)
                 .and_then(|n| Mark::parse(&text_of(n))),
             name,
         })
@@ -261,11 +261,19 @@ impl Domain {
     /// Whether the vCPU pins are the ones kvmtune wrote (they equal the pins
     /// mark): then they are kvmtune's placement, not the admin's, and
     /// `existing_pins: keep` does not hold the guest on them.
+    /// A vCPU without a pin (added since, `virsh setvcpus --maximum --config`)
+    /// does not change that; a pin the mark does not record, or records
+    /// otherwise, makes all the guest's pins its own.
     pub fn pins_by_kvmtune(&self) -> bool {
+        let Some(mark) = &self.pins_mark else {
+            return false;
+        };
         self.pins_explicitly()
-            && self.pins_mark.as_ref().is_some_and(|mark| {
-                mark.vcpus == self.vcpu_pins && mark.vcpus.len() == self.vcpus_max as usize
-            })
+            && !self.vcpu_pins.is_empty()
+            && self
+                .vcpu_pins
+                .iter()
+                .all(|(vcpu, pin)| mark.vcpus.get(vcpu) == Some(pin))
     }
 
     /// Whether the `<emulatorpin>` is the one kvmtune wrote (pins mark).

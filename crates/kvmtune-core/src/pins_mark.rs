@@ -37,11 +37,22 @@ pub const QUALIFIED: &str = "kvmtune-pins:pins";
 /// The namespace declaration attribute kvmtune writes.
 pub const XMLNS: &str = "xmlns:kvmtune-pins";
 
+/// The mark element among `metadata`'s children (where kvmtune writes it; the
+/// parser and the rewrite look in the same place).
+pub fn element<'a, 'i>(metadata: roxmltree::Node<'a, 'i>) -> Option<roxmltree::Node<'a, 'i>> {
+    metadata.children().find(|n| {
+        n.is_element()
+            && n.tag_name().namespace() == Some(NAMESPACE)
+            && n.tag_name().name() == ELEMENT
+    })
+}
+
 /// The pins kvmtune wrote into a definition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Mark {
     /// Per vCPU (all of them, or none).
     pub vcpus: BTreeMap<u32, CpuSet>,
+    /// The `<emulatorpin>`, when kvmtune wrote it.
     pub emulator: Option<CpuSet>,
     /// Per iothread id.
     pub iothreads: BTreeMap<u32, CpuSet>,
@@ -84,6 +95,7 @@ impl Mark {
         (!mark.is_empty()).then_some(mark)
     }
 
+    /// Whether it records no pin at all (then no mark is written).
     pub fn is_empty(&self) -> bool {
         self.vcpus.is_empty() && self.emulator.is_none() && self.iothreads.is_empty()
     }

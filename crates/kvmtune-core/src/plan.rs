@@ -296,12 +296,20 @@ impl Planner<'_> {
         let placed = place(self.host, others, &there)
             .ok()
             .filter(|p| p.cpus == marked)?;
-        // The engine's nodes (memory may need more nodes than the CPUs'), the
-        // definition's vCPU order.
+        // The engine's nodes (memory may need more nodes than the CPUs') and its
+        // vCPU layout, unless the definition's is one distinct CPU per vCPU on
+        // those same CPUs (then nothing needs rewriting). A definition that
+        // stacks vCPUs, or a vCPU added since, gets the engine's layout: it
+        // respects the pool (1:1 for dedicated) and the allocation ratio.
+        let own: Vec<CpuSet> = (0..self.domain.vcpus_max)
+            .map(|v| self.domain.pinned_cpus_of(v).cloned().unwrap_or_default())
+            .collect();
+        let distinct = own.iter().all(|s| s.len() == 1)
+            && own.iter().fold(CpuSet::new(), |a, s| a.union(s)).len() == own.len()
+            && placed.vcpus.iter().all(|s| s.len() == 1)
+            && own.len() == placed.vcpus.len();
         Some(Placement {
-            vcpus: (0..self.domain.vcpus_max)
-                .map(|v| self.domain.pinned_cpus_of(v).cloned().unwrap_or_default())
-                .collect(),
+            vcpus: if distinct { own } else { placed.vcpus.clone() },
             why: "kept where kvmtune placed it before (the definition's pins, marked as kvmtune's)"
                 .into(),
             ..placed

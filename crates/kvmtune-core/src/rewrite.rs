@@ -335,13 +335,7 @@ fn vcpu_pins(
 /// `<metadata>` is touched.
 fn mark_pins(ed: &mut Editor<'_>, root: Node<'_, '_>, mark: &Mark) {
     let metadata = child(root, "metadata");
-    let existing = metadata.and_then(|m| {
-        m.children().find(|n| {
-            n.is_element()
-                && n.tag_name().namespace() == Some(pins_mark::NAMESPACE)
-                && n.tag_name().name() == pins_mark::ELEMENT
-        })
-    });
+    let existing = metadata.and_then(pins_mark::element);
     let old = existing.and_then(|n| Mark::parse(&crate::domain::text_of(n)));
     if old.as_ref() == Some(mark) {
         return;

@@ -506,7 +506,7 @@ fn placement_of(
     entry: Option<&crate::ledger::Entry>,
     host: &Host,
 ) -> (Source, Vec<CpuSet>, CpuSet, Option<CpuSet>) {
-    let claimed = entry.is_some();
+    let claimed = entry.is_some_and(|e| !e.floating);
     let xml_pins = domain.filter(|d| d.pins_explicitly() && !(claimed && d.pins_by_kvmtune()));
     if let Some(d) = xml_pins {
         let pinned = d.pinned_cpus();
