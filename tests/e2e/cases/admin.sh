@@ -401,11 +401,19 @@ case_repack() {
     start_guest "$b"
     [ "$(ledger_query get "$a" cpus)" != "$(ledger_query get "$b" cpus)" ] ||
         die "at ratio 1 both shared guests got one CPU"
+    start_dedicated_by_repacking repack "$d" "$a" "$b"
+}
+
+# Raises the ratio to 2, makes D dedicated by a rule and starts it: it must be
+# admitted by a repacking move (syslog) and end as `repacked_where_expected`
+# says. Sets the caller's `cd` (D's CPU) and `other` (the shared guests' CPU).
+start_dedicated_by_repacking() { # TAG D A B
+    local tag=$1 d=$2 a=$3 b=$4 l
     rebal_policy 2
     cat >>"$POLICY" <<EOP
 rules:
   - name: nfv
-    match: {name: '${E2E_PREFIX}rp-ded'}
+    match: {name: '$d'}
     set: {pool: dedicated, dedicated_fallback: refuse}
 EOP
     start_guest "$d"
@@ -415,7 +423,15 @@ EOP
     l=$(grep -h "guest=$d" "$E2E_WORK/syslog.log" | grep -m1 "repack: guest '") ||
         die "no 'repack: guest' line for $d in syslog"
     note "syslog: ${l:0:300}"
-    # The kernel's view: the dedicated guest alone on its CPU.
+    repacked_where_expected "$tag" "$d" "$cd" "$a" "$b" "$other"
+}
+
+# After a repack on the 2-CPU machine: dedicated guest D alone on CPU CD (every
+# thread), both shared guests A and B (every thread) on CPU OTHER, the ledger
+# agreeing, and `status --json` showing all three where the kernel runs them with
+# nothing drifted (not where any definition pins them).
+repacked_where_expected() { # TAG D CD A B OTHER
+    local tag=$1 d=$2 cd=$3 a=$4 b=$5 other=$6 g pid t l
     expect_affinity "$d" "$cd" "$cd"
     for g in "$a" "$b"; do
         expect_affinity "$g" "$other" "$other"
@@ -427,15 +443,15 @@ EOP
         done
     done
     note "dedicated $d alone on CPU $cd; shared $a and $b (every thread) on CPU $other"
-    kt status --json >"$E2E_WORK/repack-status.json" || die "status --json failed"
-    "$PY" - "$E2E_WORK/repack-status.json" "$d" "$cd" "$a" "$b" "$other" <<'PY' || die "status after repacking"
+    kt status --json >"$E2E_WORK/$tag-status.json" || die "status --json failed"
+    "$PY" - "$E2E_WORK/$tag-status.json" "$d" "$cd" "$a" "$b" "$other" <<'PY' || die "status after repacking"
 import json, sys
 s = json.load(open(sys.argv[1]))
 by = {g["name"]: g for g in s["guests"]}
 d, cd, a, b, other = sys.argv[2:]
 assert by[d]["vcpu_cpus"] == [cd], by[d]["vcpu_cpus"]
 for g in (a, b):
-    assert by[g]["vcpu_cpus"] == [other], (g, by[g]["vcpu_cpus"])
+    assert by[g]["vcpu_cpus"] == [other], (g, by[g]["vcpu_cpus"], by[g]["source"])
 for g in (a, b, d):
     assert by[g]["ledger"]["agrees"], (g, by[g]["ledger"])
     assert not [r for r in by[g]["readback"] if r["state"] == "drifted"], (g, by[g]["readback"])
@@ -482,44 +498,7 @@ case_repackc() {
     [ "$(ledger_query get "$a" cpus)" != "$(ledger_query get "$b" cpus)" ] ||
         die "at ratio 1 both shared guests got one CPU"
     note "after a cold boot both run where their definitions pin them"
-    rebal_policy 2
-    cat >>"$POLICY" <<EOP
-rules:
-  - name: nfv
-    match: {name: '${E2E_PREFIX}rc-ded'}
-    set: {pool: dedicated, dedicated_fallback: refuse}
-EOP
-    start_guest "$d"
-    cd=$(ledger_query get "$d" cpus)
-    [ "$(ledger_query get "$d" pool)" = dedicated ] || die "$d is not dedicated: $(ledger_query get "$d" pool)"
-    case $cd in 0) other=1 ;; 1) other=0 ;; *) die "$d got CPUs $cd, want one CPU" ;; esac
-    l=$(grep -h "guest=$d" "$E2E_WORK/syslog.log" | grep -m1 "repack: guest '") ||
-        die "no 'repack: guest' line for $d in syslog"
-    note "syslog: ${l:0:300}"
-    expect_affinity "$d" "$cd" "$cd"
-    for g in "$a" "$b"; do
-        expect_affinity "$g" "$other" "$other"
-        pid=$(qemu_pid "$g")
-        for t in /proc/"$pid"/task/*; do
-            l=$(thread_cpus "$pid" "${t##*/}")
-            [ "$l" = "$other" ] || die "$g thread ${t##*/} may run on $l, the dedicated CPU is $cd"
-        done
-    done
-    note "dedicated $d alone on CPU $cd; the definition-pinned shared guests (every thread) on CPU $other"
-    kt status --json >"$E2E_WORK/repackc-status.json" || die "status --json failed"
-    "$PY" - "$E2E_WORK/repackc-status.json" "$d" "$cd" "$a" "$b" "$other" <<'PY' || die "status after repacking definition-pinned guests"
-import json, sys
-s = json.load(open(sys.argv[1]))
-by = {g["name"]: g for g in s["guests"]}
-d, cd, a, b, other = sys.argv[2:]
-assert by[d]["vcpu_cpus"] == [cd], by[d]["vcpu_cpus"]
-for g in (a, b):
-    assert by[g]["vcpu_cpus"] == [other], (g, by[g]["vcpu_cpus"], by[g]["source"])
-for g in (a, b, d):
-    assert by[g]["ledger"]["agrees"], (g, by[g]["ledger"])
-    assert not [r for r in by[g]["readback"] if r["state"] == "drifted"], (g, by[g]["readback"])
-PY
-    note "status shows the moved guests where the kernel runs them (not their definitions' pins), nothing drifted"
+    start_dedicated_by_repacking repackc "$d" "$a" "$b"
     # The moved guest's definition still pins it where it ran: queued, and
     # kvmtune converge (the path unit runs it; here by hand) writes where it runs.
     out=$(kt converge --list 2>&1) || die "converge --list failed: $out"
